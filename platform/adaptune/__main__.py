@@ -1,0 +1,7 @@
+"""`python -m adaptune`."""
+
+import sys
+
+from adaptune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,125 @@
+"""What adaptune knows about model architectures without loading them: named LoRA target sets per model
+type, and the linear layers a checkpoint has, read from its config.json and safetensors headers (no torch)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+# Named sets as module-name suffixes (peft matches a target when a module's full name ends with
+# ".<target>"). Where attention and MLP share a leaf name (GPT-2's c_proj) the parent is kept in the suffix.
+_LLAMA_LIKE = {
+    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mlp": ["gate_proj", "up_proj", "down_proj"],
+}
+TARGET_SETS: dict[str, dict[str, list[str]]] = {
+    **{t: _LLAMA_LIKE for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "olmo")},
+    "phi3": {"attention": ["qkv_proj", "o_proj"], "mlp": ["gate_up_proj", "down_proj"]},
+    "gpt2": {"attention": ["attn.c_attn", "attn.c_proj"], "mlp": ["mlp.c_fc", "mlp.c_proj"]},
+    "gpt_neox": {
+        "attention": ["attention.query_key_value", "attention.dense"],
+        "mlp": ["mlp.dense_h_to_4h", "mlp.dense_4h_to_h"],
+    },
+    "falcon": {
+        "attention": ["query_key_value", "self_attention.dense"],
+        "mlp": ["dense_h_to_4h", "dense_4h_to_h"],
+    },
+}
+
+# 2-D weights that are not adapter targets: embeddings and the output head.
+_NOT_TARGETS = ("embed", "wte", "wpe", "lm_head", "embed_out", "score")
+
+
+class ArchitectureError(ValueError):
+    """The model directory cannot be read, or a requested target does not exist in it."""
+
+
+def read_model_type(model_dir: Path) -> str:
+    """The `model_type` from a model directory's config.json."""
+    cfg_file = model_dir / "config.json"
+    if not cfg_file.is_file():
+        raise ArchitectureError(f"no config.json in {model_dir}")
+    try:
+        return str(json.loads(cfg_file.read_text(encoding="utf-8"))["model_type"])
+    except (ValueError, KeyError) as e:
+        raise ArchitectureError(f"{cfg_file} has no readable model_type ({e})") from None
+
+
+def _safetensors_header(file: Path) -> dict[str, dict]:
+    with file.open("rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        if size > 100_000_000:
+            raise ArchitectureError(f"{file} has an implausible safetensors header ({size} bytes)")
+        header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    return header
+
+
+def linear_layers(model_dir: Path) -> list[str]:
+    """Full names of the modules holding 2-D weights (linear / Conv1D layers), without embeddings and head."""
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise ArchitectureError(f"no *.safetensors weights in {model_dir}")
+    names = set()
+    for file in files:
+        for tensor, info in _safetensors_header(file).items():
+            if not tensor.endswith(".weight") or len(info.get("shape", ())) != 2:
+                continue
+            module = tensor.removesuffix(".weight")
+            if any(part.startswith(_NOT_TARGETS) for part in module.split(".")):
+                continue
+            names.add(module)
+    return sorted(names)
+
+
+def _matches(target: str, module: str) -> bool:
+    return module == target or module.endswith("." + target)
+
+
+def resolve_target_modules(target: str | list[str], model_type: str, layers: list[str]) -> list[str]:
+    """Turn a named set or an explicit list into the module suffixes peft gets, checked against `layers`.
+
+    Raises:
+        ArchitectureError: naming the missing targets and the linear layers that do exist.
+    """
+    if isinstance(target, list):
+        wanted = list(target)
+    elif target == "all-linear":
+        wanted = sorted({m.rsplit(".", 1)[-1] for m in layers})
+    else:
+        sets = TARGET_SETS.get(model_type)
+        if sets is None:
+            raise ArchitectureError(
+                f"no named target sets for model type {model_type!r} (known: {', '.join(sorted(TARGET_SETS))}); "
+                f"give an explicit list from its linear layers: {', '.join(_leaf_names(layers))}"
+            )
+        wanted = sets[target]
+    missing = [t for t in wanted if not any(_matches(t, m) for m in layers)]
+    if missing:
+        raise ArchitectureError(
+            f"{', '.join(missing)} not found in this {model_type} model; its linear layers are: "
+            f"{', '.join(_leaf_names(layers))}"
+        )
+    return wanted
+
+
+def _leaf_names(layers: list[str]) -> list[str]:
+    """Distinct layer names with their parent (`self_attn.q_proj`), as a user would write them."""
+    return sorted({".".join(m.split(".")[-2:]) for m in layers})
+
+
+def model_directory(source: str, revision: str | None = None) -> Path:
+    """The directory holding a model's config and weights: the local one, or the hub cache's snapshot
+    (only json and safetensors files are fetched)."""
+    if Path(source).is_dir():
+        return Path(source)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(source, revision=revision, allow_patterns=["*.json", "*.safetensors"]))
+
+
+def target_modules_for(target: str | list[str], source: str, revision: str | None = None) -> list[str]:
+    """The module suffixes LoRA attaches to in the model at `source`, resolved for its architecture."""
+    d = model_directory(source, revision)
+    return resolve_target_modules(target, read_model_type(d), linear_layers(d))

@@ -1,0 +1,130 @@
+"""The `adaptune` command line: parses arguments, calls one function per verb, maps errors to exit codes.
+No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+
+from adaptune.errors import EXIT_INVALID, EXIT_OK, EXIT_RUNTIME, UserInputError
+
+log = logging.getLogger("adaptune")
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sweep", help="sweep file, e.g. search_spaces/quickstart.yaml")
+    p.add_argument("--cluster", help="cluster profile (default: this machine, local Ray)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="override a sweep key (lora.r=16) or, prefixed with cluster., a profile key")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adaptune",
+        description="Distributed LoRA/QLoRA hyperparameter search and training on Ray, DeepSpeed and MLflow.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of runtime failures")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _add_run_args(sub.add_parser("validate", help="check a sweep file and cluster profile without running anything"))
+    _add_run_args(sub.add_parser("train", help="train the sweep's base values as one trial and print its metrics"))
+    demo = sub.add_parser("demo-model", help="build the offline demo base model from the demo company data")
+    demo.add_argument("--out", default="demo-model", help="output directory (default: demo-model)")
+    demo.add_argument("--data", default="data/demo/company_faq.jsonl", help="corpus for its tokenizer")
+    demo.add_argument("--force", action="store_true", help="rebuild even if the directory has a model")
+    sub.add_parser("config-reference", help="print the configuration reference (Markdown) from the schema")
+    return parser
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from adaptune.driver import plan_run
+
+    plan = plan_run(args.sweep, args.cluster, args.overrides)
+    print(f"{args.sweep}: ok ({plan.sweep.name}: {plan.cluster.trial.num_workers} workers per trial, "
+          f"ZeRO-{plan.cluster.deepspeed.zero_stage}, quantization {plan.sweep.quantization.mode})")
+    return EXIT_OK
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from adaptune.driver import run_train
+    from adaptune.report import format_trial
+
+    manifest, outcome = run_train(args.sweep, args.cluster, args.overrides)
+    print(format_trial(manifest, outcome))
+    return EXIT_OK
+
+
+def _cmd_demo_model(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from adaptune.demo import build_demo_model
+
+    out = Path(args.out)
+    if (out / "config.json").is_file() and not args.force:
+        print(f"demo model already at {out} (use --force to rebuild)")
+        return EXIT_OK
+    build_demo_model(out, Path(args.data))
+    print(f"demo model written to {out}")
+    return EXIT_OK
+
+
+def _cmd_config_reference(_: argparse.Namespace) -> int:
+    from adaptune.reference import config_reference
+
+    print(config_reference(), end="")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "validate": _cmd_validate,
+    "train": _cmd_train,
+    "demo-model": _cmd_demo_model,
+    "config-reference": _cmd_config_reference,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one verb; 0 ok, 2 invalid config or data, 1 runtime failure."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="adaptune: %(message)s")
+    try:
+        return COMMANDS[args.verb](args)
+    except UserInputError as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        print("adaptune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a runtime failure: one line, the traceback only on request
+        cause = _user_error_inside(e)
+        if cause is not None:
+            for problem in cause.problems:
+                print(problem, file=sys.stderr)
+            return EXIT_INVALID
+        if args.debug:
+            traceback.print_exc()
+        print(f"adaptune: {args.verb} failed: {_root_message(e)} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+def _user_error_inside(e: BaseException) -> UserInputError | None:
+    """A user error raised in a Ray worker arrives wrapped; find it."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, UserInputError):
+            return e
+        e = e.__cause__ or e.__context__ or getattr(e, "cause", None)
+    return None
+
+
+def _root_message(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[-1] if text else type(e).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

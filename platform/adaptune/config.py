@@ -1,0 +1,503 @@
+"""The one typed schema for sweep files and cluster profiles, and loading them with overrides.
+
+Importable without torch, transformers or Ray: `adaptune validate` and `--help` stand on it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from adaptune.errors import ConfigError, Problem
+
+# --------------------------------------------------------------------------------------------------
+# Sweep file: what to train (model, data, LoRA, quantization, training)
+# --------------------------------------------------------------------------------------------------
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+NAMED_TARGET_SETS = ("attention", "mlp", "all-linear")
+
+
+class ModelConfig(_Section):
+    """The base model the adapters are trained on."""
+
+    path: str = Field(
+        description="Local directory of a Hugging Face causal LM (config.json, safetensors weights and a "
+        "tokenizer), or a hub id such as `meta-llama/Meta-Llama-3-8B`. Relative paths resolve against the "
+        "working directory, the same way on the driver and on every worker."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when `path` is a hub id.")
+    trust_remote_code: bool = Field(
+        False,
+        description="Run Python code shipped with the model. Off unless you trust this named model's authors.",
+    )
+
+
+class DataColumns(_Section):
+    """Column names in the company data, per format."""
+
+    instruction: str = Field("instruction", description="`instruction` format: the request.")
+    input: str = Field("input", description="`instruction` format: optional context; the column may be absent.")
+    output: str = Field("output", description="`instruction` format: the response the model should learn.")
+    messages: str = Field(
+        "messages", description="`chat` format: a list of {role, content} messages (system, user, assistant)."
+    )
+    text: str = Field("text", description="`text` format: plain text, all of it trained on.")
+
+
+DEFAULT_PROMPT_TEMPLATE = (
+    "Below is an instruction that describes a task{input_clause}. Write a response that completes the request."
+    "\n\n### Instruction:\n{instruction}\n{input_block}\n### Response:\n"
+)
+
+
+class DataConfig(_Section):
+    """The company data: where it is, its format, how it is split and tokenized."""
+
+    path: str = Field(
+        description="JSONL, CSV or Parquet data: one file, a glob (`drops/*.jsonl`) or a directory (every "
+        "data file inside it, recursively, in sorted order)."
+    )
+    format: Literal["instruction", "chat", "text"] = Field(
+        "instruction",
+        description="`instruction`: instruction / optional input / output rows. `chat`: a list of role/content "
+        "messages rendered with the tokenizer's chat template (a built-in template when it has none). "
+        "`text`: plain completion text.",
+    )
+    columns: DataColumns = Field(default_factory=DataColumns, description="Column names for each format.")
+    eval_path: str | None = Field(
+        None, description="Validation data (same format). When set, `val_fraction` is not used."
+    )
+    test_path: str | None = Field(None, description="Held-out test data. When set, `test_fraction` is not used.")
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of rows held out for validation when `eval_path` is not set."
+    )
+    test_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Share of rows held out for testing when `test_path` is not set."
+    )
+    split_seed: int = Field(0, description="Seed of the deterministic train/validation/test split.")
+    max_seq_length: int = Field(
+        512, ge=8, description="Tokens per example; longer examples are truncated and counted."
+    )
+    mask_prompt: bool = Field(
+        True,
+        description="Train only on response tokens (assistant messages for `chat`, `output` for `instruction`). "
+        "Ignored for `text`.",
+    )
+    packing: bool = Field(
+        False, description="Concatenate examples into full `max_seq_length` blocks (fewer pad tokens)."
+    )
+    prompt_template: str = Field(
+        DEFAULT_PROMPT_TEMPLATE,
+        description="`instruction` format: the prompt, with `{instruction}`, `{input_block}` (the input and a "
+        "blank line, or nothing) and `{input_clause}` placeholders. The response follows it.",
+    )
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_rows(self) -> DataConfig:
+        used = (0.0 if self.eval_path else self.val_fraction) + (0.0 if self.test_path else self.test_fraction)
+        if used >= 1.0:
+            raise ValueError(
+                f"val_fraction + test_fraction is {used:g}, leaving no training rows. Keep their sum below 1"
+            )
+        return self
+
+
+class LoraConfig(_Section):
+    """The LoRA adapter (peft)."""
+
+    r: int = Field(8, gt=0, le=4096, description="LoRA rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha; the update is scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: str | list[str] = Field(
+        "attention",
+        description="Layers that get adapters: a named set resolved per architecture (`attention`, `mlp`, "
+        "`all-linear`) or an explicit list of module names (`[q_proj, v_proj]`).",
+    )
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases are trained.")
+
+    @model_validator(mode="after")
+    def _target_modules_well_formed(self) -> LoraConfig:
+        t = self.target_modules
+        if isinstance(t, str) and t not in NAMED_TARGET_SETS:
+            raise ValueError(
+                f"target_modules {t!r} is not a named set. Use one of {', '.join(NAMED_TARGET_SETS)}, "
+                "or a list of module names"
+            )
+        if isinstance(t, list) and (not t or any(not m.strip() for m in t)):
+            raise ValueError("target_modules list is empty or has an empty name. Give module names like q_proj")
+        return self
+
+
+Dtype = Literal["auto", "bf16", "fp16", "fp32"]
+
+
+class QuantizationConfig(_Section):
+    """Quantization of the frozen base model (QLoRA)."""
+
+    mode: Literal["none", "4bit", "8bit"] = Field(
+        "none", description="`4bit`: QLoRA (bitsandbytes NF4/FP4). `8bit`: LLM.int8. `none`: plain LoRA."
+    )
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
+    double_quant: bool = Field(True, description="Quantize the 4-bit quantization constants too.")
+    compute_dtype: Dtype = Field(
+        "auto", description="dtype of 4-bit matmuls; `auto` follows the training precision."
+    )
+    quant_storage: Literal["auto", "uint8", "bf16", "fp16", "fp32"] = Field(
+        "auto",
+        description="Storage dtype of packed 4-bit weights. ZeRO-3 needs it equal to the compute dtype, which "
+        "`auto` picks under ZeRO-3 (uint8 otherwise).",
+    )
+
+
+class TrainConfig(_Section):
+    """The training loop on each worker."""
+
+    learning_rate: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate (AdamW).")
+    max_steps: int = Field(100, gt=0, description="Optimizer steps per trial.")
+    micro_batch_size: int = Field(4, gt=0, description="Examples per worker per forward pass.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Share of `max_steps` spent warming up.")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Decay after warmup."
+    )
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping norm; 0 turns clipping off.")
+    eval_every: int = Field(
+        20, gt=0, description="Evaluate, report and checkpoint every this many optimizer steps (and at the end)."
+    )
+    eval_batch_size: int = Field(8, gt=0, description="Examples per worker per evaluation forward pass.")
+    seed: int = Field(0, description="Seed for model init of the adapter and data order.")
+    precision: Dtype = Field("auto", description="`auto`: bf16 on GPU, fp32 on CPU.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+
+    @model_validator(mode="after")
+    def _eval_within_budget(self) -> TrainConfig:
+        if self.eval_every > self.max_steps:
+            raise ValueError(
+                f"eval_every ({self.eval_every}) is larger than max_steps ({self.max_steps}), so no evaluation "
+                "would run before the end. Set eval_every to at most max_steps"
+            )
+        return self
+
+
+class SweepConfig(_Section):
+    """A sweep file: what to train. `adaptune train` runs its base values as one trial."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="Name of the sweep; runs are stored under `<storage_path>/<name>/`.",
+    )
+    model: ModelConfig = Field(description="The base model.")
+    data: DataConfig = Field(description="The company data.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="The LoRA adapter.")
+    quantization: QuantizationConfig = Field(
+        default_factory=QuantizationConfig, description="Base-model quantization (QLoRA)."
+    )
+    train: TrainConfig = Field(default_factory=TrainConfig, description="The training loop.")
+
+
+# --------------------------------------------------------------------------------------------------
+# Cluster profile: where it runs (Ray, resources, DeepSpeed, storage)
+# --------------------------------------------------------------------------------------------------
+
+
+class RayConfig(_Section):
+    """The Ray cluster."""
+
+    address: str | None = Field(
+        None,
+        description="Address of a running Ray cluster (`auto`, `ray://host:10001`, `host:6379`). Empty: the "
+        "`RAY_ADDRESS` environment variable if set, else a local Ray started in-process on this machine.",
+    )
+
+
+class ClusterCapacity(_Section):
+    """What the cluster holds, used to check that trials fit before anything starts."""
+
+    nodes: int = Field(1, gt=0, description="Nodes in the cluster.")
+    cpus: float | None = Field(None, ge=0, description="Total CPUs. Empty: this machine's CPUs (local use).")
+    gpus: float | None = Field(None, ge=0, description="Total GPUs. Empty: this machine's GPUs (local use).")
+
+
+class TrialResources(_Section):
+    """What one trial reserves: its Ray Train workers."""
+
+    num_workers: int = Field(2, gt=0, description="Ray Train workers (DeepSpeed ranks) per trial.")
+    use_gpu: bool = Field(False, description="One GPU per worker, NCCL; otherwise CPU workers over gloo.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each worker reserves.")
+    gpus_per_worker: float = Field(1.0, ge=0, description="GPUs each worker reserves when `use_gpu` is true.")
+    max_failures: int = Field(
+        2, ge=0, description="Worker losses a trial survives; it restarts from its last adapter checkpoint."
+    )
+
+
+class DeepSpeedConfig(_Section):
+    """DeepSpeed settings shared by every trial."""
+
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="ZeRO stage.")
+    offload_optimizer: bool = Field(False, description="ZeRO-Offload: optimizer state in CPU memory.")
+    offload_params: bool = Field(False, description="ZeRO-3 only: parameters in CPU memory.")
+
+    @model_validator(mode="after")
+    def _offload_params_needs_zero3(self) -> DeepSpeedConfig:
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError(
+                f"offload_params needs zero_stage 3 (got {self.zero_stage}). Set zero_stage: 3 or offload_params: false"
+            )
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage 1, 2 or 3 (got 0). Raise zero_stage")
+        return self
+
+
+class ClusterProfile(_Section):
+    """A cluster profile: where trials run. Without one, the embedded default (this machine) is used."""
+
+    ray: RayConfig = Field(default_factory=RayConfig, description="The Ray cluster.")
+    capacity: ClusterCapacity = Field(default_factory=ClusterCapacity, description="What the cluster holds.")
+    trial: TrialResources = Field(default_factory=TrialResources, description="Resources per trial.")
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig, description="DeepSpeed settings.")
+    storage_path: str = Field(
+        "./adaptune-runs",
+        description="Where checkpoints, tokenized data and results go. Must be reachable from every node "
+        "(shared filesystem, or a URI such as s3://bucket/prefix) when the cluster has more than one node.",
+    )
+
+    @model_validator(mode="after")
+    def _gpu_request_consistent(self) -> ClusterProfile:
+        if self.trial.use_gpu and self.trial.gpus_per_worker == 0:
+            raise ValueError(
+                "trial.use_gpu is true but trial.gpus_per_worker is 0. Set gpus_per_worker > 0 or use_gpu: false"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading: YAML -> overrides -> schema, every problem reported at once
+# --------------------------------------------------------------------------------------------------
+
+CLUSTER_PREFIX = "cluster."
+
+
+def _read_yaml(path: str | Path, what: str) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        listing = sorted(x.name for x in p.parent.glob("*.yaml")) if p.parent.is_dir() else []
+        hint = f"Files there: {', '.join(listing)}" if listing else "Check the path"
+        raise ConfigError(Problem(str(path), "", f"{what} not found", hint))
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(Problem(str(path), "", f"not UTF-8 text (byte {e.start})", "Save it as UTF-8")) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else ""
+        reason = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(Problem(str(path), where, f"invalid YAML: {reason}", "Fix the YAML syntax")) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            Problem(str(path), "", f"expected a mapping of keys at the top, got {type(data).__name__}",
+                    "Write the file as `key: value` lines")
+        )
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `lora.r=16` into (["lora", "r"], 16); the value is parsed as YAML (numbers, lists, null)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError(
+            Problem("command line", text, "override is not `dotted.key=value`", "Write it like lora.r=16")
+        )
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _set_dotted(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = data
+    for k in keys[:-1]:
+        child = node.get(k)
+        if not isinstance(child, dict):
+            child = {}
+            node[k] = child
+        node = child
+    node[keys[-1]] = value
+
+
+def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names valid at `loc` (the parent of a bad key), for "did you mean" suggestions."""
+    current: Any = model
+    for part in loc:
+        field = current.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if current is None:
+            return []
+    return list(current.model_fields)
+
+
+def _problems_from_validation(
+    err: ValidationError, model: type[BaseModel], source: str, overridden: dict[str, str], prefix: str = ""
+) -> list[Problem]:
+    problems = []
+    for e in err.errors(include_url=False):
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        # Drop union/literal branch names pydantic appends (e.g. 'list[str]', 'str').
+        loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in ("str", "int", "float"))))
+        key = ".".join(str(p) for p in loc)
+        shown_key = f"{prefix}{key}" if key else prefix.rstrip(".")
+        src = f"{source} (override {overridden[key]})" if key in overridden else source
+        value = e.get("input")
+        if e["type"] == "extra_forbidden":
+            known = _field_names(model, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            fix = f"Did you mean `{prefix}{'.'.join(map(str, loc[:-1] + (close[0],)))}`?" if close else (
+                f"Known keys here: {', '.join(known)}" if known else "Remove it")
+            problems.append(Problem(src, shown_key, "unknown key", fix))
+        elif e["type"] == "missing":
+            problems.append(Problem(src, shown_key, "required key is missing", "Add it"))
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = "" if isinstance(value, dict) else f" (got {value!r})"
+            fix = ""
+            if ". " in msg and e["type"] == "value_error":
+                msg, _, fix = msg.partition(". ")
+            problems.append(Problem(src, shown_key, f"{msg}{got}", fix or _generic_fix(e)))
+    return problems
+
+
+def _generic_fix(e: dict[str, Any]) -> str:
+    ctx = e.get("ctx") or {}
+    if "expected" in ctx:
+        return f"Use one of {ctx['expected']}"
+    for bound, word in (("gt", "greater than"), ("ge", "at least"), ("lt", "less than"), ("le", "at most")):
+        if bound in ctx:
+            return f"Use a value {word} {ctx[bound]}"
+    if "pattern" in ctx:
+        return "Use letters, digits, '.', '_' or '-' (at most 64 characters)"
+    if e["type"].endswith("_type") or e["type"].endswith("_parsing"):
+        return "Fix the value's type"
+    return ""
+
+
+def _validate(
+    model: type[BaseModel], data: dict[str, Any], source: str, overridden: dict[str, str], prefix: str = ""
+):
+    try:
+        return model.model_validate(data), []
+    except ValidationError as err:
+        return None, _problems_from_validation(err, model, source, overridden, prefix)
+
+
+def read_configs(
+    sweep_path: str | Path, cluster_path: str | Path | None = None, overrides: list[str] | None = None
+) -> tuple[SweepConfig | None, ClusterProfile | None, list[Problem]]:
+    """Load a sweep file and an optional cluster profile, apply `key=value` overrides, validate each.
+
+    Overrides starting with `cluster.` go to the cluster profile; the rest to the sweep file. Returns
+    whichever of the two validated (None for the other) and every problem found in both.
+    """
+    problems: list[Problem] = []
+    raws: dict[str, dict[str, Any] | None] = {"sweep": None, "cluster": {}}
+    for name, path, what in (("sweep", sweep_path, "sweep file"), ("cluster", cluster_path, "cluster profile")):
+        if path is None:
+            continue
+        try:
+            raws[name] = _read_yaml(path, what)
+        except ConfigError as e:
+            problems += e.problems
+            raws[name] = None
+    sweep_over: dict[str, str] = {}
+    cluster_over: dict[str, str] = {}
+    for text in overrides or []:
+        try:
+            keys, value = parse_override(text)
+        except ConfigError as e:
+            problems.extend(e.problems)
+            continue
+        if text.startswith(CLUSTER_PREFIX):
+            if raws["cluster"] is not None:
+                _set_dotted(raws["cluster"], keys[1:], value)
+            cluster_over[".".join(keys[1:])] = text
+        else:
+            if raws["sweep"] is not None:
+                _set_dotted(raws["sweep"], keys, value)
+            sweep_over[".".join(keys)] = text
+    sweep = cluster = None
+    if raws["sweep"] is not None:
+        sweep, found = _validate(SweepConfig, raws["sweep"], str(sweep_path), sweep_over)
+        problems += found
+    if raws["cluster"] is not None:
+        cluster_src = str(cluster_path) if cluster_path else "embedded default cluster"
+        cluster, found = _validate(ClusterProfile, raws["cluster"], cluster_src, cluster_over,
+                                   prefix="" if cluster_path else CLUSTER_PREFIX)
+        problems += found
+    return sweep, cluster, problems
+
+
+def load_config(
+    sweep_path: str | Path, cluster_path: str | Path | None = None, overrides: list[str] | None = None
+) -> tuple[SweepConfig, ClusterProfile]:
+    """`read_configs`, raising unless both files are valid.
+
+    Raises:
+        ConfigError: with every problem in both files and the overrides, one line each.
+    """
+    sweep, cluster, problems = read_configs(sweep_path, cluster_path, overrides)
+    if problems or sweep is None or cluster is None:
+        raise ConfigError(problems)
+    return sweep, cluster
+
+
+# --------------------------------------------------------------------------------------------------
+# Derived values used on both sides of the process boundary
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_precision(sweep: SweepConfig, cluster: ClusterProfile) -> str:
+    """Training precision: bf16 on GPU and fp32 on CPU unless configured."""
+    if sweep.train.precision != "auto":
+        return sweep.train.precision
+    return "bf16" if cluster.trial.use_gpu else "fp32"
+
+
+def resolve_quant_storage(sweep: SweepConfig, cluster: ClusterProfile) -> str:
+    """Packed 4-bit storage dtype: the compute dtype under ZeRO-3 (DeepSpeed shards it), uint8 otherwise."""
+    q = sweep.quantization
+    if q.quant_storage != "auto":
+        return q.quant_storage
+    return resolve_compute_dtype(sweep, cluster) if cluster.deepspeed.zero_stage == 3 else "uint8"
+
+
+def resolve_compute_dtype(sweep: SweepConfig, cluster: ClusterProfile) -> str:
+    """dtype of quantized matmuls: follows the training precision unless configured."""
+    q = sweep.quantization
+    return resolve_precision(sweep, cluster) if q.compute_dtype == "auto" else q.compute_dtype
+
+
+def resolve_path(path: str) -> Path:
+    """Resolve a config path the same way on every process: `~` expanded, relative to the working directory."""
+    return Path(os.path.expanduser(path))
+
+
+def model_source(path: str) -> str:
+    """A local model directory as an absolute path string; anything that does not exist locally is a hub id."""
+    local = resolve_path(path)
+    return str(local.resolve()) if local.exists() else path

@@ -1,0 +1,517 @@
+"""Company data: find and read the files, check every row, split deterministically, digest, and tokenize
+once into an Arrow dataset that every trial and worker reads memory-mapped.
+
+Reading and checking need only the standard library (and pyarrow for Parquet); tokenizing imports
+transformers inside `prepare_dataset`.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from adaptune.config import DataConfig, model_source, resolve_path
+from adaptune.errors import DataError, Problem, missing_path_hint
+
+DATA_SUFFIXES = (".jsonl", ".csv", ".parquet")
+CHAT_ROLES = ("system", "user", "assistant")
+MAX_LINE_BYTES = 16 * 1024 * 1024  # a longer line is refused rather than read into memory
+MAX_PROBLEMS = 20
+IGNORE_INDEX = -100
+
+# A ChatML-style template used when the tokenizer has none.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# --------------------------------------------------------------------------------------------------
+# Finding and reading files
+# --------------------------------------------------------------------------------------------------
+
+
+def find_data_files(path: str, key: str = "data.path") -> list[Path]:
+    """The data files a `data.path` names: one file, a glob, or a directory (recursive), sorted.
+
+    Raises:
+        DataError: when nothing usable is found, listing what is there.
+    """
+    p = resolve_path(path)
+    if any(ch in path for ch in "*?["):
+        files = sorted(Path(f) for f in glob.glob(str(p), recursive=True) if Path(f).is_file())
+        where = f"glob {path!r} matches no files"
+    elif p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in DATA_SUFFIXES)
+        where = f"directory {path} has no {'/'.join(DATA_SUFFIXES)} files"
+        if not files:
+            seen = sorted(f.name for f in p.iterdir())[:10]
+            where += f" (it has: {', '.join(seen) or 'nothing'})"
+    elif p.is_file():
+        files = [p]
+        where = ""
+    else:
+        raise DataError(Problem(path, key, "does not exist", missing_path_hint(path)))
+    if not files:
+        raise DataError(Problem(path, key, where, f"Point {key} at {'/'.join(DATA_SUFFIXES)} data"))
+    bad = [f for f in files if f.suffix not in DATA_SUFFIXES]
+    if bad:
+        raise DataError(Problem(str(bad[0]), key, f"unsupported file type {bad[0].suffix!r}",
+                                f"Use {', '.join(DATA_SUFFIXES)} files"))
+    return files
+
+
+def _read_lines(file: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) for each line, refusing non-UTF-8 bytes and absurdly long lines by line number."""
+    with file.open("rb") as f:
+        lineno = 0
+        while True:
+            raw = f.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            lineno += 1
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                raise DataError(Problem(str(file), f"line {lineno}", f"line longer than {MAX_LINE_BYTES} bytes",
+                                        "Split it into rows, one per line"))
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(Problem(str(file), f"line {lineno}", f"not UTF-8 (byte {e.start} of the line)",
+                                        "Re-encode the file as UTF-8")) from None
+
+
+def read_rows(file: Path, limit: int | None = None) -> Iterator[tuple[str, Any]]:
+    """Yield (location, row) from a JSONL, CSV or Parquet file; `limit` reads only the head.
+
+    Raises:
+        DataError: for an empty file, malformed JSON, non-UTF-8 text, naming the line.
+    """
+    if file.stat().st_size == 0:
+        raise DataError(Problem(str(file), "", "file is empty", "Remove it or add rows"))
+    count = 0
+    if file.suffix == ".jsonl":
+        for lineno, text in _read_lines(file):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except (json.JSONDecodeError, RecursionError) as e:
+                reason = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+                raise DataError(Problem(str(file), f"line {lineno}", f"malformed JSON: {reason}",
+                                        "Write one JSON object per line")) from None
+            yield f"line {lineno}", row
+            count += 1
+            if limit and count >= limit:
+                return
+    elif file.suffix == ".csv":
+        lines = (text for _, text in _read_lines(file))
+        reader = csv.DictReader(lines)
+        try:
+            for row in reader:
+                yield f"line {reader.line_num}", row
+                count += 1
+                if limit and count >= limit:
+                    return
+        except csv.Error as e:
+            raise DataError(Problem(str(file), f"line {reader.line_num}", f"malformed CSV: {e}",
+                                    "Quote fields that contain commas or newlines")) from None
+    else:
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(file)
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise DataError(Problem(str(file), "", f"not a readable Parquet file ({e})",
+                                    "Write it with pandas/pyarrow .to_parquet")) from None
+        rowno = 0
+        for batch in pf.iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                rowno += 1
+                yield f"row {rowno}", row
+                if limit and rowno >= limit:
+                    return
+    if count == 0 and file.suffix != ".parquet":
+        raise DataError(Problem(str(file), "", "file has no rows", "Remove it or add rows"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Checking and normalizing rows: instruction -> (prompt, response); chat -> messages; text -> text
+# --------------------------------------------------------------------------------------------------
+
+
+def _nonempty_str(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def normalize_row(row: Any, cfg: DataConfig, file: str, where: str) -> dict[str, Any]:
+    """Turn one raw row into the record the tokenizer step uses, or raise a one-line DataError."""
+    c = cfg.columns
+
+    def fail(message: str, fix: str) -> DataError:
+        return DataError(Problem(file, where, message, fix))
+
+    if not isinstance(row, dict):
+        raise fail(f"expected an object with columns, got {type(row).__name__}", "Write one object per row")
+    if cfg.format == "instruction":
+        for col, key in ((c.instruction, "instruction"), (c.output, "output")):
+            if col not in row:
+                raise fail(f"missing column {col!r} (columns: {', '.join(map(str, row)) or 'none'})",
+                           f"Add it or set data.columns.{key} to the right column name")
+        if not _nonempty_str(row[c.instruction]):
+            raise fail(f"empty or non-text {c.instruction!r}", "Give every row an instruction")
+        if not _nonempty_str(row[c.output]):
+            raise fail(f"empty response in {c.output!r}", "Fill in the response or remove the row")
+        extra = row.get(c.input)
+        if extra is not None and not isinstance(extra, str):
+            raise fail(f"{c.input!r} must be text, got {type(extra).__name__}", "Make it a string or leave it empty")
+        extra = (extra or "").strip()
+        prompt = cfg.prompt_template.format(
+            instruction=row[c.instruction].strip(),
+            input_block=f"\n### Input:\n{extra}\n" if extra else "",
+            input_clause=", paired with an input that provides further context" if extra else "",
+        )
+        return {"prompt": prompt, "response": row[c.output].strip()}
+    if cfg.format == "chat":
+        messages = row.get(c.messages)
+        if messages is None:
+            raise fail(f"missing column {c.messages!r} (columns: {', '.join(map(str, row)) or 'none'})",
+                       "Add it or set data.columns.messages to the right column name")
+        if isinstance(messages, str):  # CSV cells hold JSON text
+            try:
+                messages = json.loads(messages)
+            except json.JSONDecodeError:
+                raise fail(f"{c.messages!r} is not a JSON list", "Write messages as a list of {role, content}")
+        if not isinstance(messages, list) or not messages:
+            raise fail(f"{c.messages!r} must be a non-empty list of messages", "Write [{role, content}, ...]")
+        clean = []
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                raise fail(f"message {i} is not an object with role and content", "Write {role, content}")
+            if m["role"] not in CHAT_ROLES:
+                raise fail(f"message {i} has unknown role {m['role']!r}", f"Use one of {', '.join(CHAT_ROLES)}")
+            if not isinstance(m["content"], str):
+                raise fail(f"message {i} content is not text", "Make content a string")
+            clean.append({"role": m["role"], "content": m["content"]})
+        if not any(m["role"] == "assistant" and m["content"].strip() for m in clean):
+            raise fail("no non-empty assistant message (empty response)", "Add the assistant's answer")
+        return {"messages": clean}
+    text = row.get(c.text)
+    if text is None:
+        raise fail(f"missing column {c.text!r} (columns: {', '.join(map(str, row)) or 'none'})",
+                   "Add it or set data.columns.text to the right column name")
+    if not _nonempty_str(text):
+        raise fail(f"empty {c.text!r}", "Remove the row or fill it")
+    return {"text": text}
+
+
+def load_records(
+    files: list[Path], cfg: DataConfig, limit: int | None = None
+) -> tuple[list[dict[str, Any]], list[Problem]]:
+    """Read and normalize rows from `files` (only the first `limit` of each when given).
+
+    Returns the records and every problem found (capped), so a user sees them all at once.
+    """
+    records: list[dict[str, Any]] = []
+    problems: list[Problem] = []
+    for file in files:
+        try:
+            for where, row in read_rows(file, limit):
+                try:
+                    records.append(normalize_row(row, cfg, str(file), where))
+                except DataError as e:
+                    problems.extend(e.problems)
+                    if len(problems) >= MAX_PROBLEMS:
+                        problems.append(Problem(str(file), "", "too many problems, stopped reading",
+                                                "Fix the ones above first"))
+                        return records, problems
+        except DataError as e:
+            problems.extend(e.problems)
+    return records, problems
+
+
+# --------------------------------------------------------------------------------------------------
+# Digest and split
+# --------------------------------------------------------------------------------------------------
+
+
+def file_digest(file: Path) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with file.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def data_digest(files: list[Path]) -> str:
+    """Content digest of a data set: sha256 over each file's sha256, in sorted-path order.
+
+    Every byte counts (unlike a digest of the first rows), and renaming a directory changes nothing.
+    """
+    h = hashlib.sha256()
+    for f in files:
+        h.update(file_digest(f).encode())
+    return h.hexdigest()
+
+
+def split_indices(n: int, cfg: DataConfig) -> dict[str, list[int]]:
+    """Deterministic train/validation/test row indices for `n` rows from `cfg.split_seed`."""
+    order = list(range(n))
+    random.Random(cfg.split_seed).shuffle(order)
+
+    def take(fraction: float, external: str | None) -> int:
+        if external or fraction == 0:
+            return 0
+        return max(1, round(n * fraction))
+
+    n_test = take(cfg.test_fraction, cfg.test_path)
+    n_val = take(cfg.val_fraction, cfg.eval_path)
+    return {
+        "test": sorted(order[:n_test]),
+        "validation": sorted(order[n_test : n_test + n_val]),
+        "train": sorted(order[n_test + n_val :]),
+    }
+
+
+@dataclass
+class SplitRecords:
+    """Normalized records per split, with where they came from."""
+
+    splits: dict[str, list[dict[str, Any]]]
+    digests: dict[str, str]  # "train" (the data.path set), "eval", "test" -> content digest
+    files: dict[str, list[str]]
+
+
+def load_splits(cfg: DataConfig) -> SplitRecords:
+    """Read all of the data, check every row, and split it.
+
+    Raises:
+        DataError: every bad row (up to a cap), or a split that comes out empty.
+    """
+    files = {"train": find_data_files(cfg.path, "data.path")}
+    if cfg.eval_path:
+        files["eval"] = find_data_files(cfg.eval_path, "data.eval_path")
+    if cfg.test_path:
+        files["test"] = find_data_files(cfg.test_path, "data.test_path")
+    loaded, problems = {}, []
+    for name, fs in files.items():
+        loaded[name], p = load_records(fs, cfg)
+        problems += p
+    if problems:
+        raise DataError(problems)
+    rows = loaded["train"]
+    idx = split_indices(len(rows), cfg)
+    splits = {k: [rows[i] for i in v] for k, v in idx.items()}
+    if cfg.eval_path:
+        splits["validation"] = loaded["eval"]
+    if cfg.test_path:
+        splits["test"] = loaded["test"]
+    for name, key, fix in (
+        ("train", "data.path", "Add rows or lower data.val_fraction/test_fraction"),
+        ("validation", "data.val_fraction", "Set data.val_fraction > 0 or data.eval_path"),
+    ):
+        if not splits[name]:
+            raise DataError(Problem(cfg.path, key, f"the {name} split is empty ({len(rows)} rows in all)", fix))
+    if cfg.test_fraction > 0 and not cfg.test_path and not splits["test"]:
+        raise DataError(Problem(cfg.path, "data.test_fraction", "the test split is empty", "Add rows"))
+    return SplitRecords(
+        splits=splits,
+        digests={k: data_digest(v) for k, v in files.items()},
+        files={k: [str(f) for f in v] for k, v in files.items()},
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenizing: (input_ids, labels) with prompt masking, truncation and optional packing
+# --------------------------------------------------------------------------------------------------
+
+
+def chat_segments(messages: list[dict[str, str]], tokenizer: Any) -> list[tuple[str, bool]]:
+    """Split a rendered conversation into (text, is_response) pieces using the tokenizer's chat template.
+
+    Each assistant message's text (after the generation prompt) is a response piece; everything else is
+    prompt. Relies on the template rendering a prefix of a conversation as a prefix of its text.
+    """
+    render = tokenizer.apply_chat_template
+    pieces: list[tuple[str, bool]] = []
+    done = ""
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prompt = render(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
+        full = render(messages[: i + 1], tokenize=False)
+        if not prompt.startswith(done) or not full.startswith(prompt):
+            raise DataError(Problem("chat template", "data.mask_prompt",
+                                    "the tokenizer's chat template does not render conversations prefix by prefix",
+                                    "Set data.mask_prompt=false to train on whole conversations"))
+        pieces += [(prompt[len(done):], False), (full[len(prompt):], True)]
+        done = full
+    rest = render(messages, tokenize=False)[len(done):]
+    if rest:
+        pieces.append((rest, False))
+    return [(t, r) for t, r in pieces if t]
+
+
+def tokenize_record(record: dict[str, Any], tokenizer: Any, cfg: DataConfig) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) for one normalized record, labels -100 where no loss is taken."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    if "text" in record:
+        ids = tokenizer(record["text"], add_special_tokens=True)["input_ids"] + eos
+        return ids, list(ids)
+    if "prompt" in record:
+        pieces = [(record["prompt"], False), (record["response"], True)]
+        special_first = True
+    else:
+        pieces = chat_segments(record["messages"], tokenizer)
+        special_first = False  # chat templates write their own BOS
+    ids: list[int] = []
+    labels: list[int] = []
+    for i, (text, is_response) in enumerate(pieces):
+        piece = tokenizer(text, add_special_tokens=special_first and i == 0)["input_ids"]
+        ids += piece
+        labels += piece if (is_response or not cfg.mask_prompt) else [IGNORE_INDEX] * len(piece)
+    if "prompt" in record:
+        ids += eos
+        labels += eos
+    return ids, labels
+
+
+@dataclass
+class DataManifest:
+    """What was prepared, stored beside the Arrow files as manifest.json."""
+
+    key: str
+    digest: str
+    digests: dict[str, str]
+    files: dict[str, list[str]]
+    rows: dict[str, int]
+    examples: dict[str, int]
+    truncated: dict[str, int]
+    dropped: dict[str, int]
+    tokens: dict[str, int]
+    format: str
+    max_seq_length: int
+    packing: bool
+    pad_token_id: int
+    path: str = ""
+
+    def save(self, directory: Path) -> None:
+        (directory / "manifest.json").write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: Path) -> DataManifest:
+        m = cls(**json.loads((directory / "manifest.json").read_text(encoding="utf-8")))
+        m.path = str(directory)
+        return m
+
+
+def _pack(examples: list[tuple[list[int], list[int]]], block: int) -> list[tuple[list[int], list[int]]]:
+    flat_ids = [t for ids, _ in examples for t in ids]
+    flat_labels = [t for _, labels in examples for t in labels]
+    return [(flat_ids[i : i + block], flat_labels[i : i + block]) for i in range(0, len(flat_ids), block)]
+
+
+def load_tokenizer(model_path: str, trust_remote_code: bool = False, revision: str | None = None) -> Any:
+    """The base model's tokenizer, with a pad token and a chat template (the fallback when it has none)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_source(model_path), trust_remote_code=trust_remote_code,
+                                        revision=revision)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not getattr(tok, "chat_template", None):
+        tok.chat_template = FALLBACK_CHAT_TEMPLATE
+    return tok
+
+
+def preparation_key(records: SplitRecords, cfg: DataConfig, tokenizer_id: str) -> str:
+    """Identity of a prepared dataset: same data, same data settings, same tokenizer -> same key."""
+    payload = json.dumps(
+        {"digests": records.digests, "data": cfg.model_dump(exclude={"path", "eval_path", "test_path"}),
+         "tokenizer": tokenizer_id},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _tokenizer_id(tokenizer: Any) -> str:
+    """A digest of the tokenizer's vocabulary and chat template, so a changed tokenizer re-prepares."""
+    h = hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    h.update(str(tokenizer.chat_template).encode())
+    return h.hexdigest()[:16]
+
+
+def prepare_dataset(
+    cfg: DataConfig, model_path: str, out_root: Path, trust_remote_code: bool = False, revision: str | None = None
+) -> DataManifest:
+    """Read, check, split and tokenize the data once into `out_root/<key>/` (Arrow), reusing a prior copy.
+
+    Every trial and worker then reads it memory-mapped with `datasets.load_from_disk`; workers never
+    re-tokenize. Writing goes to a temporary directory renamed into place, so concurrent preparations
+    cannot leave a half-written copy.
+    """
+    records = load_splits(cfg)
+    tokenizer = load_tokenizer(model_path, trust_remote_code, revision)
+    key = preparation_key(records, cfg, _tokenizer_id(tokenizer))
+    target = out_root / key
+    if (target / "manifest.json").is_file():
+        return DataManifest.load(target)
+
+    from datasets import Dataset, Features, Sequence, Value
+
+    features = Features({"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32"))})
+    out_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=out_root))
+    stats: dict[str, dict[str, int]] = {"examples": {}, "truncated": {}, "dropped": {}, "tokens": {}}
+    for split, rows in records.splits.items():
+        examples, truncated, dropped = [], 0, 0
+        for record in rows:
+            ids, labels = tokenize_record(record, tokenizer, cfg)
+            if len(ids) > cfg.max_seq_length and not cfg.packing:
+                ids, labels = ids[: cfg.max_seq_length], labels[: cfg.max_seq_length]
+                truncated += 1
+            if all(lab == IGNORE_INDEX for lab in labels):
+                dropped += 1  # the prompt fills max_seq_length: no response token left to learn from
+                continue
+            examples.append((ids, labels))
+        if cfg.packing:
+            examples = _pack(examples, cfg.max_seq_length)
+        Dataset.from_dict(
+            {"input_ids": [e[0] for e in examples], "labels": [e[1] for e in examples]}, features=features
+        ).save_to_disk(str(tmp / split))
+        stats["examples"][split] = len(examples)
+        stats["truncated"][split] = truncated
+        stats["dropped"][split] = dropped
+        stats["tokens"][split] = sum(len(e[0]) for e in examples)
+    if stats["examples"]["train"] == 0 or stats["examples"]["validation"] == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(Problem(cfg.path, "data.max_seq_length",
+                                f"every prompt fills max_seq_length={cfg.max_seq_length}, no response tokens remain",
+                                "Raise data.max_seq_length"))
+    manifest = DataManifest(
+        key=key,
+        digest=records.digests["train"],
+        digests=records.digests,
+        files=records.files,
+        rows={k: len(v) for k, v in records.splits.items()},
+        format=cfg.format,
+        max_seq_length=cfg.max_seq_length,
+        packing=cfg.packing,
+        pad_token_id=int(tokenizer.pad_token_id),
+        **stats,
+    )
+    manifest.save(tmp)
+    try:
+        os.rename(tmp, target)
+    except OSError:  # another run prepared the same key meanwhile; theirs is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return DataManifest.load(target)

@@ -1,0 +1,105 @@
+"""The base model and its LoRA adapter: loading (optionally 4-/8-bit with bitsandbytes), attaching LoRA
+with peft, and saving/loading adapter-only safetensors. Imports torch, transformers and peft."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adaptune.config import (
+    ClusterProfile,
+    SweepConfig,
+    resolve_compute_dtype,
+    model_source,
+    resolve_precision,
+    resolve_quant_storage,
+)
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "uint8": torch.uint8}
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def quantization_config(sweep: SweepConfig, cluster: ClusterProfile) -> Any | None:
+    """The bitsandbytes config for QLoRA / 8-bit, or None."""
+    from transformers import BitsAndBytesConfig
+
+    q = sweep.quantization
+    if q.mode == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=q.quant_type,
+            bnb_4bit_use_double_quant=q.double_quant,
+            bnb_4bit_compute_dtype=DTYPES[resolve_compute_dtype(sweep, cluster)],
+            bnb_4bit_quant_storage=DTYPES[resolve_quant_storage(sweep, cluster)],
+        )
+    if q.mode == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def load_base_model(sweep: SweepConfig, cluster: ClusterProfile, device: torch.device | None = None) -> Any:
+    """The frozen base model in the training precision, quantized if configured.
+
+    Under ZeRO-3 no device map is given: transformers then builds the model under `deepspeed.zero.Init`
+    (the caller keeps an `HfDeepSpeedConfig` alive), so each rank holds only its shard.
+    """
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {
+        "dtype": DTYPES[resolve_precision(sweep, cluster)],
+        "trust_remote_code": sweep.model.trust_remote_code,
+        "revision": sweep.model.revision,
+        "use_safetensors": True,
+    }
+    qcfg = quantization_config(sweep, cluster)
+    if qcfg is not None:
+        kwargs["quantization_config"] = qcfg
+        if cluster.deepspeed.zero_stage != 3:
+            kwargs["device_map"] = {"": str(device or "cpu")}
+    model = AutoModelForCausalLM.from_pretrained(model_source(sweep.model.path), **kwargs)
+    model.config.use_cache = False
+    return model
+
+
+def add_lora(model: Any, sweep: SweepConfig, target_modules: list[str]) -> Any:
+    """Freeze the base and attach a LoRA adapter; returns the peft model."""
+    from peft import LoraConfig, get_peft_model
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if sweep.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    lora = sweep.lora
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=target_modules,
+        bias=lora.bias,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def trainable_parameters(peft_model: Any) -> tuple[int, int]:
+    """(trainable, total) parameter counts, counting 4-bit weights at their real size."""
+    return peft_model.get_nb_trainable_parameters()
+
+
+def save_adapter(peft_model: Any, directory: Path, state_dict: dict[str, torch.Tensor]) -> None:
+    """Write adapter_config.json + adapter_model.safetensors only (never the base weights)."""
+    peft_model.save_pretrained(str(directory), state_dict=state_dict, safe_serialization=True)
+
+
+def load_adapter_weights(peft_model: Any, directory: Path) -> None:
+    """Load saved adapter weights (safetensors) into an already-built peft model."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    result = set_peft_model_state_dict(peft_model, load_file(str(directory / ADAPTER_WEIGHTS)))
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise RuntimeError(f"adapter in {directory} does not fit this model: unexpected {unexpected[:3]}")

@@ -1,0 +1,116 @@
+"""What owns one trial: a Ray Train `TorchTrainer` with N DeepSpeed workers for one set of hyperparameters,
+run to the end, and its outcome read back from the checkpoints it reported."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from adaptune.config import ClusterProfile, SweepConfig
+
+METRIC = "eval_loss"
+
+
+@dataclass(frozen=True)
+class TrialInputs:
+    """What every trial of a run shares, computed once by the driver."""
+
+    data_dir: str  # the prepared (tokenized) dataset, on storage every node reaches
+    target_modules: list[str]
+    pad_token_id: int
+
+
+@dataclass
+class TrialOutcome:
+    """What a finished trial produced."""
+
+    path: str  # the trial's storage directory
+    best: dict[str, Any]  # metrics of the best evaluation
+    final: dict[str, Any]  # metrics of the last evaluation
+    history: list[dict[str, Any]]  # every evaluation, in order
+    adapter_path: str  # adapter of the best evaluation
+    restarts: list[int] = field(default_factory=list)  # steps the trial resumed from after worker losses
+
+
+def build_trainer(
+    sweep: SweepConfig,
+    cluster: ClusterProfile,
+    inputs: TrialInputs,
+    name: str,
+    storage_path: str,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """A `TorchTrainer` for one trial: N workers over gloo (CPU) or NCCL (GPU), restarted from the last
+    adapter checkpoint up to `trial.max_failures` times, keeping the best checkpoint and the latest."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from adaptune.train_loop import train_fn_per_worker
+
+    tr = cluster.trial
+    resources = {"CPU": tr.cpus_per_worker}
+    if tr.use_gpu:
+        resources["GPU"] = tr.gpus_per_worker
+    return TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config={
+            "sweep": sweep.model_dump(mode="json"),
+            "cluster": cluster.model_dump(mode="json"),
+            "data_dir": inputs.data_dir,
+            "target_modules": inputs.target_modules,
+            "pad_token_id": inputs.pad_token_id,
+        },
+        scaling_config=ScalingConfig(num_workers=tr.num_workers, use_gpu=tr.use_gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if tr.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=tr.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order="min"
+            ),
+            callbacks=callbacks or [],
+        ),
+    )
+
+
+def read_outcome(result: Any) -> TrialOutcome:
+    """The outcome of a finished `TorchTrainer.fit()`, read from its checkpoints (not `Result.metrics`,
+    which Ray leaves empty in some paths). The latest checkpoint's trainer state has the full history."""
+    from adaptune.train_loop import ADAPTER_DIR, TRAINER_STATE
+
+    if result.checkpoint is None:
+        raise RuntimeError(f"trial at {result.path} reported no checkpoint")
+    with result.checkpoint.as_directory() as d:
+        state = json.loads((Path(d) / TRAINER_STATE).read_text(encoding="utf-8"))
+    best_ckpt, best = min(result.best_checkpoints or [(result.checkpoint, state["history"][-1])],
+                          key=lambda cm: cm[1][METRIC])
+    return TrialOutcome(
+        path=str(result.path),
+        best=best,
+        final=state["history"][-1],
+        history=state["history"],
+        adapter_path=str(Path(best_ckpt.path) / ADAPTER_DIR),
+        restarts=state["restarts"],
+    )
+
+
+def run_trial(
+    sweep: SweepConfig, cluster: ClusterProfile, inputs: TrialInputs, name: str, storage_path: str
+) -> TrialOutcome:
+    """Train one adapter with the sweep's base values and return what it produced.
+
+    Raises:
+        ray.train.TrainingFailedError: when the workers failed more than `trial.max_failures` times.
+    """
+    trainer = build_trainer(sweep, cluster, inputs, name, storage_path)
+    result = trainer.fit()
+    return read_outcome(result)
+
+
+def temporary_storage() -> str:
+    """A scratch storage path for callers that keep nothing (benchmarks)."""
+    return tempfile.mkdtemp(prefix="adaptune-")

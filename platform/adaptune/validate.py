@@ -1,0 +1,149 @@
+"""Every check a real run makes before spending compute, without starting Ray or importing torch: files and
+model exist, the head of the data parses, target modules exist, trials fit the cluster, settings combine."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+from adaptune.architecture import ArchitectureError, linear_layers, read_model_type, resolve_target_modules
+from adaptune.config import ClusterProfile, SweepConfig, resolve_compute_dtype, resolve_path, resolve_precision
+from adaptune.data import find_data_files, load_records
+from adaptune.errors import DataError, Problem, missing_path_hint
+
+HEAD_ROWS = 100
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def local_gpu_count() -> int:
+    """GPUs on this machine, without importing torch: CUDA_VISIBLE_DEVICES, else /dev/nvidiaN devices."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    return len(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith((".", "/", "~")) or resolve_path(path).exists() or path.count("/") != 1
+
+
+def check_model(sweep: SweepConfig, source: str) -> list[Problem]:
+    """The model directory exists with config, weights and tokenizer, and the LoRA targets exist in it."""
+    path = sweep.model.path
+    local = resolve_path(path)
+    if not local.exists():
+        if _looks_local(path):
+            return [Problem(source, "model.path", f"model directory {path!r} does not exist",
+                            missing_path_hint(path) + " (the demo model is built by `adaptune demo-model`)")]
+        return _check_hub_model(sweep, source)
+    if not local.is_dir():
+        return [Problem(source, "model.path", f"{path!r} is a file, not a model directory", "Point at the directory")]
+    problems = []
+    if not any((local / f).is_file() for f in TOKENIZER_FILES):
+        problems.append(Problem(source, "model.path", f"no tokenizer in {path}",
+                                f"Save the tokenizer there (one of {', '.join(TOKENIZER_FILES)})"))
+    try:
+        layers = linear_layers(local)
+        resolve_target_modules(sweep.lora.target_modules, read_model_type(local), layers)
+    except ArchitectureError as e:
+        key = "lora.target_modules" if "not found" in str(e) or "named target" in str(e) else "model.path"
+        fix = "Pick modules from that list" if key == "lora.target_modules" else "Point at a saved Hugging Face model"
+        problems.append(Problem(source, key, str(e), fix))
+    return problems
+
+
+def _check_hub_model(sweep: SweepConfig, source: str) -> list[Problem]:
+    """A hub id: usable when it is in the local cache, or when the hub may be reached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(sweep.model.path, "config.json", revision=sweep.model.revision)
+    if isinstance(cached, str):
+        try:
+            d = Path(cached).parent
+            resolve_target_modules(sweep.lora.target_modules, read_model_type(d), linear_layers(d))
+        except ArchitectureError as e:
+            return [Problem(source, "lora.target_modules", str(e), "Pick modules from that list")]
+        return []
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return [Problem(source, "model.path", f"hub model {sweep.model.path!r} is not in the local cache and "
+                        "HF_HUB_OFFLINE=1", "Download it first, or point model.path at a local directory")]
+    return []  # fetched from the hub when the run starts; its architecture is checked then
+
+
+def check_data(sweep: SweepConfig, source: str) -> list[Problem]:
+    """Each data path names files, and the head of each file has the configured format and columns."""
+    problems = []
+    d = sweep.data
+    for key, path in (("data.path", d.path), ("data.eval_path", d.eval_path), ("data.test_path", d.test_path)):
+        if path is None:
+            continue
+        try:
+            files = find_data_files(path, key)
+        except DataError as e:
+            problems += [Problem(source, key, p.message if p.source == path else f"{p.source}: {p.message}", p.fix)
+                         for p in e.problems]
+            continue
+        problems += load_records(files, d, limit=HEAD_ROWS)[1]
+    return problems
+
+
+def check_resources(cluster: ClusterProfile, source: str) -> list[Problem]:
+    """A trial's workers fit the cluster's CPUs and GPUs."""
+    tr, cap = cluster.trial, cluster.capacity
+    cpus = cap.cpus if cap.cpus is not None else float(os.cpu_count() or 1)
+    gpus = cap.gpus if cap.gpus is not None else float(local_gpu_count())
+    problems = []
+    need_cpu = tr.num_workers * tr.cpus_per_worker
+    if need_cpu > cpus:
+        problems.append(Problem(source, "trial.num_workers",
+                                f"a trial needs {need_cpu:g} CPUs ({tr.num_workers} workers x {tr.cpus_per_worker:g}) "
+                                f"but the cluster has {cpus:g}",
+                                "Lower trial.num_workers or trial.cpus_per_worker, or raise capacity.cpus"))
+    if tr.use_gpu:
+        need_gpu = tr.num_workers * tr.gpus_per_worker
+        if need_gpu > gpus:
+            problems.append(Problem(source, "trial.use_gpu",
+                                    f"a trial needs {need_gpu:g} GPUs ({tr.num_workers} workers x "
+                                    f"{tr.gpus_per_worker:g}) but the cluster has {gpus:g}",
+                                    "Lower trial.num_workers, raise capacity.gpus, or set trial.use_gpu: false"))
+    return problems
+
+
+def check_compatibility(sweep: SweepConfig, cluster: ClusterProfile, source: str, cluster_source: str) -> list[Problem]:
+    """Combinations of settings that cannot train together."""
+    q, zero = sweep.quantization, cluster.deepspeed.zero_stage
+    problems = []
+    if q.mode == "8bit" and zero == 3:
+        problems.append(Problem(source, "quantization.mode",
+                                "8-bit quantization cannot be sharded by ZeRO-3 (got 8bit with zero_stage 3)",
+                                "Use quantization.mode=4bit, or deepspeed.zero_stage <= 2"))
+    if q.mode == "4bit" and zero == 3:
+        compute = resolve_compute_dtype(sweep, cluster)
+        if q.quant_storage not in ("auto", compute):
+            problems.append(Problem(source, "quantization.quant_storage",
+                                    f"QLoRA under ZeRO-3 needs quant_storage equal to the compute dtype {compute} "
+                                    f"(got {q.quant_storage})",
+                                    f"Set quantization.quant_storage={compute} or auto"))
+    if q.mode != "none" and cluster.deepspeed.offload_params:
+        problems.append(Problem(cluster_source, "deepspeed.offload_params",
+                                "quantized weights cannot be offloaded by ZeRO-3", "Set offload_params: false"))
+    if resolve_precision(sweep, cluster) == "fp16" and not cluster.trial.use_gpu:
+        problems.append(Problem(source, "train.precision", "fp16 training needs GPUs (got fp16 on CPU workers)",
+                                "Use train.precision=fp32 or bf16 on CPU"))
+    return problems
+
+
+def check_run(
+    sweep: SweepConfig | None, cluster: ClusterProfile | None, sweep_file: str, cluster_file: str | None
+) -> list[Problem]:
+    """Every problem a run would hit before training starts, for whichever of the two files is valid."""
+    cluster_source = cluster_file or "embedded default cluster"
+    problems = []
+    if sweep is not None:
+        problems += check_model(sweep, sweep_file) + check_data(sweep, sweep_file)
+    if cluster is not None:
+        problems += check_resources(cluster, cluster_source)
+    if sweep is not None and cluster is not None:
+        problems += check_compatibility(sweep, cluster, sweep_file, cluster_source)
+    return problems
