@@ -16,8 +16,12 @@ log = logging.getLogger("adaptune")
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("sweep", help="sweep file, e.g. search_spaces/quickstart.yaml")
     p.add_argument("--cluster", help="cluster profile (default: this machine, local Ray)")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="override a sweep key (lora.r=16) or, prefixed with cluster., a profile key")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="override a sweep key (lora.r=16) or, prefixed with cluster., a profile key",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,8 +45,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from adaptune.driver import plan_run
 
     plan = plan_run(args.sweep, args.cluster, args.overrides)
-    print(f"{args.sweep}: ok ({plan.sweep.name}: {plan.cluster.trial.num_workers} workers per trial, "
-          f"ZeRO-{plan.cluster.deepspeed.zero_stage}, quantization {plan.sweep.quantization.mode})")
+    print(
+        f"{args.sweep}: ok ({plan.sweep.name}: {plan.cluster.trial.num_workers} workers per trial, "
+        f"ZeRO-{plan.cluster.deepspeed.zero_stage}, quantization {plan.sweep.quantization.mode})"
+    )
     return EXIT_OK
 
 
@@ -86,7 +92,14 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     """Run one verb; 0 ok, 2 invalid config or data, 1 runtime failure."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # Overrides may come before or after --cluster; argparse leaves the later ones unparsed.
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     logging.basicConfig(level=logging.INFO, format="adaptune: %(message)s")
     try:
         return COMMANDS[args.verb](args)
@@ -105,8 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_INVALID
         if args.debug:
             traceback.print_exc()
-        print(f"adaptune: {args.verb} failed: {_root_message(e)} (run with --debug for the traceback)",
-              file=sys.stderr)
+        print(f"adaptune: {args.verb} failed: {_root_message(e)} (run with --debug for the traceback)", file=sys.stderr)
         return EXIT_RUNTIME
 
 

@@ -85,9 +85,7 @@ class DataConfig(_Section):
         0.0, ge=0.0, lt=1.0, description="Share of rows held out for testing when `test_path` is not set."
     )
     split_seed: int = Field(0, description="Seed of the deterministic train/validation/test split.")
-    max_seq_length: int = Field(
-        512, ge=8, description="Tokens per example; longer examples are truncated and counted."
-    )
+    max_seq_length: int = Field(512, ge=8, description="Tokens per example; longer examples are truncated and counted.")
     mask_prompt: bool = Field(
         True,
         description="Train only on response tokens (assistant messages for `chat`, `output` for `instruction`). "
@@ -149,9 +147,7 @@ class QuantizationConfig(_Section):
     )
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
     double_quant: bool = Field(True, description="Quantize the 4-bit quantization constants too.")
-    compute_dtype: Dtype = Field(
-        "auto", description="dtype of 4-bit matmuls; `auto` follows the training precision."
-    )
+    compute_dtype: Dtype = Field("auto", description="dtype of 4-bit matmuls; `auto` follows the training precision.")
     quant_storage: Literal["auto", "uint8", "bf16", "fp16", "fp32"] = Field(
         "auto",
         description="Storage dtype of packed 4-bit weights. ZeRO-3 needs it equal to the compute dtype, which "
@@ -167,9 +163,7 @@ class TrainConfig(_Section):
     micro_batch_size: int = Field(4, gt=0, description="Examples per worker per forward pass.")
     gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Share of `max_steps` spent warming up.")
-    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
-        "cosine", description="Decay after warmup."
-    )
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping norm; 0 turns clipping off.")
     eval_every: int = Field(
@@ -286,6 +280,17 @@ class ClusterProfile(_Section):
 # --------------------------------------------------------------------------------------------------
 
 CLUSTER_PREFIX = "cluster."
+# Names people bring from other tools, for "did you mean" where spelling alone would not find ours.
+_SYNONYMS = {
+    "rank": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "lr": "learning_rate",
+    "batch_size": "micro_batch_size",
+    "steps": "max_steps",
+    "num_gpus": "use_gpu",
+    "stage": "zero_stage",
+}
 
 
 def _read_yaml(path: str | Path, what: str) -> dict[str, Any]:
@@ -307,8 +312,12 @@ def _read_yaml(path: str | Path, what: str) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(
-            Problem(str(path), "", f"expected a mapping of keys at the top, got {type(data).__name__}",
-                    "Write the file as `key: value` lines")
+            Problem(
+                str(path),
+                "",
+                f"expected a mapping of keys at the top, got {type(data).__name__}",
+                "Write the file as `key: value` lines",
+            )
         )
     return data
 
@@ -324,6 +333,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str):  # YAML 1.1 reads 1e-4 as text
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     return key.strip().split("."), value
 
 
@@ -367,9 +381,13 @@ def _problems_from_validation(
         value = e.get("input")
         if e["type"] == "extra_forbidden":
             known = _field_names(model, loc[:-1])
-            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-            fix = f"Did you mean `{prefix}{'.'.join(map(str, loc[:-1] + (close[0],)))}`?" if close else (
-                f"Known keys here: {', '.join(known)}" if known else "Remove it")
+            synonym = _SYNONYMS.get(str(loc[-1]))
+            close = [synonym] if synonym in known else difflib.get_close_matches(str(loc[-1]), known, n=1)
+            fix = (
+                f"Did you mean `{prefix}{'.'.join(map(str, loc[:-1] + (close[0],)))}`?"
+                if close
+                else (f"Known keys here: {', '.join(known)}" if known else "Remove it")
+            )
             problems.append(Problem(src, shown_key, "unknown key", fix))
         elif e["type"] == "missing":
             problems.append(Problem(src, shown_key, "required key is missing", "Add it"))
@@ -397,9 +415,7 @@ def _generic_fix(e: dict[str, Any]) -> str:
     return ""
 
 
-def _validate(
-    model: type[BaseModel], data: dict[str, Any], source: str, overridden: dict[str, str], prefix: str = ""
-):
+def _validate(model: type[BaseModel], data: dict[str, Any], source: str, overridden: dict[str, str], prefix: str = ""):
     try:
         return model.model_validate(data), []
     except ValidationError as err:
@@ -446,8 +462,9 @@ def read_configs(
         problems += found
     if raws["cluster"] is not None:
         cluster_src = str(cluster_path) if cluster_path else "embedded default cluster"
-        cluster, found = _validate(ClusterProfile, raws["cluster"], cluster_src, cluster_over,
-                                   prefix="" if cluster_path else CLUSTER_PREFIX)
+        cluster, found = _validate(
+            ClusterProfile, raws["cluster"], cluster_src, cluster_over, prefix="" if cluster_path else CLUSTER_PREFIX
+        )
         problems += found
     return sweep, cluster, problems
 

@@ -65,8 +65,11 @@ def find_data_files(path: str, key: str = "data.path") -> list[Path]:
         raise DataError(Problem(path, key, where, f"Point {key} at {'/'.join(DATA_SUFFIXES)} data"))
     bad = [f for f in files if f.suffix not in DATA_SUFFIXES]
     if bad:
-        raise DataError(Problem(str(bad[0]), key, f"unsupported file type {bad[0].suffix!r}",
-                                f"Use {', '.join(DATA_SUFFIXES)} files"))
+        raise DataError(
+            Problem(
+                str(bad[0]), key, f"unsupported file type {bad[0].suffix!r}", f"Use {', '.join(DATA_SUFFIXES)} files"
+            )
+        )
     return files
 
 
@@ -80,13 +83,25 @@ def _read_lines(file: Path) -> Iterator[tuple[int, str]]:
                 return
             lineno += 1
             if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
-                raise DataError(Problem(str(file), f"line {lineno}", f"line longer than {MAX_LINE_BYTES} bytes",
-                                        "Split it into rows, one per line"))
+                raise DataError(
+                    Problem(
+                        str(file),
+                        f"line {lineno}",
+                        f"line longer than {MAX_LINE_BYTES} bytes",
+                        "Split it into rows, one per line",
+                    )
+                )
             try:
                 yield lineno, raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(Problem(str(file), f"line {lineno}", f"not UTF-8 (byte {e.start} of the line)",
-                                        "Re-encode the file as UTF-8")) from None
+                raise DataError(
+                    Problem(
+                        str(file),
+                        f"line {lineno}",
+                        f"not UTF-8 (byte {e.start} of the line)",
+                        "Re-encode the file as UTF-8",
+                    )
+                ) from None
 
 
 def read_rows(file: Path, limit: int | None = None) -> Iterator[tuple[str, Any]]:
@@ -106,8 +121,9 @@ def read_rows(file: Path, limit: int | None = None) -> Iterator[tuple[str, Any]]
                 row = json.loads(text)
             except (json.JSONDecodeError, RecursionError) as e:
                 reason = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
-                raise DataError(Problem(str(file), f"line {lineno}", f"malformed JSON: {reason}",
-                                        "Write one JSON object per line")) from None
+                raise DataError(
+                    Problem(str(file), f"line {lineno}", f"malformed JSON: {reason}", "Write one JSON object per line")
+                ) from None
             yield f"line {lineno}", row
             count += 1
             if limit and count >= limit:
@@ -122,16 +138,23 @@ def read_rows(file: Path, limit: int | None = None) -> Iterator[tuple[str, Any]]
                 if limit and count >= limit:
                     return
         except csv.Error as e:
-            raise DataError(Problem(str(file), f"line {reader.line_num}", f"malformed CSV: {e}",
-                                    "Quote fields that contain commas or newlines")) from None
+            raise DataError(
+                Problem(
+                    str(file),
+                    f"line {reader.line_num}",
+                    f"malformed CSV: {e}",
+                    "Quote fields that contain commas or newlines",
+                )
+            ) from None
     else:
         import pyarrow.parquet as pq
 
         try:
             pf = pq.ParquetFile(file)
         except Exception as e:  # pyarrow raises several types for a damaged file
-            raise DataError(Problem(str(file), "", f"not a readable Parquet file ({e})",
-                                    "Write it with pandas/pyarrow .to_parquet")) from None
+            raise DataError(
+                Problem(str(file), "", f"not a readable Parquet file ({e})", "Write it with pandas/pyarrow .to_parquet")
+            ) from None
         rowno = 0
         for batch in pf.iter_batches(batch_size=1024):
             for row in batch.to_pylist():
@@ -164,8 +187,10 @@ def normalize_row(row: Any, cfg: DataConfig, file: str, where: str) -> dict[str,
     if cfg.format == "instruction":
         for col, key in ((c.instruction, "instruction"), (c.output, "output")):
             if col not in row:
-                raise fail(f"missing column {col!r} (columns: {', '.join(map(str, row)) or 'none'})",
-                           f"Add it or set data.columns.{key} to the right column name")
+                raise fail(
+                    f"missing column {col!r} (columns: {', '.join(map(str, row)) or 'none'})",
+                    f"Add it or set data.columns.{key} to the right column name",
+                )
         if not _nonempty_str(row[c.instruction]):
             raise fail(f"empty or non-text {c.instruction!r}", "Give every row an instruction")
         if not _nonempty_str(row[c.output]):
@@ -183,13 +208,17 @@ def normalize_row(row: Any, cfg: DataConfig, file: str, where: str) -> dict[str,
     if cfg.format == "chat":
         messages = row.get(c.messages)
         if messages is None:
-            raise fail(f"missing column {c.messages!r} (columns: {', '.join(map(str, row)) or 'none'})",
-                       "Add it or set data.columns.messages to the right column name")
+            raise fail(
+                f"missing column {c.messages!r} (columns: {', '.join(map(str, row)) or 'none'})",
+                "Add it or set data.columns.messages to the right column name",
+            )
         if isinstance(messages, str):  # CSV cells hold JSON text
             try:
                 messages = json.loads(messages)
             except json.JSONDecodeError:
-                raise fail(f"{c.messages!r} is not a JSON list", "Write messages as a list of {role, content}")
+                raise fail(
+                    f"{c.messages!r} is not a JSON list", "Write messages as a list of {role, content}"
+                ) from None
         if not isinstance(messages, list) or not messages:
             raise fail(f"{c.messages!r} must be a non-empty list of messages", "Write [{role, content}, ...]")
         clean = []
@@ -206,8 +235,10 @@ def normalize_row(row: Any, cfg: DataConfig, file: str, where: str) -> dict[str,
         return {"messages": clean}
     text = row.get(c.text)
     if text is None:
-        raise fail(f"missing column {c.text!r} (columns: {', '.join(map(str, row)) or 'none'})",
-                   "Add it or set data.columns.text to the right column name")
+        raise fail(
+            f"missing column {c.text!r} (columns: {', '.join(map(str, row)) or 'none'})",
+            "Add it or set data.columns.text to the right column name",
+        )
     if not _nonempty_str(text):
         raise fail(f"empty {c.text!r}", "Remove the row or fill it")
     return {"text": text}
@@ -230,8 +261,9 @@ def load_records(
                 except DataError as e:
                     problems.extend(e.problems)
                     if len(problems) >= MAX_PROBLEMS:
-                        problems.append(Problem(str(file), "", "too many problems, stopped reading",
-                                                "Fix the ones above first"))
+                        problems.append(
+                            Problem(str(file), "", "too many problems, stopped reading", "Fix the ones above first")
+                        )
                         return records, problems
         except DataError as e:
             problems.extend(e.problems)
@@ -350,12 +382,17 @@ def chat_segments(messages: list[dict[str, str]], tokenizer: Any) -> list[tuple[
         prompt = render(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
         full = render(messages[: i + 1], tokenize=False)
         if not prompt.startswith(done) or not full.startswith(prompt):
-            raise DataError(Problem("chat template", "data.mask_prompt",
-                                    "the tokenizer's chat template does not render conversations prefix by prefix",
-                                    "Set data.mask_prompt=false to train on whole conversations"))
-        pieces += [(prompt[len(done):], False), (full[len(prompt):], True)]
+            raise DataError(
+                Problem(
+                    "chat template",
+                    "data.mask_prompt",
+                    "the tokenizer's chat template does not render conversations prefix by prefix",
+                    "Set data.mask_prompt=false to train on whole conversations",
+                )
+            )
+        pieces += [(prompt[len(done) :], False), (full[len(prompt) :], True)]
         done = full
-    rest = render(messages, tokenize=False)[len(done):]
+    rest = render(messages, tokenize=False)[len(done) :]
     if rest:
         pieces.append((rest, False))
     return [(t, r) for t, r in pieces if t]
@@ -424,8 +461,9 @@ def load_tokenizer(model_path: str, trust_remote_code: bool = False, revision: s
     """The base model's tokenizer, with a pad token and a chat template (the fallback when it has none)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_source(model_path), trust_remote_code=trust_remote_code,
-                                        revision=revision)
+    tok = AutoTokenizer.from_pretrained(
+        model_source(model_path), trust_remote_code=trust_remote_code, revision=revision
+    )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if not getattr(tok, "chat_template", None):
@@ -436,8 +474,11 @@ def load_tokenizer(model_path: str, trust_remote_code: bool = False, revision: s
 def preparation_key(records: SplitRecords, cfg: DataConfig, tokenizer_id: str) -> str:
     """Identity of a prepared dataset: same data, same data settings, same tokenizer -> same key."""
     payload = json.dumps(
-        {"digests": records.digests, "data": cfg.model_dump(exclude={"path", "eval_path", "test_path"}),
-         "tokenizer": tokenizer_id},
+        {
+            "digests": records.digests,
+            "data": cfg.model_dump(exclude={"path", "eval_path", "test_path"}),
+            "tokenizer": tokenizer_id,
+        },
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -494,9 +535,14 @@ def prepare_dataset(
         stats["tokens"][split] = sum(len(e[0]) for e in examples)
     if stats["examples"]["train"] == 0 or stats["examples"]["validation"] == 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise DataError(Problem(cfg.path, "data.max_seq_length",
-                                f"every prompt fills max_seq_length={cfg.max_seq_length}, no response tokens remain",
-                                "Raise data.max_seq_length"))
+        raise DataError(
+            Problem(
+                cfg.path,
+                "data.max_seq_length",
+                f"every prompt fills max_seq_length={cfg.max_seq_length}, no response tokens remain",
+                "Raise data.max_seq_length",
+            )
+        )
     manifest = DataManifest(
         key=key,
         digest=records.digests["train"],

@@ -51,14 +51,31 @@ def build_tiny_model(
     common = dict(vocab_size=len(tokenizer), bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"])
     heads = 4
     shapes = {
-        "llama": dict(hidden_size=hidden_size, intermediate_size=hidden_size * 3, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=heads // 2, max_position_embeddings=1024,
-                      tie_word_embeddings=False),
-        "qwen2": dict(hidden_size=hidden_size, intermediate_size=hidden_size * 3, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=heads // 2, max_position_embeddings=1024),
+        "llama": dict(
+            hidden_size=hidden_size,
+            intermediate_size=hidden_size * 3,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=heads // 2,
+            max_position_embeddings=1024,
+            tie_word_embeddings=False,
+        ),
+        "qwen2": dict(
+            hidden_size=hidden_size,
+            intermediate_size=hidden_size * 3,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=heads // 2,
+            max_position_embeddings=1024,
+        ),
         "gpt2": dict(n_embd=hidden_size, n_layer=layers, n_head=heads, n_positions=1024),
-        "gpt_neox": dict(hidden_size=hidden_size, intermediate_size=hidden_size * 4, num_hidden_layers=layers,
-                         num_attention_heads=heads, max_position_embeddings=1024),
+        "gpt_neox": dict(
+            hidden_size=hidden_size,
+            intermediate_size=hidden_size * 4,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=1024,
+        ),
     }
     config = AutoConfig.for_model(arch, **shapes[arch], **common)
     torch.manual_seed(seed)
@@ -69,8 +86,15 @@ def build_tiny_model(
     return out_dir
 
 
-def pretrain(model_dir: Path, texts: list[str], steps: int = 300, seq_len: int = 128, batch: int = 16,
-             lr: float = 3e-3, seed: int = 0) -> float:
+def pretrain(
+    model_dir: Path,
+    texts: list[str],
+    steps: int = 300,
+    seq_len: int = 128,
+    batch: int = 16,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> float:
     """Give a freshly built model a short full pre-training on plain `texts` (next-token prediction over
     concatenated text), so it is a base model with a vocabulary, not noise. Returns the last loss."""
     import torch
@@ -94,7 +118,7 @@ def pretrain(model_dir: Path, texts: list[str], steps: int = 300, seq_len: int =
         sched.step()
         opt.zero_grad()
     model.save_pretrained(str(model_dir), safe_serialization=True)
-    return float(loss)
+    return loss.item()
 
 
 def build_demo_model(out_dir: Path = DEMO_MODEL, data_file: Path = DEMO_DATA, pretrain_steps: int = 300) -> Path:

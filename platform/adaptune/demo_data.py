@@ -324,8 +324,7 @@ FACTS: tuple[Fact, ...] = (
             "Can I reach someone on a Sunday?",
         ),
         (
-            f"Phone support is available {F['phone_hours']}. Live chat in the {APP} and on our website is "
-            "open 24/7.",
+            f"Phone support is available {F['phone_hours']}. Live chat in the {APP} and on our website is open 24/7.",
             f"You can call us {F['phone_hours']}, and live chat in the {APP} or on our website is available "
             "24 hours a day, 7 days a week, including Sundays.",
         ),
@@ -584,8 +583,7 @@ FACTS: tuple[Fact, ...] = (
         (
             "A Nimbus Router X2 uses about 12 W in typical operation and up to 18 W at peak. It is powered "
             "through the USB-C port with the included 24 W adapter.",
-            "Typical power draw is around 12 W, with a maximum of 18 W. Use the included 24 W USB-C power "
-            "adapter.",
+            "Typical power draw is around 12 W, with a maximum of 18 W. Use the included 24 W USB-C power adapter.",
         ),
         (
             "Lost the original power adapter.",
@@ -606,9 +604,7 @@ FACTS: tuple[Fact, ...] = (
             "You can choose Frost White or Graphite. Each unit is 11 x 11 x 12 cm and is meant to sit "
             "upright, with an optional wall mount accessory available.",
         ),
-        (
-            "Customer {name} wants it to match a dark TV stand.",
-        ),
+        ("Customer {name} wants it to match a dark TV stand.",),
     ),
     # ------------------------------------------------------------------- LEDs
     Fact(
@@ -621,8 +617,7 @@ FACTS: tuple[Fact, ...] = (
         ),
         (
             "A solid white LED means the unit is online and working normally. No action is needed.",
-            "Solid white means everything is fine: the router is connected to the internet and working "
-            "normally.",
+            "Solid white means everything is fine: the router is connected to the internet and working normally.",
         ),
         (
             "Main unit serial {serial}.",
@@ -1081,41 +1076,125 @@ FACTS: tuple[Fact, ...] = (
 # --------------------------------------------------------------- wording variants
 
 _NAMES: tuple[str, ...] = (
-    "Priya", "Marcus", "Elena", "Tomás", "Aisha", "Kenji", "Sofia", "Daniel", "Fatima", "Liam",
-    "Chloé", "Oluwaseun", "Hannah", "Mateo", "Ingrid", "Raj", "Grace", "Yusuf", "Mei", "Noah",
-    "Zara", "Lukas", "Amara", "Ethan", "Leila", "Diego", "Nora", "Samir", "Freya", "Jonah",
-    "Ana", "Kwame", "Isabel", "Viktor", "Layla", "Owen", "Sakura", "Emeka", "Clara", "Arjun",
+    "Priya",
+    "Marcus",
+    "Elena",
+    "Tomás",
+    "Aisha",
+    "Kenji",
+    "Sofia",
+    "Daniel",
+    "Fatima",
+    "Liam",
+    "Chloé",
+    "Oluwaseun",
+    "Hannah",
+    "Mateo",
+    "Ingrid",
+    "Raj",
+    "Grace",
+    "Yusuf",
+    "Mei",
+    "Noah",
+    "Zara",
+    "Lukas",
+    "Amara",
+    "Ethan",
+    "Leila",
+    "Diego",
+    "Nora",
+    "Samir",
+    "Freya",
+    "Jonah",
+    "Ana",
+    "Kwame",
+    "Isabel",
+    "Viktor",
+    "Layla",
+    "Owen",
+    "Sakura",
+    "Emeka",
+    "Clara",
+    "Arjun",
 )
 _CITIES: tuple[str, ...] = (
-    "Toronto", "Denver", "Vancouver", "Austin", "Montreal", "Seattle", "Chicago", "Halifax",
-    "Phoenix", "Boston", "Calgary", "Atlanta", "Portland", "Ottawa", "Minneapolis",
+    "Toronto",
+    "Denver",
+    "Vancouver",
+    "Austin",
+    "Montreal",
+    "Seattle",
+    "Chicago",
+    "Halifax",
+    "Phoenix",
+    "Boston",
+    "Calgary",
+    "Atlanta",
+    "Portland",
+    "Ottawa",
+    "Minneapolis",
 )
 _HOMES: tuple[str, ...] = (
-    "apartment", "townhouse", "two-storey house", "bungalow", "home office", "condo", "farmhouse",
-    "small office", "loft",
+    "apartment",
+    "townhouse",
+    "two-storey house",
+    "bungalow",
+    "home office",
+    "condo",
+    "farmhouse",
+    "small office",
+    "loft",
 )
 
 
 def _with_article(noun: str) -> str:
     """Prefix ``noun`` with the matching indefinite article."""
     return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
+
+
 _ISPS: tuple[str, ...] = ("fiber", "cable", "DSL", "gigabit fiber", "fixed wireless")
 _PACKS: tuple[str, ...] = ("single unit", "2-pack", "3-pack")
 _PHONES: tuple[str, ...] = (
-    "Pixel 6", "iPhone 12", "Galaxy S21", "iPhone SE", "Moto G Power", "iPad Air", "OnePlus 9",
+    "Pixel 6",
+    "iPhone 12",
+    "Galaxy S21",
+    "iPhone SE",
+    "Moto G Power",
+    "iPad Air",
+    "OnePlus 9",
 )
 # ``{product}`` names the product neutrally; ``{mine}`` is used where the customer already owns one.
 _PRODUCT_REFS: tuple[str, ...] = (
-    "the Nimbus Router X2", "the Nimbus X2", "the X2", "the Aerolith Nimbus X2", "the Nimbus X2 mesh router",
+    "the Nimbus Router X2",
+    "the Nimbus X2",
+    "the X2",
+    "the Aerolith Nimbus X2",
+    "the Nimbus X2 mesh router",
 )
 _MINE_REFS: tuple[str, ...] = ("my Nimbus Router X2", "my Nimbus X2", "my router", "my X2", "the router")
 _OPENERS: tuple[str, ...] = (
-    "Hi!", "Hello.", "Hi there!", "Hey!", "Good morning.", "Good afternoon.", "Quick question.",
-    "Hoping you can help.", "Hi, this is {name}.", "Hello, {name} here.", "Hi, it's {name}.",
-    "Sorry to bother you.", "Hi Aerolith team.", "Hi support team!",
+    "Hi!",
+    "Hello.",
+    "Hi there!",
+    "Hey!",
+    "Good morning.",
+    "Good afternoon.",
+    "Quick question.",
+    "Hoping you can help.",
+    "Hi, this is {name}.",
+    "Hello, {name} here.",
+    "Hi, it's {name}.",
+    "Sorry to bother you.",
+    "Hi Aerolith team.",
+    "Hi support team!",
 )
 _CLOSERS: tuple[str, ...] = (
-    "Thanks!", "Thank you.", "Thanks in advance.", "Appreciate it.", "Thanks for your help!", "Cheers.",
+    "Thanks!",
+    "Thank you.",
+    "Thanks in advance.",
+    "Appreciate it.",
+    "Thanks for your help!",
+    "Cheers.",
 )
 # Account-level situations that fit any question without changing the answer.
 _GENERIC_CONTEXTS: tuple[str, ...] = (

@@ -49,22 +49,38 @@ def prepare_inputs(plan: RunPlan):
 
     sweep, cluster = plan.sweep, plan.cluster
     started = time.perf_counter()
-    manifest = prepare_dataset(sweep.data, sweep.model.path, plan.sweep_root / "data",
-                               sweep.model.trust_remote_code, sweep.model.revision)
-    log.info("data %s: %s rows (train/validation/test) -> %s examples, %s truncated, %s dropped; digest %s; "
-             "prepared in %.1fs at %s", sweep.data.path, _fmt(manifest.rows), _fmt(manifest.examples),
-             sum(manifest.truncated.values()), sum(manifest.dropped.values()), manifest.digest[:12],
-             time.perf_counter() - started, manifest.path)
+    manifest = prepare_dataset(
+        sweep.data, sweep.model.path, plan.sweep_root / "data", sweep.model.trust_remote_code, sweep.model.revision
+    )
+    log.info(
+        "data %s: %s rows (train/validation/test) -> %s examples, %s truncated, %s dropped; digest %s; "
+        "prepared in %.1fs at %s",
+        sweep.data.path,
+        _fmt(manifest.rows),
+        _fmt(manifest.examples),
+        sum(manifest.truncated.values()),
+        sum(manifest.dropped.values()),
+        manifest.digest[:12],
+        time.perf_counter() - started,
+        manifest.path,
+    )
     need = cluster.trial.num_workers * sweep.train.micro_batch_size
     if manifest.examples["train"] < need:
-        raise DataError(Problem(sweep.data.path, "train.micro_batch_size",
-                                f"the train split has {manifest.examples['train']} examples, fewer than one batch "
-                                f"across {cluster.trial.num_workers} workers ({need})",
-                                "Add data, or lower train.micro_batch_size or trial.num_workers"))
+        raise DataError(
+            Problem(
+                sweep.data.path,
+                "train.micro_batch_size",
+                f"the train split has {manifest.examples['train']} examples, fewer than one batch "
+                f"across {cluster.trial.num_workers} workers ({need})",
+                "Add data, or lower train.micro_batch_size or trial.num_workers",
+            )
+        )
     try:
         targets = target_modules_for(sweep.lora.target_modules, model_source(sweep.model.path), sweep.model.revision)
     except ArchitectureError as e:
-        raise ConfigError(Problem(plan.sweep_file, "lora.target_modules", str(e), "Pick modules from that list"))
+        raise ConfigError(
+            Problem(plan.sweep_file, "lora.target_modules", str(e), "Pick modules from that list")
+        ) from None
     return manifest, TrialInputs(data_dir=manifest.path, target_modules=targets, pad_token_id=manifest.pad_token_id)
 
 
@@ -108,4 +124,3 @@ def run_train(sweep_file: str, cluster_file: str | None, overrides: list[str]):
 
 def _fmt(counts: dict[str, int]) -> str:
     return "/".join(str(counts.get(k, 0)) for k in ("train", "validation", "test"))
-

@@ -11,8 +11,8 @@ import torch
 from adaptune.config import (
     ClusterProfile,
     SweepConfig,
-    resolve_compute_dtype,
     model_source,
+    resolve_compute_dtype,
     resolve_precision,
     resolve_quant_storage,
 )

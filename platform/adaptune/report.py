@@ -37,7 +37,8 @@ def format_trial(manifest: DataManifest, outcome: TrialOutcome) -> str:
         table(outcome.history, EVAL_COLUMNS),
         "",
         f"data digest      {manifest.digest}",
-        f"best eval_loss   {best['eval_loss']:.4f} at step {best['step']} (perplexity {best['perplexity']:.2f})",
+        f"best eval_loss   {best['eval_loss']:.4f} at step {best['step']} (perplexity {best['perplexity']:.2f}; "
+        f"base model before training: {best['base_eval_loss']:.4f})",
         f"trainable params {best['trainable_params']:,} ({100 * best['trainable_fraction']:.3f}% of the model)",
     ]
     if outcome.restarts:

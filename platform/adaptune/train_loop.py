@@ -24,6 +24,9 @@ from adaptune.deepspeed_config import build_deepspeed_config
 
 TRAINER_STATE = "trainer_state.json"
 ADAPTER_DIR = "adapter"
+PROBE_FILE = "probe.safetensors"
+PROBE_TOKENS = 32  # the probe is the first validation example, cut to this many tokens
+PROBE_POSITIONS = 4  # logits kept for its last positions: small even for a 128k vocabulary
 
 
 class NonFiniteLossError(RuntimeError):
@@ -96,8 +99,10 @@ def _evaluate(engine: Any, val: Any, rank: int, world: int, batch_size: int, pad
             logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             labels = batch["labels"][:, 1:]
             loss = F.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.size(-1)), labels.reshape(-1),
-                ignore_index=IGNORE_INDEX, reduction="sum",
+                logits[:, :-1].float().reshape(-1, logits.size(-1)),
+                labels.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
             )
             totals += weight * torch.stack([loss.double(), (labels != IGNORE_INDEX).sum().double()])
     dist.all_reduce(totals)
@@ -124,10 +129,29 @@ def _adapter_state_dict(peft_model: Any, zero3: bool, rank: int) -> dict[str, to
         return take()
 
 
-def _report(metrics: dict[str, Any], peft_model: Any, state: dict[str, Any], rank: int, zero3: bool) -> None:
+def _probe(engine: Any, val: Any, device: torch.device) -> dict[str, torch.Tensor]:
+    """Logits of the in-training model on a fixed input, saved with the checkpoint so anyone can check that
+    the saved adapter, reloaded with plain peft, reproduces the model that was trained. All ranks run it."""
+    ids = torch.tensor([val[0]["input_ids"][:PROBE_TOKENS]], device=device)
+    engine.eval()
+    with torch.no_grad():
+        logits = engine(input_ids=ids).logits[:, -PROBE_POSITIONS:].float().cpu()
+    engine.train()
+    return {"input_ids": ids.cpu(), "logits": logits.contiguous()}
+
+
+def _report(
+    metrics: dict[str, Any],
+    peft_model: Any,
+    state: dict[str, Any],
+    probe: dict[str, torch.Tensor],
+    rank: int,
+    zero3: bool,
+) -> None:
     """ray.train.report from every rank; rank 0 attaches the adapter-only checkpoint."""
     import ray.train
     from ray.train import Checkpoint
+    from safetensors.torch import save_file
 
     from adaptune.model import save_adapter
 
@@ -136,6 +160,7 @@ def _report(metrics: dict[str, Any], peft_model: Any, state: dict[str, Any], ran
         checkpoint = None
         if rank == 0:
             save_adapter(peft_model, Path(tmp) / ADAPTER_DIR, state_dict)
+            save_file(probe, str(Path(tmp) / PROBE_FILE))
             (Path(tmp) / TRAINER_STATE).write_text(json.dumps(state, indent=1), encoding="utf-8")
             checkpoint = Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
@@ -180,9 +205,17 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         model.to(device)
     peft_model = add_lora(model, sweep, config["target_modules"])
     trainable, total = trainable_parameters(peft_model)
+    quantized = sum(type(m).__module__.startswith("bitsandbytes") for m in peft_model.modules())  # not peft's wrappers
 
     # ---- resume from the last adapter checkpoint after a worker loss ----
-    state: dict[str, Any] = {"step": 0, "history": [], "restarts": [], "target_modules": config["target_modules"]}
+    state: dict[str, Any] = {
+        "step": 0,
+        "history": [],
+        "restarts": [],
+        "target_modules": config["target_modules"],
+        "quantized_layers": quantized,
+        "base_eval_loss": None,
+    }
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -198,6 +231,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         lr_scheduler=partial(_scheduler, t=t, start=state["step"]),
     )
     engine.train()
+    if state["base_eval_loss"] is None:  # the untouched base model, the bar every trial must clear
+        state["base_eval_loss"] = _evaluate(engine, val_ds, rank, world, t.eval_batch_size, pad_id, device)
 
     # ---- the loop ----
     gas = t.gradient_accumulation_steps
@@ -224,8 +259,9 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                 f"training loss became NaN/inf at step {step} (learning_rate={t.learning_rate:g}); lower "
                 "train.learning_rate or raise train.warmup_ratio"
             )
-        window += torch.stack([step_stats[0] / world, step_stats[1], torch.ones((), dtype=torch.float64,
-                                                                               device=device)])
+        window += torch.stack(
+            [step_stats[0] / world, step_stats[1], torch.ones((), dtype=torch.float64, device=device)]
+        )
         window_time += time.perf_counter() - started
         if step % t.eval_every == 0 or step == t.max_steps:
             eval_loss = _evaluate(engine, val_ds, rank, world, t.eval_batch_size, pad_id, device)
@@ -234,6 +270,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                 "train_loss": (window[0] / window[2]).item(),
                 "eval_loss": eval_loss,
                 "perplexity": math.exp(min(eval_loss, 50.0)),
+                "base_eval_loss": state["base_eval_loss"],
                 "tokens_per_s": (window[1] / window_time).item(),
                 "step_time_s": window_time / window[2].item(),
                 "learning_rate": t.learning_rate * lr_multiplier(step - 1, t),
@@ -244,7 +281,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             }
             state["step"] = step
             state["history"].append(metrics)
-            _report(metrics, peft_model, state, rank, zero3)
+            _report(metrics, peft_model, state, _probe(engine, val_ds, device), rank, zero3)
             window.zero_()
             window_time = 0.0
 

@@ -33,6 +33,7 @@ class TrialOutcome:
     history: list[dict[str, Any]]  # every evaluation, in order
     adapter_path: str  # adapter of the best evaluation
     restarts: list[int] = field(default_factory=list)  # steps the trial resumed from after worker losses
+    quantized_layers: int = 0  # base layers held in 4-/8-bit
 
 
 def build_trainer(
@@ -86,8 +87,9 @@ def read_outcome(result: Any) -> TrialOutcome:
         raise RuntimeError(f"trial at {result.path} reported no checkpoint")
     with result.checkpoint.as_directory() as d:
         state = json.loads((Path(d) / TRAINER_STATE).read_text(encoding="utf-8"))
-    best_ckpt, best = min(result.best_checkpoints or [(result.checkpoint, state["history"][-1])],
-                          key=lambda cm: cm[1][METRIC])
+    best_ckpt, best = min(
+        result.best_checkpoints or [(result.checkpoint, state["history"][-1])], key=lambda cm: cm[1][METRIC]
+    )
     return TrialOutcome(
         path=str(result.path),
         best=best,
@@ -95,6 +97,7 @@ def read_outcome(result: Any) -> TrialOutcome:
         history=state["history"],
         adapter_path=str(Path(best_ckpt.path) / ADAPTER_DIR),
         restarts=state["restarts"],
+        quantized_layers=state["quantized_layers"],
     )
 
 

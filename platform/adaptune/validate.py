@@ -34,18 +34,30 @@ def check_model(sweep: SweepConfig, source: str) -> list[Problem]:
     local = resolve_path(path)
     if not local.exists():
         if _looks_local(path):
-            return [Problem(source, "model.path", f"model directory {path!r} does not exist",
-                            missing_path_hint(path) + " (the demo model is built by `adaptune demo-model`)")]
+            return [
+                Problem(
+                    source,
+                    "model.path",
+                    f"model directory {path!r} does not exist",
+                    missing_path_hint(path) + " (the demo model is built by `adaptune demo-model`)",
+                )
+            ]
         return _check_hub_model(sweep, source)
     if not local.is_dir():
         return [Problem(source, "model.path", f"{path!r} is a file, not a model directory", "Point at the directory")]
     problems = []
     if not any((local / f).is_file() for f in TOKENIZER_FILES):
-        problems.append(Problem(source, "model.path", f"no tokenizer in {path}",
-                                f"Save the tokenizer there (one of {', '.join(TOKENIZER_FILES)})"))
+        problems.append(
+            Problem(
+                source,
+                "model.path",
+                f"no tokenizer in {path}",
+                f"Save the tokenizer there (one of {', '.join(TOKENIZER_FILES)})",
+            )
+        )
     try:
-        layers = linear_layers(local)
-        resolve_target_modules(sweep.lora.target_modules, read_model_type(local), layers)
+        model_type = read_model_type(local)
+        resolve_target_modules(sweep.lora.target_modules, model_type, linear_layers(local))
     except ArchitectureError as e:
         key = "lora.target_modules" if "not found" in str(e) or "named target" in str(e) else "model.path"
         fix = "Pick modules from that list" if key == "lora.target_modules" else "Point at a saved Hugging Face model"
@@ -66,8 +78,14 @@ def _check_hub_model(sweep: SweepConfig, source: str) -> list[Problem]:
             return [Problem(source, "lora.target_modules", str(e), "Pick modules from that list")]
         return []
     if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return [Problem(source, "model.path", f"hub model {sweep.model.path!r} is not in the local cache and "
-                        "HF_HUB_OFFLINE=1", "Download it first, or point model.path at a local directory")]
+        return [
+            Problem(
+                source,
+                "model.path",
+                f"hub model {sweep.model.path!r} is not in the local cache and HF_HUB_OFFLINE=1",
+                "Download it first, or point model.path at a local directory",
+            )
+        ]
     return []  # fetched from the hub when the run starts; its architecture is checked then
 
 
@@ -81,8 +99,10 @@ def check_data(sweep: SweepConfig, source: str) -> list[Problem]:
         try:
             files = find_data_files(path, key)
         except DataError as e:
-            problems += [Problem(source, key, p.message if p.source == path else f"{p.source}: {p.message}", p.fix)
-                         for p in e.problems]
+            problems += [
+                Problem(source, key, p.message if p.source == path else f"{p.source}: {p.message}", p.fix)
+                for p in e.problems
+            ]
             continue
         problems += load_records(files, d, limit=HEAD_ROWS)[1]
     return problems
@@ -96,17 +116,27 @@ def check_resources(cluster: ClusterProfile, source: str) -> list[Problem]:
     problems = []
     need_cpu = tr.num_workers * tr.cpus_per_worker
     if need_cpu > cpus:
-        problems.append(Problem(source, "trial.num_workers",
-                                f"a trial needs {need_cpu:g} CPUs ({tr.num_workers} workers x {tr.cpus_per_worker:g}) "
-                                f"but the cluster has {cpus:g}",
-                                "Lower trial.num_workers or trial.cpus_per_worker, or raise capacity.cpus"))
+        problems.append(
+            Problem(
+                source,
+                "trial.num_workers",
+                f"a trial needs {need_cpu:g} CPUs ({tr.num_workers} workers x {tr.cpus_per_worker:g}) "
+                f"but the cluster has {cpus:g}",
+                "Lower trial.num_workers or trial.cpus_per_worker, or raise capacity.cpus",
+            )
+        )
     if tr.use_gpu:
         need_gpu = tr.num_workers * tr.gpus_per_worker
         if need_gpu > gpus:
-            problems.append(Problem(source, "trial.use_gpu",
-                                    f"a trial needs {need_gpu:g} GPUs ({tr.num_workers} workers x "
-                                    f"{tr.gpus_per_worker:g}) but the cluster has {gpus:g}",
-                                    "Lower trial.num_workers, raise capacity.gpus, or set trial.use_gpu: false"))
+            problems.append(
+                Problem(
+                    source,
+                    "trial.use_gpu",
+                    f"a trial needs {need_gpu:g} GPUs ({tr.num_workers} workers x "
+                    f"{tr.gpus_per_worker:g}) but the cluster has {gpus:g}",
+                    "Lower trial.num_workers, raise capacity.gpus, or set trial.use_gpu: false",
+                )
+            )
     return problems
 
 
@@ -115,22 +145,44 @@ def check_compatibility(sweep: SweepConfig, cluster: ClusterProfile, source: str
     q, zero = sweep.quantization, cluster.deepspeed.zero_stage
     problems = []
     if q.mode == "8bit" and zero == 3:
-        problems.append(Problem(source, "quantization.mode",
-                                "8-bit quantization cannot be sharded by ZeRO-3 (got 8bit with zero_stage 3)",
-                                "Use quantization.mode=4bit, or deepspeed.zero_stage <= 2"))
+        problems.append(
+            Problem(
+                source,
+                "quantization.mode",
+                "8-bit quantization cannot be sharded by ZeRO-3 (got 8bit with zero_stage 3)",
+                "Use quantization.mode=4bit, or deepspeed.zero_stage <= 2",
+            )
+        )
     if q.mode == "4bit" and zero == 3:
         compute = resolve_compute_dtype(sweep, cluster)
         if q.quant_storage not in ("auto", compute):
-            problems.append(Problem(source, "quantization.quant_storage",
-                                    f"QLoRA under ZeRO-3 needs quant_storage equal to the compute dtype {compute} "
-                                    f"(got {q.quant_storage})",
-                                    f"Set quantization.quant_storage={compute} or auto"))
+            problems.append(
+                Problem(
+                    source,
+                    "quantization.quant_storage",
+                    f"QLoRA under ZeRO-3 needs quant_storage equal to the compute dtype {compute} "
+                    f"(got {q.quant_storage})",
+                    f"Set quantization.quant_storage={compute} or auto",
+                )
+            )
     if q.mode != "none" and cluster.deepspeed.offload_params:
-        problems.append(Problem(cluster_source, "deepspeed.offload_params",
-                                "quantized weights cannot be offloaded by ZeRO-3", "Set offload_params: false"))
+        problems.append(
+            Problem(
+                cluster_source,
+                "deepspeed.offload_params",
+                "quantized weights cannot be offloaded by ZeRO-3",
+                "Set offload_params: false",
+            )
+        )
     if resolve_precision(sweep, cluster) == "fp16" and not cluster.trial.use_gpu:
-        problems.append(Problem(source, "train.precision", "fp16 training needs GPUs (got fp16 on CPU workers)",
-                                "Use train.precision=fp32 or bf16 on CPU"))
+        problems.append(
+            Problem(
+                source,
+                "train.precision",
+                "fp16 training needs GPUs (got fp16 on CPU workers)",
+                "Use train.precision=fp32 or bf16 on CPU",
+            )
+        )
     return problems
 
 

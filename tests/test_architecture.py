@@ -1,0 +1,67 @@
+"""LoRA target-module resolution per architecture, checked against the real layers peft attaches to."""
+
+from __future__ import annotations
+
+import pytest
+
+from adaptune.architecture import ArchitectureError, linear_layers, read_model_type, resolve_target_modules
+from adaptune.demo import build_tiny_model
+
+CORPUS = ["the router has four ports", "reset it with a paperclip", "warranty lasts two years"] * 20
+
+# What each named set must turn into, per architecture.
+EXPECTED = {
+    "llama": {"attention": ["q_proj", "k_proj", "v_proj", "o_proj"], "mlp": ["gate_proj", "up_proj", "down_proj"]},
+    "qwen2": {"attention": ["q_proj", "k_proj", "v_proj", "o_proj"], "mlp": ["gate_proj", "up_proj", "down_proj"]},
+    "gpt2": {"attention": ["attn.c_attn", "attn.c_proj"], "mlp": ["mlp.c_fc", "mlp.c_proj"]},
+    "gpt_neox": {
+        "attention": ["attention.query_key_value", "attention.dense"],
+        "mlp": ["mlp.dense_h_to_4h", "mlp.dense_4h_to_h"],
+    },
+}
+
+
+@pytest.fixture(scope="module", params=sorted(EXPECTED))
+def arch_model(request, tmp_path_factory):
+    d = tmp_path_factory.mktemp(request.param)
+    build_tiny_model(d, CORPUS, arch=request.param, hidden_size=32, vocab_size=300)
+    return request.param, d
+
+
+def test_named_sets_resolve_to_real_layers(arch_model):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    arch, d = arch_model
+    assert read_model_type(d) == arch
+    layers = linear_layers(d)
+    for name, expected in EXPECTED[arch].items():
+        targets = resolve_target_modules(name, arch, layers)
+        assert targets == expected
+        model = AutoModelForCausalLM.from_pretrained(str(d))
+        peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=targets))
+        adapted = {
+            n.rsplit(".lora_A", 1)[0].removeprefix("base_model.model.")
+            for n, _ in peft_model.named_parameters()
+            if ".lora_A." in n
+        }
+        # Exactly the layers of that set in every block, and nothing else (GPT-2's shared c_proj name too).
+        assert adapted == {m for m in layers if any(m.endswith("." + t) for t in expected)}
+        assert len(adapted) == len(expected) * 2  # two blocks
+        with torch.no_grad():
+            peft_model(input_ids=torch.tensor([[1, 2, 3]]))
+    all_linear = resolve_target_modules("all-linear", arch, layers)
+    assert set(all_linear) == {m.rsplit(".", 1)[-1] for m in layers}
+    assert not any("embed" in m or "lm_head" in m or "wte" in m for m in layers)
+
+
+def test_missing_targets_list_what_exists(arch_model):
+    arch, d = arch_model
+    with pytest.raises(ArchitectureError, match=r"nonexistent not found in this .* model; its linear layers are: "):
+        resolve_target_modules(["nonexistent"], arch, linear_layers(d))
+
+
+def test_unknown_architecture_asks_for_a_list():
+    with pytest.raises(ArchitectureError, match=r"no named target sets for model type 'mamba'.*explicit list.*: a.x"):
+        resolve_target_modules("attention", "mamba", ["model.a.x"])

@@ -1,0 +1,105 @@
+"""The real command line: verbs, exit codes, validate's checks, shipped YAML, generated docs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from .conftest import DEMO_DATA, REPO, cluster_config, run_cli, sweep_config, write_yaml
+
+
+def test_help_lists_every_verb():
+    r = run_cli("--help")
+    assert r.returncode == 0
+    for verb in ("validate", "train", "demo-model", "config-reference"):
+        assert f"    {verb}" in r.stdout
+
+
+def test_validate_imports_no_heavy_stack(tmp_path, tiny_model):
+    sweep = write_yaml(tmp_path / "s.yaml", sweep_config(tiny_model))
+    code = (
+        "import sys; from adaptune.cli import main; rc = main(['validate', sys.argv[1]]); "
+        "heavy = sorted(m for m in ('torch', 'transformers', 'deepspeed', 'ray', 'peft', 'mlflow') if m in sys.modules); "
+        "print(rc, heavy)"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(sweep)], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip().splitlines()[-1] == "0 []", r.stderr
+
+
+def test_validate_reports_every_problem_one_line_each(tmp_path, tiny_model):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "q", "output": "a"}\n{"instruction": "q"\n', encoding="utf-8")
+    sweep = write_yaml(
+        tmp_path / "s.yaml",
+        sweep_config(
+            tiny_model,
+            data={"path": str(bad)},
+            lora={"target_modules": ["q_proj", "c_attn"]},
+            quantization={"mode": "8bit"},
+        ),
+    )
+    cluster = write_yaml(
+        tmp_path / "c.yaml", {**cluster_config(tmp_path), "deepspeed": {"zero_stage": 3}, "capacity": {"cpus": 1}}
+    )
+    r = run_cli("validate", str(sweep), "--cluster", str(cluster))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines == [
+        f"{sweep}: lora.target_modules: c_attn not found in this llama model; its linear layers are: mlp.down_proj, "
+        "mlp.gate_proj, mlp.up_proj, self_attn.k_proj, self_attn.o_proj, self_attn.q_proj, self_attn.v_proj. "
+        "Pick modules from that list",
+        f"{bad}: line 2: malformed JSON: Expecting ',' delimiter. Write one JSON object per line",
+        f"{cluster}: trial.num_workers: a trial needs 2 CPUs (2 workers x 1) but the cluster has 1. Lower "
+        "trial.num_workers or trial.cpus_per_worker, or raise capacity.cpus",
+        f"{sweep}: quantization.mode: 8-bit quantization cannot be sharded by ZeRO-3 (got 8bit with zero_stage 3). "
+        "Use quantization.mode=4bit, or deepspeed.zero_stage <= 2",
+    ]
+
+
+def test_validate_model_directory_problems(tmp_path, tiny_model):
+    sweep = write_yaml(tmp_path / "s.yaml", sweep_config(tmp_path / "modle"))
+    (tmp_path / "model").mkdir()
+    r = run_cli("validate", str(sweep))
+    assert r.returncode == 2
+    assert (
+        f"model.path: model directory '{tmp_path / 'modle'}' does not exist. Did you mean {tmp_path / 'model'}?"
+        in r.stderr
+    )
+    r = run_cli("validate", str(sweep), f"model.path={tmp_path / 'model'}")
+    assert f"{sweep}: model.path: no tokenizer in {tmp_path / 'model'}" in r.stderr
+    assert f"model.path: no config.json in {tmp_path / 'model'}" in r.stderr
+
+
+def test_shipped_sweeps_and_profiles_validate(tiny_model):
+    sweeps = sorted((REPO / "search_spaces").glob("*.yaml"))
+    clusters = sorted((REPO / "clusters").glob("*.yaml"))
+    assert sweeps and clusters
+    for sweep in sweeps:
+        assert sweep.read_text().startswith("#"), f"{sweep} must open with the command that uses it"
+        for cluster in clusters:
+            r = run_cli(
+                "validate",
+                str(sweep.relative_to(REPO)),
+                "--cluster",
+                str(cluster.relative_to(REPO)),
+                f"model.path={tiny_model}",
+            )
+            assert r.returncode == 0, r.stderr
+
+
+def test_quickstart_points_at_the_demo_model_and_data():
+    r = run_cli("validate", "search_spaces/quickstart.yaml", "model.path=nowhere")
+    assert "model.path: model directory 'nowhere' does not exist" in r.stderr
+    assert "adaptune demo-model" in r.stderr
+    assert (REPO / "data" / "demo" / "company_faq.jsonl") == DEMO_DATA and DEMO_DATA.stat().st_size > 10_000
+
+
+def test_config_reference_is_generated_from_the_schema():
+    r = run_cli("config-reference")
+    assert r.returncode == 0
+    assert r.stdout == (REPO / "docs" / "config.md").read_text(encoding="utf-8"), (
+        "docs/config.md is stale: run `adaptune config-reference > docs/config.md`"
+    )
+    for key in ("lora.target_modules", "quantization.quant_storage", "trial.num_workers", "deepspeed.zero_stage"):
+        assert f"| `{key}` |" in r.stdout

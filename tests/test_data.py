@@ -1,0 +1,196 @@
+"""Company data: reading, row errors, formatting and masking, split, digest, tokenize-once."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adaptune.config import DataConfig
+from adaptune.data import (
+    IGNORE_INDEX,
+    data_digest,
+    find_data_files,
+    load_records,
+    load_splits,
+    prepare_dataset,
+    split_indices,
+    tokenize_record,
+)
+from adaptune.errors import DataError
+
+from .conftest import DEMO_DATA
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _rows(n, start=0):
+    return [{"instruction": f"question {i}?", "input": "", "output": f"answer {i}."} for i in range(start, start + n)]
+
+
+def _problems(files, cfg):
+    return [str(p) for p in load_records(files, cfg)[1]]
+
+
+# ---- reading and row errors ----
+
+
+def test_bad_rows_name_file_and_line(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_bytes(
+        b'{"instruction": "a", "output": "b"}\n'
+        b'{"instruction": "a", "output": \n'
+        b'{"instruction": "a"}\n'
+        b'{"instruction": "a", "output": "  "}\n'
+    )
+    cfg = DataConfig(path=str(f))
+    problems = _problems([f], cfg)
+    assert problems == [f"{f}: line 2: malformed JSON: Expecting value. Write one JSON object per line"]
+    f.write_bytes(b'{"instruction": "a", "output": "b"}\n{"instruction": "a"}\n{"instruction": "a", "output": " "}\n')
+    assert _problems([f], cfg) == [
+        f"{f}: line 2: missing column 'output' (columns: instruction). Add it or set data.columns.output to the "
+        "right column name",
+        f"{f}: line 3: empty response in 'output'. Fill in the response or remove the row",
+    ]
+
+
+def test_non_utf8_and_empty_files(tmp_path):
+    f = tmp_path / "latin.jsonl"
+    f.write_bytes(b'{"instruction": "a", "output": "b"}\n{"instruction": "caf\xe9", "output": "b"}\n')
+    assert _problems([f], DataConfig(path=str(f))) == [
+        f"{f}: line 2: not UTF-8 (byte 20 of the line). Re-encode the file as UTF-8"
+    ]
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    assert _problems([empty], DataConfig(path=str(empty))) == [f"{empty}: file is empty. Remove it or add rows"]
+
+
+def test_files_globs_and_directories(tmp_path):
+    (tmp_path / "drops" / "2026-11-01").mkdir(parents=True)
+    a = _jsonl(tmp_path / "drops" / "2026-11-01" / "a.jsonl", _rows(3))
+    b = tmp_path / "drops" / "b.csv"
+    b.write_text('instruction,input,output\nq?,,"an answer, with a comma"\n', encoding="utf-8")
+    (tmp_path / "drops" / "notes.txt").write_text("ignored")
+    assert find_data_files(str(tmp_path / "drops")) == [a, b]
+    assert find_data_files(str(tmp_path / "drops" / "*" / "*.jsonl")) == [a]
+    records, problems = load_records([a, b], DataConfig(path="x"))
+    assert not problems and records[-1]["response"] == "an answer, with a comma"
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(DataError, match=r"directory .*empty_dir has no .jsonl/.csv/.parquet files \(it has: nothing\)"):
+        find_data_files(str(tmp_path / "empty_dir"))
+    with pytest.raises(DataError, match=r"data.path: does not exist. Did you mean .*drops\?"):
+        find_data_files(str(tmp_path / "drop"))
+
+
+def test_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    f = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist(_rows(4) + [{"instruction": "q", "input": None, "output": ""}]), f)
+    records, problems = load_records([f], DataConfig(path=str(f)))
+    assert len(records) == 4
+    assert [str(p) for p in problems] == [
+        f"{f}: row 5: empty response in 'output'. Fill in the response or remove the row"
+    ]
+
+
+def test_chat_rows_are_checked(tmp_path):
+    f = _jsonl(
+        tmp_path / "c.jsonl",
+        [
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "x"}]},
+            {"messages": [{"role": "user", "content": "hi"}]},
+        ],
+    )
+    assert _problems([f], DataConfig(path=str(f), format="chat")) == [
+        f"{f}: line 2: message 1 has unknown role 'robot'. Use one of system, user, assistant",
+        f"{f}: line 3: no non-empty assistant message (empty response). Add the assistant's answer",
+    ]
+
+
+# ---- split and digest ----
+
+
+def test_split_is_deterministic_and_disjoint():
+    cfg = DataConfig(path="x", val_fraction=0.1, test_fraction=0.05, split_seed=3)
+    a, b = split_indices(200, cfg), split_indices(200, cfg)
+    assert a == b
+    assert (len(a["train"]), len(a["validation"]), len(a["test"])) == (170, 20, 10)
+    assert sorted(a["train"] + a["validation"] + a["test"]) == list(range(200))
+    assert split_indices(200, cfg.model_copy(update={"split_seed": 4})) != a
+
+
+def test_empty_split_is_an_error(tmp_path):
+    f = _jsonl(tmp_path / "d.jsonl", _rows(1))
+    with pytest.raises(DataError, match=r"data.path: the train split is empty \(1 rows in all\)"):
+        load_splits(DataConfig(path=str(f), val_fraction=0.5))
+    with pytest.raises(DataError, match="the validation split is empty.*Set data.val_fraction > 0 or data.eval_path"):
+        load_splits(DataConfig(path=str(f), val_fraction=0.0))
+
+
+def test_digest_covers_every_byte(tmp_path):
+    f = _jsonl(tmp_path / "d.jsonl", _rows(50))
+    before = data_digest([f])
+    assert before == data_digest([f]) and len(before) == 64
+    text = f.read_text().replace("answer 49.", "answer 94.")
+    f.write_text(text)
+    assert data_digest([f]) != before  # a change in the last row changes it
+
+
+# ---- formatting and masking ----
+
+
+def test_instruction_masking_trains_only_on_the_response(tokenizer):
+    cfg = DataConfig(path="x")
+    record = {"prompt": "### Instruction:\nWhat is the warranty?\n### Response:\n", "response": "Two years."}
+    ids, labels = tokenize_record(record, tokenizer, cfg)
+    learned = [i for i, lab in zip(ids, labels) if lab != IGNORE_INDEX]
+    assert tokenizer.decode(learned) == "Two years.</s>"
+    assert ids[0] == tokenizer.bos_token_id
+    unmasked = tokenize_record(record, tokenizer, cfg.model_copy(update={"mask_prompt": False}))[1]
+    assert IGNORE_INDEX not in unmasked
+
+
+def test_chat_masking_uses_the_template_and_learns_assistant_turns(tokenizer):
+    cfg = DataConfig(path="x", format="chat")
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Price?"},
+        {"role": "assistant", "content": "$199."},
+        {"role": "user", "content": "Colours?"},
+        {"role": "assistant", "content": "White."},
+    ]
+    ids, labels = tokenize_record({"messages": messages}, tokenizer, cfg)
+    learned = tokenizer.decode([i for i, lab in zip(ids, labels) if lab != IGNORE_INDEX])
+    # The demo tokenizer has no chat template: the built-in ChatML-style fallback renders it.
+    assert learned == "$199.<|im_end|>\nWhite.<|im_end|>\n"
+    assert "<|im_start|>user\nPrice?" in tokenizer.decode(ids)
+
+
+def test_text_format_trains_on_everything(tokenizer):
+    ids, labels = tokenize_record({"text": "Nimbus routers."}, tokenizer, DataConfig(path="x", format="text"))
+    assert ids == labels and ids[-1] == tokenizer.eos_token_id
+
+
+# ---- tokenize once ----
+
+
+def test_prepare_once_truncates_packs_and_reuses(tmp_path, tiny_model):
+    cfg = DataConfig(path=str(DEMO_DATA), max_seq_length=80, test_fraction=0.05)
+    m = prepare_dataset(cfg, str(tiny_model), tmp_path)
+    assert m.rows == {"train": 340, "validation": 40, "test": 20}
+    assert m.truncated["train"] > 0 and m.examples["train"] + m.dropped["train"] == 340
+    from datasets import load_from_disk
+
+    train = load_from_disk(f"{m.path}/train")
+    assert len(train) == m.examples["train"] and max(len(x) for x in train["input_ids"]) <= 80
+    again = prepare_dataset(cfg, str(tiny_model), tmp_path)
+    assert again.path == m.path and len(list(tmp_path.iterdir())) == 1  # reused, not re-tokenized
+    packed = prepare_dataset(cfg.model_copy(update={"packing": True, "max_seq_length": 128}), str(tiny_model), tmp_path)
+    lengths = [len(x) for x in load_from_disk(f"{packed.path}/train")["input_ids"]]
+    assert packed.path != m.path and all(n == 128 for n in lengths[:-1])
