@@ -19,7 +19,8 @@ def test_validate_imports_no_heavy_stack(tmp_path, tiny_model):
     sweep = write_yaml(tmp_path / "s.yaml", sweep_config(tiny_model))
     code = (
         "import sys; from adaptune.cli import main; rc = main(['validate', sys.argv[1]]); "
-        "heavy = sorted(m for m in ('torch', 'transformers', 'deepspeed', 'ray', 'peft', 'mlflow') if m in sys.modules); "
+        "heavy = sorted(m for m in ('torch', 'transformers', 'deepspeed', 'ray', 'peft', 'mlflow') "
+        "if m in sys.modules); "
         "print(rc, heavy)"
     )
     r = subprocess.run([sys.executable, "-c", code, str(sweep)], capture_output=True, text=True, timeout=120)

@@ -149,7 +149,7 @@ def test_instruction_masking_trains_only_on_the_response(tokenizer):
     cfg = DataConfig(path="x")
     record = {"prompt": "### Instruction:\nWhat is the warranty?\n### Response:\n", "response": "Two years."}
     ids, labels = tokenize_record(record, tokenizer, cfg)
-    learned = [i for i, lab in zip(ids, labels) if lab != IGNORE_INDEX]
+    learned = [i for i, lab in zip(ids, labels, strict=True) if lab != IGNORE_INDEX]
     assert tokenizer.decode(learned) == "Two years.</s>"
     assert ids[0] == tokenizer.bos_token_id
     unmasked = tokenize_record(record, tokenizer, cfg.model_copy(update={"mask_prompt": False}))[1]
@@ -166,7 +166,7 @@ def test_chat_masking_uses_the_template_and_learns_assistant_turns(tokenizer):
         {"role": "assistant", "content": "White."},
     ]
     ids, labels = tokenize_record({"messages": messages}, tokenizer, cfg)
-    learned = tokenizer.decode([i for i, lab in zip(ids, labels) if lab != IGNORE_INDEX])
+    learned = tokenizer.decode([i for i, lab in zip(ids, labels, strict=True) if lab != IGNORE_INDEX])
     # The demo tokenizer has no chat template: the built-in ChatML-style fallback renders it.
     assert learned == "$199.<|im_end|>\nWhite.<|im_end|>\n"
     assert "<|im_start|>user\nPrice?" in tokenizer.decode(ids)

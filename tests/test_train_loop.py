@@ -14,7 +14,7 @@ def test_schedule_warms_up_from_a_nonzero_rate_then_decays():
     t = TrainConfig(max_steps=100, warmup_ratio=0.1, eval_every=10)
     factors = [lr_multiplier(s, t) for s in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0
-    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:], strict=False))
     assert factors[-1] < 0.01
     linear = TrainConfig(max_steps=100, warmup_ratio=0.0, lr_scheduler="linear", eval_every=10)
     assert lr_multiplier(50, linear) == pytest.approx(0.5)

@@ -169,6 +169,7 @@ def _report(
 def train_fn_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker entrypoint. `config` holds the resolved sweep and cluster (as dicts), the prepared
     data directory, the resolved LoRA target modules and the pad token id."""
+    startup = {"worker_start_s": time.time() - config["launched_at"]}  # trainer.fit() to this process running
     sweep = SweepConfig.model_validate(config["sweep"])
     cluster = ClusterProfile.model_validate(config["cluster"])
     t = sweep.train
@@ -188,9 +189,11 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     pad_id = int(config["pad_token_id"])
 
     # ---- data: the tokenized copy prepared once by the driver, memory-mapped ----
+    mark = time.perf_counter()
     data_dir = Path(config["data_dir"])
     train_ds = load_from_disk(str(data_dir / "train"))
     val_ds = load_from_disk(str(data_dir / "validation"))
+    startup["data_load_s"] = time.perf_counter() - mark
 
     # ---- model: frozen base (+ quantization) with a LoRA adapter ----
     ds_config = build_deepspeed_config(sweep, cluster, world)
@@ -200,11 +203,13 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
 
         hf_ds_config = HfDeepSpeedConfig(ds_config)  # noqa: F841 - must stay alive while the model loads
     torch.manual_seed(t.seed)
+    mark = time.perf_counter()
     model = load_base_model(sweep, cluster, device)
     if sweep.quantization.mode == "none" and not zero3:
         model.to(device)
     peft_model = add_lora(model, sweep, config["target_modules"])
     trainable, total = trainable_parameters(peft_model)
+    startup["model_load_s"] = time.perf_counter() - mark
     quantized = sum(type(m).__module__.startswith("bitsandbytes") for m in peft_model.modules())  # not peft's wrappers
 
     # ---- resume from the last adapter checkpoint after a worker loss ----
@@ -224,6 +229,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         state["restarts"].append(state["step"])
 
     # ---- DeepSpeed engine; the schedule continues from the resumed step ----
+    mark = time.perf_counter()
     engine, _, _, _ = deepspeed.initialize(
         model=peft_model,
         model_parameters=[p for p in peft_model.parameters() if p.requires_grad],
@@ -231,6 +237,9 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         lr_scheduler=partial(_scheduler, t=t, start=state["step"]),
     )
     engine.train()
+    startup["deepspeed_init_s"] = time.perf_counter() - mark
+    startup["torch_threads"] = torch.get_num_threads()
+    state.setdefault("startup", []).append(startup)  # one entry per (re)start of the workers
     if state["base_eval_loss"] is None:  # the untouched base model, the bar every trial must clear
         state["base_eval_loss"] = _evaluate(engine, val_ds, rank, world, t.eval_batch_size, pad_id, device)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ class TrialOutcome:
     adapter_path: str  # adapter of the best evaluation
     restarts: list[int] = field(default_factory=list)  # steps the trial resumed from after worker losses
     quantized_layers: int = 0  # base layers held in 4-/8-bit
+    startup: list[dict[str, float]] = field(default_factory=list)  # seconds per start-up phase, per (re)start
 
 
 def build_trainer(
@@ -63,6 +65,7 @@ def build_trainer(
             "data_dir": inputs.data_dir,
             "target_modules": inputs.target_modules,
             "pad_token_id": inputs.pad_token_id,
+            "launched_at": time.time(),
         },
         scaling_config=ScalingConfig(num_workers=tr.num_workers, use_gpu=tr.use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if tr.use_gpu else "gloo"),
@@ -98,6 +101,7 @@ def read_outcome(result: Any) -> TrialOutcome:
         adapter_path=str(Path(best_ckpt.path) / ADAPTER_DIR),
         restarts=state["restarts"],
         quantized_layers=state["quantized_layers"],
+        startup=state.get("startup", []),
     )
 
 
