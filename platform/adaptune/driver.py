@@ -85,7 +85,11 @@ def prepare_inputs(plan: RunPlan):
 
 
 def connect_ray(cluster: ClusterProfile) -> None:
-    """Join the configured cluster (profile address, else RAY_ADDRESS), or start a local Ray in-process."""
+    """Join the configured cluster (profile address, else RAY_ADDRESS), or start a local Ray in-process.
+
+    The local case says `address="local"`: a bare `ray.init()` would instead join whatever cluster was last
+    started with `ray start` on this machine, or hang on a stale record of one.
+    """
     import ray
 
     if ray.is_initialized():
@@ -94,7 +98,7 @@ def connect_ray(cluster: ClusterProfile) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(log_to_driver=True)
+        ray.init(address="local", log_to_driver=True)
     log.info("ray: %s", ray.cluster_resources())
 
 
