@@ -16,9 +16,18 @@ pytestmark = pytest.mark.integration
 def test_quickstart_script_trains_on_the_embedded_default(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     r = subprocess.run(
-        ["bash", "scripts/quickstart.sh", "train.max_steps=20", "train.eval_every=10",
-         f"cluster.storage_path={tmp_path}"],
-        cwd=REPO, capture_output=True, text=True, timeout=1200, env=env,
+        [
+            "bash",
+            "scripts/quickstart.sh",
+            "train.max_steps=20",
+            "train.eval_every=10",
+            f"cluster.storage_path={tmp_path}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=env,
     )
     assert r.returncode == 0, r.stderr[-4000:]
     assert "search_spaces/quickstart.yaml: ok" in r.stdout
