@@ -12,14 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from adaptune.search_space import REPORTED_METRICS
+
 from .conftest import REPO, cluster_config, run_cli, sweep_config, write_yaml
 
 pytestmark = pytest.mark.integration
 
 
-def _train(tmp_path: Path, tiny_model: Path, **sections):
+def _train(tmp_path: Path, tiny_model: Path, zero_stage: int = 2, **sections):
     sweep = write_yaml(tmp_path / "sweep.yaml", sweep_config(tiny_model, **sections))
-    cluster = write_yaml(tmp_path / "cluster.yaml", cluster_config(tmp_path / "runs"))
+    cluster = write_yaml(
+        tmp_path / "cluster.yaml", {**cluster_config(tmp_path / "runs"), "deepspeed": {"zero_stage": zero_stage}}
+    )
     r = run_cli("train", str(sweep), "--cluster", str(cluster))
     assert r.returncode == 0, r.stderr[-4000:]
     adapter = Path(next(line.split()[-1] for line in r.stdout.splitlines() if line.startswith("adapter ")))
@@ -51,6 +55,7 @@ def test_lora_trial_learns_and_its_adapter_reloads_with_plain_peft(ray_cluster, 
     assert [h["step"] for h in history] == [10, 20, 30]
     best = min(h["eval_loss"] for h in history)
     assert best < state["base_eval_loss"] - 0.2, (best, state["base_eval_loss"])
+    assert set(history[-1]) == set(REPORTED_METRICS)  # what validate lets a search optimise
     for key in (
         "train_loss",
         "eval_loss",
@@ -94,6 +99,21 @@ def test_qlora_trial_trains_on_a_4bit_base(ray_cluster, tiny_model, tmp_path):
         bnb_4bit_compute_dtype=torch.float32,
     )
     _reload_and_compare(tiny_model, adapter, quantization=nf4, atol=1e-3)
+
+
+def test_zero3_trial_with_accumulation_gathers_a_full_adapter(ray_cluster, tiny_model, tmp_path):
+    """Under ZeRO-3 each rank holds a shard of every LoRA weight; all ranks must gather it for saving."""
+    _, adapter, state = _train(
+        tmp_path, tiny_model, zero_stage=3, train={"gradient_accumulation_steps": 2, "micro_batch_size": 4}
+    )
+    assert min(h["eval_loss"] for h in state["history"]) < state["base_eval_loss"] - 0.2
+    from safetensors.torch import load_file
+
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    assert len(weights) == 2 * 4 * 2  # lora_A and lora_B for 4 attention layers in 2 blocks
+    assert all(w.numel() > 0 for w in weights.values())
+    assert all(w.abs().sum() > 0 for k, w in weights.items() if "lora_B" in k)  # trained, not the zero init
+    _reload_and_compare(tiny_model, adapter)
 
 
 def _checkpoints(tmp_path: Path) -> list[Path]:

@@ -184,6 +184,42 @@ class TrainConfig(_Section):
         return self
 
 
+class AshaConfig(_Section):
+    """ASHA early stopping, counted in evaluation rounds (one round = `train.eval_every` steps)."""
+
+    grace_period: int = Field(1, gt=0, description="Evaluation rounds every trial runs before it may be stopped.")
+    reduction_factor: float = Field(
+        2.0, gt=1.0, description="Only the best 1/reduction_factor of trials go on at each rung."
+    )
+
+
+class SearchConfig(_Section):
+    """The hyperparameter search: the space, how it is sampled, and when trials stop early."""
+
+    space: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Dotted keys into this schema (`lora.r`, `lora.target_modules`, `train.learning_rate`, "
+        "`quantization.mode`, ...) mapped to one distribution: `choice`, `grid`, `uniform`, `loguniform`, "
+        "`randint` or `qrandint`, e.g. `lora.r: {choice: [8, 16, 32]}`. `lora.alpha: {multiple_of_rank: k}` "
+        "searches alpha as k * r (k a number or a distribution).",
+    )
+    algorithm: Literal["random", "grid", "optuna"] = Field(
+        "random", description="`random` sampling, exhaustive `grid`, or Optuna TPE (`optuna`)."
+    )
+    num_samples: int = Field(8, gt=0, description="Trials to run (with `grid`: repeats of the whole grid, usually 1).")
+    points_to_evaluate: list[dict[str, Any]] = Field(
+        default_factory=list, description="Known-good starting points, each a mapping of dotted keys to values."
+    )
+    scheduler: Literal["asha", "none"] = Field("asha", description="`asha` stops bad trials early; `none` runs all.")
+    asha: AshaConfig = Field(default_factory=AshaConfig, description="ASHA settings.")
+    metric: str = Field("eval_loss", description="The reported metric the search optimises.")
+    mode: Literal["min", "max"] = Field("min", description="Whether lower or higher `metric` is better.")
+    max_concurrent_trials: int | None = Field(
+        None, gt=0, description="Trials at once. Empty: as many as the cluster holds."
+    )
+    seed: int = Field(0, description="Seed of the search algorithm.")
+
+
 class SweepConfig(_Section):
     """A sweep file: what to train. `adaptune train` runs its base values as one trial."""
 
@@ -198,6 +234,7 @@ class SweepConfig(_Section):
         default_factory=QuantizationConfig, description="Base-model quantization (QLoRA)."
     )
     train: TrainConfig = Field(default_factory=TrainConfig, description="The training loop.")
+    search: SearchConfig = Field(default_factory=SearchConfig, description="The hyperparameter search.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -281,7 +318,7 @@ class ClusterProfile(_Section):
 
 CLUSTER_PREFIX = "cluster."
 # Names people bring from other tools, for "did you mean" where spelling alone would not find ours.
-_SYNONYMS = {
+SYNONYMS = {
     "rank": "r",
     "lora_alpha": "alpha",
     "lora_dropout": "dropout",
@@ -381,7 +418,7 @@ def _problems_from_validation(
         value = e.get("input")
         if e["type"] == "extra_forbidden":
             known = _field_names(model, loc[:-1])
-            synonym = _SYNONYMS.get(str(loc[-1]))
+            synonym = SYNONYMS.get(str(loc[-1]))
             close = [synonym] if synonym in known else difflib.get_close_matches(str(loc[-1]), known, n=1)
             fix = (
                 f"Did you mean `{prefix}{'.'.join(map(str, loc[:-1] + (close[0],)))}`?"

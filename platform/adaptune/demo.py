@@ -50,24 +50,17 @@ def build_tiny_model(
     ids = {k: tokenizer.convert_tokens_to_ids(t) for k, t in (("bos", "<s>"), ("eos", "</s>"), ("pad", "<pad>"))}
     common = dict(vocab_size=len(tokenizer), bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"])
     heads = 4
+    llama_like = dict(
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 3,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads // 2,
+        max_position_embeddings=1024,
+    )
     shapes = {
-        "llama": dict(
-            hidden_size=hidden_size,
-            intermediate_size=hidden_size * 3,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=heads // 2,
-            max_position_embeddings=1024,
-            tie_word_embeddings=False,
-        ),
-        "qwen2": dict(
-            hidden_size=hidden_size,
-            intermediate_size=hidden_size * 3,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=heads // 2,
-            max_position_embeddings=1024,
-        ),
+        "llama": {**llama_like, "tie_word_embeddings": False},
+        "qwen2": llama_like,
         "gpt2": dict(n_embd=hidden_size, n_layer=layers, n_head=heads, n_positions=1024),
         "gpt_neox": dict(
             hidden_size=hidden_size,

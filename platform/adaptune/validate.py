@@ -11,6 +11,7 @@ from adaptune.architecture import ArchitectureError, linear_layers, read_model_t
 from adaptune.config import ClusterProfile, SweepConfig, resolve_compute_dtype, resolve_path, resolve_precision
 from adaptune.data import find_data_files, load_records
 from adaptune.errors import DataError, Problem, missing_path_hint
+from adaptune.search_space import check_search
 
 HEAD_ROWS = 100
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
@@ -193,7 +194,7 @@ def check_run(
     cluster_source = cluster_file or "embedded default cluster"
     problems = []
     if sweep is not None:
-        problems += check_model(sweep, sweep_file) + check_data(sweep, sweep_file)
+        problems += check_model(sweep, sweep_file) + check_data(sweep, sweep_file) + check_search(sweep, sweep_file)
     if cluster is not None:
         problems += check_resources(cluster, cluster_source)
     if sweep is not None and cluster is not None:

@@ -1,0 +1,162 @@
+"""Search spaces: checking before Ray starts (messages asserted) and translation into Ray Tune objects."""
+
+from __future__ import annotations
+
+import pytest
+
+from adaptune.config import SweepConfig
+from adaptune.search_space import (
+    build_param_space,
+    check_search,
+    check_space,
+    grid_size,
+    resolve_alpha,
+    searchable_keys,
+)
+
+BASE = SweepConfig.model_validate({"name": "t", "model": {"path": "m"}, "data": {"path": "d"}})
+
+
+def _check(space):
+    return [str(p) for p in check_space(BASE, space, "s.yaml")]
+
+
+def test_a_realistic_space_is_accepted():
+    space = {
+        "lora.r": {"choice": [8, 16, 32]},
+        "lora.alpha": {"multiple_of_rank": {"choice": [1, 2]}},
+        "lora.target_modules": {"choice": ["attention", "all-linear", ["q_proj", "v_proj"]]},
+        "lora.dropout": {"uniform": [0.0, 0.1]},
+        "train.learning_rate": {"loguniform": [1e-5, 1e-3]},
+        "train.gradient_accumulation_steps": {"randint": [1, 5]},
+        "train.micro_batch_size": {"qrandint": [4, 16, 4]},
+        "quantization.mode": {"grid": ["none", "4bit"]},
+    }
+    assert _check(space) == []
+    assert grid_size(space) == 2
+
+
+def test_bad_paths_get_suggestions():
+    assert _check(
+        {
+            "lora.rank": {"choice": [8]},
+            "train.lr": {"choice": [1e-4]},
+            "data.max_seq_length": {"choice": [128]},
+            "optimizer.beta": {"choice": [0.9]},
+        }
+    ) == [
+        "s.yaml: search.space.lora.rank: unknown key. Did you mean `lora.r`?",
+        "s.yaml: search.space.train.lr: unknown key. Did you mean `train.learning_rate`?",
+        "s.yaml: search.space.data.max_seq_length: data settings cannot be searched. The data is prepared once "
+        "per sweep; run one sweep per model/data choice",
+        "s.yaml: search.space.optimizer.beta: unknown key. Searchable keys start with lora, quantization, train",
+    ]
+
+
+def test_bad_distributions_and_ranges():
+    assert _check(
+        {
+            "train.learning_rate": {"loguniform": [1e-3, 1e-5]},
+            "lora.dropout": {"uniform": [0.1]},
+            "lora.r": {"chioce": [8, 16]},
+            "train.warmup_ratio": {"loguniform": [0.0, 0.1]},
+            "train.max_steps": {"randint": [10, 20.5]},
+            "train.seed": [1, 2],
+        }
+    ) == [
+        "s.yaml: search.space.train.learning_rate: loguniform range is empty or reversed (got low=0.001, "
+        "high=1e-05). Put the lower bound first",
+        "s.yaml: search.space.lora.dropout: uniform needs [low, high] numbers (got [0.1]). Write uniform: [low, high]",
+        "s.yaml: search.space.lora.r: unknown distribution 'chioce'. Did you mean `choice`?",
+        "s.yaml: search.space.train.warmup_ratio: loguniform needs a positive lower bound (got 0.0). Use uniform, "
+        "or a lower bound > 0",
+        "s.yaml: search.space.train.max_steps: randint needs whole numbers (got [10, 20.5]). Use uniform for "
+        "real numbers",
+        "s.yaml: search.space.train.seed: expected one distribution like {choice: [...]} (got [1, 2]). Use one "
+        "of choice, grid, uniform, loguniform, randint, qrandint",
+    ]
+
+
+def test_values_the_schema_refuses_are_caught_before_ray():
+    assert _check(
+        {
+            "lora.r": {"choice": [8, 0]},
+            "quantization.mode": {"choice": ["4bit", "2bit"]},
+            "lora.target_modules": {"choice": ["attention", "attn"]},
+            "lora.alpha": {"multiple_of_rank": {"choice": [1, -2]}},
+        }
+    ) == [
+        "s.yaml: search.space.lora.r: value 0 is not allowed: Input should be greater than 0. Change the "
+        "distribution's values or bounds",
+        "s.yaml: search.space.quantization.mode: value '2bit' is not allowed: Input should be 'none', '4bit' or "
+        "'8bit'. Change the distribution's values or bounds",
+        "s.yaml: search.space.lora.target_modules: value 'attn' is not allowed: target_modules 'attn' is not a "
+        "named set. Change the distribution's values or bounds",
+        "s.yaml: search.space.lora.alpha: multiple_of_rank factors must be positive numbers (got [1, -2]). Use "
+        "factors like [1, 2, 4]",
+    ]
+
+
+def test_every_distribution_becomes_a_tune_object():
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    params = build_param_space(
+        {
+            "lora.r": {"choice": [8, 16]},
+            "quantization.mode": {"grid": ["none", "4bit"]},
+            "lora.dropout": {"uniform": [0.0, 0.1]},
+            "train.learning_rate": {"loguniform": [1e-5, 1e-3]},
+            "train.gradient_accumulation_steps": {"randint": [1, 5]},
+            "train.micro_batch_size": {"qrandint": [4, 16, 4]},
+            "lora.alpha": {"multiple_of_rank": {"choice": [1, 2]}},
+        }
+    )
+    assert isinstance(params["lora.r"], Categorical) and params["lora.r"].categories == [8, 16]
+    assert params["quantization.mode"] == {"grid_search": ["none", "4bit"]}
+    assert isinstance(params["lora.dropout"], Float) and (
+        params["lora.dropout"].lower,
+        params["lora.dropout"].upper,
+    ) == (0.0, 0.1)
+    lr = params["train.learning_rate"]
+    assert isinstance(lr, Float) and "LogUniform" in type(lr.sampler).__name__
+    assert isinstance(params["train.gradient_accumulation_steps"], Integer)
+    q = params["train.micro_batch_size"]
+    assert isinstance(q, Integer) and "Quantized" in type(q.sampler).__name__ and q.sampler.q == 4
+    assert isinstance(params["lora.alpha_per_rank"], Categorical)
+    samples = {q.sample() for _ in range(50)}
+    assert samples <= {4, 8, 12, 16}
+
+
+def test_alpha_as_a_multiple_of_rank():
+    assert resolve_alpha({"lora.r": 16, "lora.alpha_per_rank": 2}, BASE) == {"lora.r": 16, "lora.alpha": 32.0}
+    assert resolve_alpha({"lora.alpha_per_rank": 4}, BASE) == {"lora.alpha": 32.0}  # base r = 8
+
+
+@pytest.mark.parametrize("key", ["lora.r", "lora.target_modules", "train.learning_rate", "quantization.mode"])
+def test_issue_named_keys_are_searchable(key):
+    assert key in searchable_keys()
+
+
+def test_search_section_metric_points_and_algorithm():
+    base = BASE.model_copy(
+        update={
+            "search": BASE.search.model_copy(
+                update={
+                    "space": {"lora.r": {"grid": [8, 16]}, "train.learning_rate": {"loguniform": [1e-5, 1e-3]}},
+                    "metric": "eval_los",
+                    "algorithm": "optuna",
+                    "points_to_evaluate": [
+                        {"lora.r": 16, "train.learning_rate": 2e-4},
+                        {"lora.rr": 4},
+                        {"lora.r": -1, "train.learning_rate": 1e-4},
+                    ],
+                }
+            )
+        }
+    )
+    assert [str(p) for p in check_search(base, "s.yaml")] == [
+        "s.yaml: search.metric: the trainer does not report 'eval_los'. Did you mean `eval_loss`?",
+        "s.yaml: search.algorithm: optuna cannot search grid entries (lora.r). Use choice for them, or algorithm: grid",
+        "s.yaml: search.points_to_evaluate[1]: lora.rr not in search.space. Give values only for searched keys",
+        "s.yaml: search.points_to_evaluate[2]: lora.r: Input should be greater than 0. Fix the starting point",
+    ]
