@@ -184,6 +184,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # Ray Train set up torch.distributed; DeepSpeed adopts that process group (ZeRO-3 model loading needs it).
+    deepspeed.init_distributed(dist_backend="nccl" if cluster.trial.use_gpu else "gloo")
     device = ray.train.torch.get_device()
     zero3 = cluster.deepspeed.zero_stage == 3
     pad_id = int(config["pad_token_id"])
