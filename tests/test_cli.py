@@ -104,3 +104,29 @@ def test_config_reference_is_generated_from_the_schema():
     )
     for key in ("lora.target_modules", "quantization.quant_storage", "trial.num_workers", "deepspeed.zero_stage"):
         assert f"| `{key}` |" in r.stdout
+
+
+def test_validate_checks_the_search_space_against_model_and_cluster(tmp_path, tiny_model):
+    zero3 = write_yaml(tmp_path / "c.yaml", {**cluster_config(tmp_path), "deepspeed": {"zero_stage": 3}})
+
+    def validate(search):
+        cfg = sweep_config(tiny_model)
+        cfg["search"] = search
+        return run_cli("validate", str(write_yaml(tmp_path / "s.yaml", cfg)), "--cluster", str(zero3))
+
+    some_ok = validate({"space": {"quantization.mode": {"choice": ["none", "8bit"]}}})
+    assert some_ok.returncode == 0, some_ok.stderr  # the 8-bit trials are skipped and reported at run time
+    r = validate({"space": {"quantization.mode": {"choice": ["8bit"]}}})
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        f"{tmp_path / 's.yaml'}: search.space: every combination of quantization.mode is incompatible with this "
+        "cluster: 8-bit quantization cannot be sharded by ZeRO-3 (got 8bit with zero_stage 3). Widen the space or "
+        "change the cluster"
+    )
+    r = validate({"space": {"lora.target_modules": {"choice": ["attention", ["q_proj", "wq"]]}}, "metric": "loss"})
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert lines[0].startswith(f"{tmp_path / 's.yaml'}: search.space.lora.target_modules: wq not found in this llama")
+    assert lines[1] == (
+        f"{tmp_path / 's.yaml'}: search.metric: the trainer does not report 'loss'. Did you mean `eval_loss`?"
+    )

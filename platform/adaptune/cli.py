@@ -33,6 +33,16 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     _add_run_args(sub.add_parser("validate", help="check a sweep file and cluster profile without running anything"))
     _add_run_args(sub.add_parser("train", help="train the sweep's base values as one trial and print its metrics"))
+    sweep = sub.add_parser("sweep", help="search the sweep's space with Ray Tune, many trials, and name a winner")
+    _add_run_args(sweep)
+    sweep.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="SWEEP_ID",
+        help="continue an interrupted sweep (the newest, or SWEEP_ID) from its storage path",
+    )
     demo = sub.add_parser("demo-model", help="build the offline demo base model from the demo company data")
     demo.add_argument("--out", default="demo-model", help="output directory (default: demo-model)")
     demo.add_argument("--data", default="data/demo/company_faq.jsonl", help="corpus for its tokenizer")
@@ -61,6 +71,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from adaptune.driver import run_sweep
+    from adaptune.report import format_sweep
+
+    _, outcome = run_sweep(args.sweep, args.cluster, args.overrides, resume=args.resume)
+    print(format_sweep(outcome))
+    if outcome.interrupted:
+        return 130
+    return EXIT_OK if outcome.winner else EXIT_RUNTIME  # a sweep whose trials all failed is a failure
+
+
 def _cmd_demo_model(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -85,6 +106,7 @@ def _cmd_config_reference(_: argparse.Namespace) -> int:
 COMMANDS = {
     "validate": _cmd_validate,
     "train": _cmd_train,
+    "sweep": _cmd_sweep,
     "demo-model": _cmd_demo_model,
     "config-reference": _cmd_config_reference,
 }

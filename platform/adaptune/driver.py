@@ -13,6 +13,7 @@ from adaptune.architecture import ArchitectureError, target_modules_for
 from adaptune.config import ClusterProfile, SweepConfig, model_source, read_configs, resolve_path
 from adaptune.data import prepare_dataset
 from adaptune.errors import ConfigError, DataError, Problem
+from adaptune.search_space import target_candidates
 from adaptune.validate import check_run
 
 log = logging.getLogger("adaptune")
@@ -124,6 +125,87 @@ def run_train(sweep_file: str, cluster_file: str | None, overrides: list[str]):
     name = time.strftime("train-%Y%m%d-%H%M%S")
     outcome = run_trial(pin_paths(plan.sweep), plan.cluster, inputs, name, str(plan.sweep_root))
     return manifest, outcome
+
+
+def resolve_targets(plan: RunPlan) -> dict[str, list[str]]:
+    """Module suffixes for every target setting the sweep may sample, resolved once for the model."""
+    from adaptune.trial import target_key
+
+    sweep = plan.sweep
+    out = {}
+    for target in target_candidates(sweep):
+        try:
+            out[target_key(target)] = target_modules_for(target, model_source(sweep.model.path), sweep.model.revision)
+        except ArchitectureError as e:
+            raise ConfigError(
+                Problem(plan.sweep_file, "search.space.lora.target_modules", str(e), "Pick modules from that list")
+            ) from None
+    return out
+
+
+def find_sweep(sweep_root: Path, wanted: str | None) -> str:
+    """The sweep to resume: the named one, else the newest under this sweep's storage."""
+    found = sorted(p.name for p in sweep_root.glob("sweep-*") if p.is_dir()) if sweep_root.is_dir() else []
+    if wanted:
+        if wanted not in found:
+            raise ConfigError(
+                Problem(
+                    str(sweep_root),
+                    "--resume",
+                    f"no sweep {wanted!r} to resume",
+                    f"Sweeps there: {', '.join(found) or 'none'}",
+                )
+            )
+        return wanted
+    if not found:
+        raise ConfigError(
+            Problem(str(sweep_root), "--resume", "no earlier sweep to resume", "Run without --resume to start one")
+        )
+    return found[-1]
+
+
+def run_sweep(sweep_file: str, cluster_file: str | None, overrides: list[str], resume: str | bool = False):
+    """`adaptune sweep`: many trials under Ray Tune; data prepared once, every trial reads the same copy.
+
+    SIGTERM (what `ray job stop` sends) is handled like Ctrl-C: Tune stops the trials and saves its state,
+    so the sweep can be resumed. Returns (manifest, SweepOutcome).
+    """
+    import signal
+
+    import ray
+
+    from adaptune.sweep import SweepOutcome, build_tuner, collect_results, pick_winner, write_results
+
+    plan = plan_run(sweep_file, cluster_file, overrides)
+    manifest, inputs = prepare_inputs(plan)
+    targets = resolve_targets(plan)
+    connect_ray(plan.cluster)
+    if resume:
+        sweep_id = find_sweep(plan.sweep_root, resume if isinstance(resume, str) else None)
+    else:
+        sweep_id = time.strftime("sweep-%Y%m%d-%H%M%S")
+    log.info("sweep %s: storage %s", sweep_id, plan.sweep_root / sweep_id)
+    previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        tuner = build_tuner(
+            pin_paths(plan.sweep),
+            plan.cluster,
+            inputs,
+            targets,
+            plan.sweep_root,
+            sweep_id,
+            ray.cluster_resources(),
+            restore=bool(resume),
+        )
+        grid = tuner.fit()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    rows = collect_results(grid, plan.sweep)
+    winner = pick_winner(rows, plan.sweep.search)
+    directory = plan.sweep_root / sweep_id
+    write_results(rows, winner, directory)
+    interrupted = any(not (r.metrics or {}).get("done") and r.error is None for r in grid)
+    return manifest, SweepOutcome(sweep_id, str(directory), plan.sweep.search.metric, rows, winner, interrupted)
 
 
 def _fmt(counts: dict[str, int]) -> str:

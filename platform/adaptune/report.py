@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from adaptune.data import DataManifest
+from adaptune.sweep import SweepOutcome
 from adaptune.trial import TrialOutcome
 
 
@@ -44,4 +45,48 @@ def format_trial(manifest: DataManifest, outcome: TrialOutcome) -> str:
     if outcome.restarts:
         lines.append(f"restarts         resumed from step(s) {', '.join(map(str, outcome.restarts))}")
     lines.append(f"adapter          {outcome.adapter_path}")
+    return "\n".join(lines)
+
+
+def format_sweep(outcome: SweepOutcome) -> str:
+    """The results table of a sweep, the winner and its adapter, and where the results files are."""
+    metric = outcome.metric
+    fixed = {"trial", metric, "steps", "wall_s", "status", "reason", "adapter"}
+    sampled = sorted({k for r in outcome.rows for k in r} - fixed)
+
+    def cell(v: Any) -> Any:
+        if isinstance(v, float) and not v.is_integer():
+            return f"{v:.3g}"
+        return "[" + ",".join(map(str, v)) + "]" if isinstance(v, list) else v
+
+    rows = [
+        {
+            **{k: cell(r.get(k)) for k in sampled},
+            "trial": r["trial"],
+            metric: r[metric],
+            "steps": r["steps"],
+            "wall_s": r["wall_s"],
+            "status": r["status"] + (f" ({r['reason']})" if r["reason"] else ""),
+        }
+        for r in outcome.rows
+    ]
+    columns = (
+        [("trial", "trial", "")]
+        + [(k, k, "") for k in sampled]
+        + [
+            (metric, f"best {metric}", ".4f"),
+            ("steps", "steps", ""),
+            ("wall_s", "wall_s", ""),
+            ("status", "status", ""),
+        ]
+    )
+    lines = [table(rows, columns), ""]
+    if outcome.winner:
+        w = outcome.winner
+        lines += [f"winner   {w['trial']}: {metric} {w[metric]:.4f}", f"adapter  {w['adapter']}"]
+    else:
+        lines.append("winner   none: no trial trained to an evaluation")
+    lines.append(f"results  {outcome.path}/results.csv, results.json")
+    if outcome.interrupted:
+        lines.append(f"stopped before the end; resume with: adaptune sweep ... --resume {outcome.sweep_id}")
     return "\n".join(lines)

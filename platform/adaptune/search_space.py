@@ -212,13 +212,29 @@ def check_space(base: SweepConfig, space: dict[str, Any], source: str) -> list[P
     return problems
 
 
+def target_candidates(sweep: SweepConfig) -> list[str | list[str]]:
+    """Every `lora.target_modules` value a sweep may train with: the base value and any searched ones."""
+    spec = sweep.search.space.get("lora.target_modules")
+    values = list(next(iter(spec.values()))) if isinstance(spec, dict) and len(spec) == 1 else []
+    return [sweep.lora.target_modules, *[v for v in values if isinstance(v, str | list)]]
+
+
+def finite_values(space: dict[str, Any], key: str) -> list[Any] | None:
+    """The values a `choice`/`grid` entry can take, or None when the key is not searched that way."""
+    spec = space.get(key)
+    if isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in ("choice", "grid"):
+        return list(next(iter(spec.values())))
+    return None
+
+
 def grid_size(space: dict[str, Any]) -> int:
     """How many combinations the `grid` entries span (1 when there are none)."""
     return math.prod(len(spec["grid"]) for spec in space.values() if isinstance(spec, dict) and "grid" in spec)
 
 
-def build_param_space(space: dict[str, Any]) -> dict[str, Any]:
-    """The Ray Tune `param_space` for a checked search space, keyed by dotted key.
+def build_param_space(space: dict[str, Any], grid: bool = False) -> dict[str, Any]:
+    """The Ray Tune `param_space` for a checked search space, keyed by dotted key. With `grid`, `choice`
+    entries are searched exhaustively too.
 
     `lora.alpha: {multiple_of_rank: k}` becomes a Tune search over the factor under the key
     `lora.alpha_per_rank`; `resolve_alpha` turns it into alpha for each sampled trial.
@@ -227,9 +243,9 @@ def build_param_space(space: dict[str, Any]) -> dict[str, Any]:
 
     def one(spec: dict[str, Any]) -> Any:
         ((name, args),) = spec.items()
-        if name == "choice":
+        if name == "choice" and not grid:
             return tune.choice(args)
-        if name == "grid":
+        if name in ("grid", "choice"):
             return tune.grid_search(args)
         if name == "uniform":
             return tune.uniform(*args)

@@ -29,8 +29,8 @@ PROBE_TOKENS = 32  # the probe is the first validation example, cut to this many
 PROBE_POSITIONS = 4  # logits kept for its last positions: small even for a 128k vocabulary
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite: the trial stops at once."""
+# A step loss this many times the untouched base model's eval loss counts as diverged (an exploding run).
+EXPLODING_FACTOR = 3.0
 
 
 def lr_multiplier(step: int, t: TrainConfig) -> float:
@@ -166,6 +166,20 @@ def _report(
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
+def _report_divergence(state: dict[str, Any], rank: int) -> None:
+    """The last report of a diverged trial: the worst possible score and a state-only checkpoint saying why."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    metrics = {"step": state["diverged"]["step"], "eval_loss": float("inf"), "diverged": 1}
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            (Path(tmp) / TRAINER_STATE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+            checkpoint = Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
 def train_fn_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker entrypoint. `config` holds the resolved sweep and cluster (as dicts), the prepared
     data directory, the resolved LoRA target modules and the pad token id."""
@@ -265,11 +279,18 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         step_stats[0] = torch.nan_to_num(step_stats[0], nan=0.0, posinf=0.0, neginf=0.0)
         dist.all_reduce(step_stats)
         step += 1
-        if step_stats[2] > 0:
-            raise NonFiniteLossError(
-                f"training loss became NaN/inf at step {step} (learning_rate={t.learning_rate:g}); lower "
-                "train.learning_rate or raise train.warmup_ratio"
-            )
+        loss_now = (step_stats[0] / world).item()
+        if step_stats[2] > 0 or loss_now > EXPLODING_FACTOR * state["base_eval_loss"]:
+            # Stop at once, without raising: Ray Train would retry a raised error, and diverge again.
+            reason = "NaN/inf loss" if step_stats[2] > 0 else f"loss {loss_now:.3g} exploded"
+            state["diverged"] = {
+                "step": step,
+                "reason": f"{reason} at step {step} "
+                f"(learning_rate={t.learning_rate:g}); lower train.learning_rate or raise "
+                "train.warmup_ratio",
+            }
+            _report_divergence(state, rank)
+            return
         window += torch.stack(
             [step_stats[0] / world, step_stats[1], torch.ones((), dtype=torch.float64, device=device)]
         )
@@ -289,6 +310,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                 "trainable_params": trainable,
                 "trainable_fraction": trainable / total,
                 "epoch": step * gas * t.micro_batch_size * world / len(train_ds),
+                "diverged": 0,
             }
             state["step"] = step
             state["history"].append(metrics)

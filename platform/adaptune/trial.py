@@ -15,6 +15,10 @@ from adaptune.config import ClusterProfile, SweepConfig
 METRIC = "eval_loss"
 
 
+class TrainingDiverged(RuntimeError):
+    """The trial's loss became NaN/inf or exploded; it was stopped at once."""
+
+
 @dataclass(frozen=True)
 class TrialInputs:
     """What every trial of a run shares, computed once by the driver."""
@@ -90,6 +94,8 @@ def read_outcome(result: Any) -> TrialOutcome:
         raise RuntimeError(f"trial at {result.path} reported no checkpoint")
     with result.checkpoint.as_directory() as d:
         state = json.loads((Path(d) / TRAINER_STATE).read_text(encoding="utf-8"))
+    if "diverged" in state:
+        raise TrainingDiverged(state["diverged"]["reason"])
     best_ckpt, best = min(
         result.best_checkpoints or [(result.checkpoint, state["history"][-1])], key=lambda cm: cm[1][METRIC]
     )
@@ -121,3 +127,57 @@ def run_trial(
 def temporary_storage() -> str:
     """A scratch storage path for callers that keep nothing (benchmarks)."""
     return tempfile.mkdtemp(prefix="adaptune-")
+
+
+class TrialSkipped(RuntimeError):
+    """The sampled combination cannot train (an incompatible setting); the trial is recorded, not run."""
+
+
+def target_key(target: str | list[str]) -> str:
+    """A stable key for a `lora.target_modules` value (a named set or a list)."""
+    return target if isinstance(target, str) else json.dumps(sorted(target))
+
+
+def launch_training(
+    config: dict[str, Any],
+    sweep: dict[str, Any],
+    cluster: dict[str, Any],
+    inputs: TrialInputs,
+    targets: dict[str, list[str]],
+    trials_path: str,
+) -> None:
+    """The Ray Tune trainable of a sweep: one trial. Applies the sampled values (`config`, dotted keys) to the
+    base sweep, then runs a TorchTrainer whose evaluations reach Tune through `TuneReportCallback`.
+
+    The inner run is named after the Tune trial, so a trial restarted by `--resume` continues from the
+    checkpoints its earlier attempt left in `trials_path`.
+    """
+    from pydantic import ValidationError
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from adaptune.search_space import apply_values, resolve_alpha
+    from adaptune.validate import check_compatibility
+
+    base = SweepConfig.model_validate(sweep)
+    profile = ClusterProfile.model_validate(cluster)
+    try:
+        trial_sweep = apply_values(base, resolve_alpha(config, base))
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        raise TrialSkipped(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    problems = check_compatibility(trial_sweep, profile, "sampled", "cluster")
+    if problems:
+        raise TrialSkipped("; ".join(f"{p.key}: {p.message}" for p in problems))
+    trial_inputs = TrialInputs(
+        inputs.data_dir, targets[target_key(trial_sweep.lora.target_modules)], inputs.pad_token_id
+    )
+    trainer = build_trainer(
+        trial_sweep,
+        profile,
+        trial_inputs,
+        name=tune.get_context().get_trial_id(),
+        storage_path=trials_path,
+        callbacks=[TuneReportCallback()],
+    )
+    trainer.fit()

@@ -11,7 +11,7 @@ from adaptune.architecture import ArchitectureError, linear_layers, read_model_t
 from adaptune.config import ClusterProfile, SweepConfig, resolve_compute_dtype, resolve_path, resolve_precision
 from adaptune.data import find_data_files, load_records
 from adaptune.errors import DataError, Problem, missing_path_hint
-from adaptune.search_space import check_search
+from adaptune.search_space import apply_values, check_search, finite_values, target_candidates
 
 HEAD_ROWS = 100
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
@@ -57,12 +57,15 @@ def check_model(sweep: SweepConfig, source: str) -> list[Problem]:
             )
         )
     try:
-        model_type = read_model_type(local)
-        resolve_target_modules(sweep.lora.target_modules, model_type, linear_layers(local))
+        model_type, layers = read_model_type(local), linear_layers(local)
     except ArchitectureError as e:
-        key = "lora.target_modules" if "not found" in str(e) or "named target" in str(e) else "model.path"
-        fix = "Pick modules from that list" if key == "lora.target_modules" else "Point at a saved Hugging Face model"
-        problems.append(Problem(source, key, str(e), fix))
+        return [*problems, Problem(source, "model.path", str(e), "Point at a saved Hugging Face model")]
+    for i, target in enumerate(target_candidates(sweep)):
+        try:
+            resolve_target_modules(target, model_type, layers)
+        except ArchitectureError as e:
+            key = "lora.target_modules" if i == 0 else "search.space.lora.target_modules"
+            problems.append(Problem(source, key, str(e), "Pick modules from that list"))
     return problems
 
 
@@ -198,5 +201,42 @@ def check_run(
     if cluster is not None:
         problems += check_resources(cluster, cluster_source)
     if sweep is not None and cluster is not None:
-        problems += check_compatibility(sweep, cluster, sweep_file, cluster_source)
+        problems += check_compatibility(sweep, cluster, sweep_file, cluster_source) or check_space_compatibility(
+            sweep, cluster, sweep_file, cluster_source
+        )
     return problems
+
+
+COMPAT_KEYS = ("quantization.mode", "quantization.quant_storage", "quantization.compute_dtype", "train.precision")
+
+
+def check_space_compatibility(
+    sweep: SweepConfig, cluster: ClusterProfile, source: str, cluster_source: str
+) -> list[Problem]:
+    """A space whose every combination of the settings that must agree is incompatible is an error; one where
+    only some are is fine (those trials are skipped and reported)."""
+    import itertools
+
+    searched = {k: v for k in COMPAT_KEYS if (v := finite_values(sweep.search.space, k)) is not None}
+    if not searched:
+        return []
+    first: list[Problem] = []
+    for combo in itertools.product(*searched.values()):
+        try:
+            candidate = apply_values(sweep, dict(zip(searched, combo, strict=True)))
+        except ValueError:
+            continue
+        found = check_compatibility(candidate, cluster, source, cluster_source)
+        if not found:
+            return []
+        first = first or found
+    keys = ", ".join(searched)
+    return [
+        Problem(
+            source,
+            "search.space",
+            f"every combination of {keys} is incompatible with this cluster: "
+            f"{first[0].message if first else 'none is valid'}",
+            "Widen the space or change the cluster",
+        )
+    ]

@@ -1,0 +1,258 @@
+"""The Ray Tune side of a sweep: search algorithm and scheduler from the search config, the Tuner whose trials
+each own a TorchTrainer, live progress lines, and the results read back as one row per trial."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adaptune.config import ClusterProfile, SearchConfig, SweepConfig
+from adaptune.search_space import build_param_space, resolve_alpha
+from adaptune.trial import TrialInputs, launch_training
+
+log = logging.getLogger("adaptune")
+
+RESULTS_CSV = "results.csv"
+RESULTS_JSON = "results.json"
+TRIALS_DIR = "trials"
+TRIAL_DRIVER_MEMORY = 256 * 2**20
+FINISHED, STOPPED_EARLY, DIVERGED, FAILED, SKIPPED = "finished", "stopped early", "diverged", "failed", "skipped"
+
+
+def evaluation_rounds(sweep: SweepConfig) -> int:
+    """Reports a trial makes when it runs to the end: ASHA's time unit."""
+    return math.ceil(sweep.train.max_steps / sweep.train.eval_every)
+
+
+def concurrency(search: SearchConfig, cluster: ClusterProfile, resources: dict[str, float]) -> int:
+    """Trials at once: the configured number, else as many as the cluster's CPUs and GPUs hold."""
+    if search.max_concurrent_trials:
+        return search.max_concurrent_trials
+    tr = cluster.trial
+    fits = resources.get("CPU", 0) // (tr.num_workers * tr.cpus_per_worker)
+    if tr.use_gpu:
+        fits = min(fits, resources.get("GPU", 0) // (tr.num_workers * tr.gpus_per_worker))
+    return max(1, int(fits))
+
+
+def build_search_alg(search: SearchConfig, max_concurrent: int) -> Any:
+    """Random/grid sampling (Tune's BasicVariantGenerator) or Optuna TPE, seeded, with starting points, limited
+    to `max_concurrent` trials at once (Tune ignores TuneConfig.max_concurrent_trials for a generator given
+    explicitly, so the limit is set here for both)."""
+    points = [dict(p) for p in search.points_to_evaluate] or None
+    if search.algorithm == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(OptunaSearch(points_to_evaluate=points, seed=search.seed), max_concurrent)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(points_to_evaluate=points, random_state=search.seed, max_concurrent=max_concurrent)
+
+
+def build_scheduler(search: SearchConfig, rounds: int) -> Any:
+    """ASHA counted in evaluation rounds (Tune's training_iteration), or run every trial to the end."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if search.scheduler == "none":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=rounds,
+        grace_period=min(search.asha.grace_period, rounds),
+        reduction_factor=search.asha.reduction_factor,
+    )
+
+
+def _progress_callback(metric: str, mode: str, rounds: int) -> Any:
+    from ray import tune
+
+    class Progress(tune.Callback):
+        """One line per event: counts by state and the best so far."""
+
+        def __init__(self) -> None:
+            self.best: tuple[float, str] | None = None
+
+        def _line(self, trials: list[Any], event: str, ended: Any = None, errored: bool = False) -> None:
+            counts = {"running": 0, "pending": 0, FINISHED: 0, STOPPED_EARLY: 0, "failed/skipped": 0}
+            for t in trials:
+                # Tune updates a trial's status after these callbacks run: count the one ending as ended.
+                status = ("ERROR" if errored else "TERMINATED") if t is ended else t.status
+                if status == "RUNNING":
+                    counts["running"] += 1
+                elif status == "PENDING":
+                    counts["pending"] += 1
+                elif status == "ERROR":
+                    counts["failed/skipped"] += 1
+                elif status == "TERMINATED":
+                    done = (t.last_result or {}).get("training_iteration", 0) >= rounds
+                    counts[FINISHED if done else STOPPED_EARLY] += 1
+            best = f"; best {metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
+            log.info("sweep: %s | %s%s", event, ", ".join(f"{v} {k}" for k, v in counts.items()), best)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            value = result.get(metric)
+            if value is not None and math.isfinite(value):
+                better = self.best is None or (value < self.best[0] if mode == "min" else value > self.best[0])
+                if better:
+                    self.best = (value, trial.trial_id)
+            self._line(trials, f"{trial.trial_id} step {result.get('step')} {metric} {value:.4f}")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._line(trials, f"{trial.trial_id} ended", ended=trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._line(trials, f"{trial.trial_id} errored", ended=trial, errored=True)
+
+    return Progress()
+
+
+def build_tuner(
+    sweep: SweepConfig,
+    cluster: ClusterProfile,
+    inputs: TrialInputs,
+    targets: dict[str, list[str]],
+    sweep_root: Path,
+    sweep_id: str,
+    resources: dict[str, float],
+    restore: bool = False,
+) -> Any:
+    """A Tuner whose trainable is `launch_training`: the trial itself reserves no resources (its TorchTrainer's
+    workers do), so a full cluster queues trials instead of deadlocking."""
+    from ray import tune
+
+    s = sweep.search
+    rounds = evaluation_rounds(sweep)
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            launch_training,
+            sweep=sweep.model_dump(mode="json"),
+            cluster=cluster.model_dump(mode="json"),
+            inputs=inputs,
+            targets=targets,
+            trials_path=str(sweep_root / sweep_id / TRIALS_DIR),
+        ),
+        # The trial process only waits on its TorchTrainer: no CPU, so a cluster holding exactly N trials' workers
+        # runs N trials. Ray wants some resource per bundle: a little of its logical memory.
+        {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY},
+    )
+    path = str(sweep_root / sweep_id)
+    if restore:
+        return tune.Tuner.restore(
+            path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
+        )
+    return tune.Tuner(
+        trainable,
+        param_space=build_param_space(s.space, grid=s.algorithm == "grid"),
+        tune_config=tune.TuneConfig(
+            metric=s.metric,
+            mode=s.mode,
+            search_alg=build_search_alg(s, concurrency(s, cluster, resources)),
+            scheduler=build_scheduler(s, rounds),
+            num_samples=s.num_samples,
+        ),
+        run_config=tune.RunConfig(
+            name=sweep_id,
+            storage_path=str(sweep_root),
+            failure_config=tune.FailureConfig(max_failures=0),  # worker losses are retried inside the trial
+            callbacks=[_progress_callback(s.metric, s.mode, rounds)],
+            verbose=0,
+        ),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Results: one row per trial
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep produced."""
+
+    sweep_id: str
+    path: str
+    metric: str
+    rows: list[dict[str, Any]]
+    winner: dict[str, Any] | None
+    interrupted: bool
+
+
+def _status(result: Any, rounds: int) -> tuple[str, str]:
+    """(status, reason) of one Tune result."""
+    if result.error is not None:
+        text = str(result.error)
+        reason = next(
+            (line for line in reversed(text.strip().splitlines()) if line.strip()), type(result.error).__name__
+        )
+        kind = SKIPPED if "TrialSkipped" in text or "TrialSkipped" in repr(result.error) else FAILED
+        return kind, reason.split("TrialSkipped: ")[-1]
+    last = result.metrics or {}
+    if last.get("diverged"):
+        return DIVERGED, "loss became NaN/inf or exploded; stopped at once"
+    if last.get("training_iteration", 0) < rounds:
+        return STOPPED_EARLY, ""
+    return FINISHED, ""
+
+
+def collect_results(grid: Any, sweep: SweepConfig) -> list[dict[str, Any]]:
+    """One row per trial: id, sampled values, best metric, steps run, wall time, status, adapter path."""
+    s = sweep.search
+    rounds = evaluation_rounds(sweep)
+    rows = []
+    for result in grid:
+        last = result.metrics or {}
+        status, reason = _status(result, rounds)
+        df = result.metrics_dataframe
+        best_value, adapter = None, None
+        if df is not None and s.metric in df and status not in (DIVERGED, SKIPPED):
+            finite = df[df[s.metric].apply(lambda v: v is not None and math.isfinite(v))]
+            if len(finite):
+                best = finite.loc[finite[s.metric].idxmin() if s.mode == "min" else finite[s.metric].idxmax()]
+                best_value = float(best[s.metric])
+                if isinstance(best.get("checkpoint_path"), str):
+                    adapter = str(Path(best["checkpoint_path"]) / "adapter")
+        config = resolve_alpha(dict(result.config or {}), sweep)
+        rows.append(
+            {
+                "trial": last.get("trial_id") or Path(result.path).name,
+                **{k: config[k] for k in sorted(config)},
+                s.metric: best_value,
+                "steps": last.get("step"),
+                "wall_s": round(float(last.get("time_total_s", 0.0)), 1),
+                "status": status,
+                "reason": reason,
+                "adapter": adapter,
+            }
+        )
+    rows.sort(key=lambda r: r["trial"])
+    return rows
+
+
+def pick_winner(rows: list[dict[str, Any]], search: SearchConfig) -> dict[str, Any] | None:
+    """The best trial that trained (finished or stopped early) with an adapter."""
+    ok = [r for r in rows if r["status"] in (FINISHED, STOPPED_EARLY) and r[search.metric] is not None and r["adapter"]]
+    if not ok:
+        return None
+    pick = min if search.mode == "min" else max
+    return pick(ok, key=lambda r: r[search.metric])
+
+
+def write_results(rows: list[dict[str, Any]], winner: dict[str, Any] | None, directory: Path) -> None:
+    """results.csv and results.json beside the sweep's Tune state."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with (directory / RESULTS_CSV).open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()})
+    (directory / RESULTS_JSON).write_text(
+        json.dumps({"written_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "winner": winner, "trials": rows}, indent=2),
+        encoding="utf-8",
+    )

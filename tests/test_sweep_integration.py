@@ -1,0 +1,127 @@
+"""The sweep for real: `adaptune sweep` on a real Ray cluster (4 CPUs: exactly two 2-worker trials at once),
+each trial a 2-worker DeepSpeed ZeRO-2 TorchTrainer inside a Ray Tune trial."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, cluster_config, run_cli, sweep_config, write_yaml
+
+pytestmark = pytest.mark.integration
+
+
+def _write(tmp_path: Path, tiny_model: Path, search: dict, **train) -> tuple[Path, Path]:
+    cfg = sweep_config(tiny_model, train={"max_steps": 30, "eval_every": 5, **train})
+    cfg["search"] = search
+    sweep = write_yaml(tmp_path / "sweep.yaml", cfg)
+    cluster = write_yaml(tmp_path / "cluster.yaml", cluster_config(tmp_path / "runs"))
+    return sweep, cluster
+
+
+def _results(tmp_path: Path) -> dict:
+    (sweep_dir,) = (tmp_path / "runs" / "test").glob("sweep-*")
+    return json.loads((sweep_dir / "results.json").read_text())
+
+
+def test_asha_sweep_stops_trials_early_survives_divergence_and_names_the_best(ray_cluster, tiny_model, tmp_path):
+    sweep, cluster = _write(
+        tmp_path,
+        tiny_model,
+        {
+            "space": {"lora.r": {"choice": [4, 8, 16]}, "train.learning_rate": {"loguniform": [1e-3, 8e-3]}},
+            "num_samples": 6,
+            # A known-bad starting point: this learning rate blows the loss up within a few steps.
+            "points_to_evaluate": [{"lora.r": 8, "train.learning_rate": 1.0}],
+            "scheduler": "asha",
+            "asha": {"grace_period": 1, "reduction_factor": 2},
+            "seed": 1,
+        },
+    )
+    r = run_cli("sweep", str(sweep), "--cluster", str(cluster), timeout=1500)
+    assert r.returncode == 0, r.stderr[-4000:]
+    results = _results(tmp_path)
+    trials = results["trials"]
+    assert len(trials) == 6 and len({t["trial"] for t in trials}) == 6
+    statuses = [t["status"] for t in trials]
+    assert "stopped early" in statuses, statuses
+    (bad,) = [t for t in trials if t["train.learning_rate"] == 1.0]
+    assert bad["status"] == "diverged" and bad["eval_loss"] is None
+    trained = [t for t in trials if t["eval_loss"] is not None]
+    assert results["winner"]["eval_loss"] == min(t["eval_loss"] for t in trained)
+    assert Path(results["winner"]["adapter"], "adapter_model.safetensors").is_file()
+    # Two trials at a time, never more, and the full cluster did not deadlock (the sweep ended).
+    running = [int(m) for m in re.findall(r"\| (\d+) running", r.stderr)]
+    assert max(running) == 2, running
+    # What the user sees: the table, the winner, and the same results as CSV.
+    assert "best eval_loss" in r.stdout and f"winner   {results['winner']['trial']}" in r.stdout
+    csv_text = (Path(results["winner"]["adapter"]).parents[3] / "results.csv").read_text()
+    assert csv_text.count("\n") == 7 and "stopped early" in csv_text
+
+
+def _trial_states(sweep_dir: Path) -> dict[str, dict]:
+    """Latest trainer state per trial (by the inner run's name, the Tune trial id)."""
+    out = {}
+    for trial in (sweep_dir / "trials").glob("*"):
+        checkpoints = sorted(p for p in trial.glob("checkpoint_*") if p.is_dir())
+        if checkpoints and (checkpoints[-1] / "trainer_state.json").is_file():
+            out[trial.name] = json.loads((checkpoints[-1] / "trainer_state.json").read_text())
+    return out
+
+
+def test_sweep_resumes_after_its_driver_is_killed(ray_cluster, tiny_model, tmp_path):
+    sweep, cluster = _write(
+        tmp_path,
+        tiny_model,
+        {
+            "space": {"lora.r": {"grid": [4, 8, 16, 32]}},
+            "algorithm": "grid",
+            "scheduler": "none",
+        },
+        max_steps=40,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "adaptune", "sweep", str(sweep), "--cluster", str(cluster)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=os.environ.copy(),
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 900
+        while True:  # wait for one finished trial and one with a checkpoint, not finished
+            dirs = list((tmp_path / "runs" / "test").glob("sweep-*"))
+            states = _trial_states(dirs[0]) if dirs else {}
+            done = [k for k, s in states.items() if s["step"] == 40]
+            partial = [k for k, s in states.items() if s["step"] < 40]
+            if done and partial:
+                break
+            assert proc.poll() is None, "sweep ended before it could be interrupted"
+            assert time.monotonic() < deadline, states
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver dies: no clean shutdown, no saved results
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    sweep_dir = dirs[0]
+    finished_before = {k: len(states[k]["history"]) for k in done}
+    r = run_cli("sweep", str(sweep), "--cluster", str(cluster), "--resume", timeout=1500)
+    assert r.returncode == 0, r.stderr[-4000:]
+    results = _results(tmp_path)
+    assert sorted(t["lora.r"] for t in results["trials"]) == [4, 8, 16, 32]  # each exactly once
+    assert all(t["status"] == "finished" for t in results["trials"])
+    after = _trial_states(sweep_dir)
+    for k, n in finished_before.items():  # finished trials were not run again
+        assert len(after[k]["history"]) == n and after[k]["restarts"] == []
+    for k in partial:  # the interrupted trial continued from its last checkpoint
+        assert after[k]["step"] == 40 and after[k]["restarts"], after[k]["restarts"]
