@@ -37,10 +37,14 @@ def test_asha_sweep_stops_trials_early_survives_divergence_and_names_the_best(ra
         tmp_path,
         tiny_model,
         {
-            "space": {"lora.r": {"choice": [4, 8, 16]}, "train.learning_rate": {"loguniform": [1e-3, 8e-3]}},
+            "space": {
+                "lora.r": {"choice": [4, 8, 16]},
+                "lora.alpha": {"multiple_of_rank": {"choice": [1, 2]}},
+                "train.learning_rate": {"loguniform": [1e-3, 8e-3]},
+            },
             "num_samples": 6,
-            # A known-bad starting point: this learning rate blows the loss up within a few steps.
-            "points_to_evaluate": [{"lora.r": 8, "train.learning_rate": 1.0}],
+            # A known-bad starting point: this learning rate turns the loss into NaN within a few steps.
+            "points_to_evaluate": [{"lora.r": 8, "lora.alpha_per_rank": 2, "train.learning_rate": 10.0}],
             "scheduler": "asha",
             "asha": {"grace_period": 1, "reduction_factor": 2},
             "seed": 1,
@@ -53,7 +57,7 @@ def test_asha_sweep_stops_trials_early_survives_divergence_and_names_the_best(ra
     assert len(trials) == 6 and len({t["trial"] for t in trials}) == 6
     statuses = [t["status"] for t in trials]
     assert "stopped early" in statuses, statuses
-    (bad,) = [t for t in trials if t["train.learning_rate"] == 1.0]
+    (bad,) = [t for t in trials if t["train.learning_rate"] == 10.0]
     assert bad["status"] == "diverged" and bad["eval_loss"] is None
     trained = [t for t in trials if t["eval_loss"] is not None]
     assert results["winner"]["eval_loss"] == min(t["eval_loss"] for t in trained)
@@ -125,3 +129,44 @@ def test_sweep_resumes_after_its_driver_is_killed(ray_cluster, tiny_model, tmp_p
         assert len(after[k]["history"]) == n and after[k]["restarts"] == []
     for k in partial:  # the interrupted trial continued from its last checkpoint
         assert after[k]["step"] == 40 and after[k]["restarts"], after[k]["restarts"]
+
+
+def test_ctrl_c_stops_the_sweep_cleanly_and_it_resumes(ray_cluster, tiny_model, tmp_path):
+    sweep, cluster = _write(
+        tmp_path,
+        tiny_model,
+        {
+            "space": {"lora.r": {"grid": [4, 8]}},
+            "algorithm": "grid",
+            "scheduler": "none",
+        },
+        max_steps=60,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "adaptune", "sweep", str(sweep), "--cluster", str(cluster)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 900
+        while not any((tmp_path / "runs" / "test").glob("sweep-*/trials/*/checkpoint_2*")):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-3000:]
+    (sweep_dir,) = (tmp_path / "runs" / "test").glob("sweep-*")
+    resume = f"resume with: adaptune sweep {sweep} --cluster {cluster} --resume {sweep_dir.name}"
+    assert resume in err
+    r = run_cli(*resume.removeprefix("resume with: adaptune ").split(), timeout=1500)
+    assert r.returncode == 0, r.stderr[-4000:]
+    results = _results(tmp_path)
+    assert sorted(t["lora.r"] for t in results["trials"]) == [4, 8]
+    assert all(t["status"] == "finished" and t["steps"] == 60 for t in results["trials"])

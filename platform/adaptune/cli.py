@@ -78,6 +78,17 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     _, outcome = run_sweep(args.sweep, args.cluster, args.overrides, resume=args.resume)
     print(format_sweep(outcome))
     if outcome.interrupted:
+        again = " ".join(
+            [
+                "adaptune sweep",
+                args.sweep,
+                *(["--cluster", args.cluster] if args.cluster else []),
+                "--resume",
+                outcome.sweep_id,
+                *args.overrides,
+            ]
+        )
+        print(f"adaptune: sweep stopped before the end, its state is saved; resume with: {again}", file=sys.stderr)
         return 130
     return EXIT_OK if outcome.winner else EXIT_RUNTIME  # a sweep whose trials all failed is a failure
 

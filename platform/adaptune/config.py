@@ -158,7 +158,9 @@ class QuantizationConfig(_Section):
 class TrainConfig(_Section):
     """The training loop on each worker."""
 
-    learning_rate: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate (AdamW).")
+    learning_rate: float = Field(
+        2e-4, gt=0, description="Peak learning rate (AdamW). A trial whose loss then diverges stops at once."
+    )
     max_steps: int = Field(100, gt=0, description="Optimizer steps per trial.")
     micro_batch_size: int = Field(4, gt=0, description="Examples per worker per forward pass.")
     gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")

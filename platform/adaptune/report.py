@@ -87,6 +87,4 @@ def format_sweep(outcome: SweepOutcome) -> str:
     else:
         lines.append("winner   none: no trial trained to an evaluation")
     lines.append(f"results  {outcome.path}/results.csv, results.json")
-    if outcome.interrupted:
-        lines.append(f"stopped before the end; resume with: adaptune sweep ... --resume {outcome.sweep_id}")
     return "\n".join(lines)
