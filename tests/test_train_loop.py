@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from adaptune.config import TrainConfig
-from adaptune.train_loop import lr_multiplier, train_batches
+from adaptune.train_loop import divergence, lr_multiplier, train_batches
 
 
 def test_schedule_warms_up_from_a_nonzero_rate_then_decays():
@@ -31,3 +31,9 @@ def test_batches_are_disjoint_across_ranks_and_resume_where_they_left_off():
     resumed = list(itertools.islice(train_batches(n, 0, world, bs, seed=1, start=17), 13))
     assert resumed == straight[17:]
     assert straight[12] != straight[0]  # a new epoch is reshuffled
+
+
+def test_divergence_rule():
+    assert divergence(True, 0.0, 5.0) == "NaN/inf loss"
+    assert divergence(False, 16.0, 5.0) == "loss 16 exploded (over 3x the base model's 5)"
+    assert divergence(False, 14.9, 5.0) is None  # a bad step is not a diverged run

@@ -208,7 +208,11 @@ class SearchConfig(_Section):
     algorithm: Literal["random", "grid", "optuna"] = Field(
         "random", description="`random` sampling, exhaustive `grid`, or Optuna TPE (`optuna`)."
     )
-    num_samples: int = Field(8, gt=0, description="Trials to run (with `grid`: repeats of the whole grid, usually 1).")
+    num_samples: int | None = Field(
+        None,
+        gt=0,
+        description="Trials to run; with `grid`, how many times the whole grid runs. Empty: 8, or 1 with `grid`.",
+    )
     points_to_evaluate: list[dict[str, Any]] = Field(
         default_factory=list, description="Known-good starting points, each a mapping of dotted keys to values."
     )

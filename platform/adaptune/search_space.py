@@ -61,73 +61,38 @@ def apply_values(base: SweepConfig, values: dict[str, Any]) -> SweepConfig:
 def _spec(key: str, spec: Any, source: str) -> tuple[str, list[Any], list[Problem]]:
     """(distribution name, its arguments, problems) of one `{name: args}` entry."""
     where = f"search.space.{key}"
+    name: str = ""
+    args: Any = []
+
+    def bad(message: str, fix: str) -> tuple[str, list[Any], list[Problem]]:
+        return name, args, [Problem(source, where, message, fix)]
+
     if not isinstance(spec, dict) or len(spec) != 1:
-        return (
-            "",
-            [],
-            [
-                Problem(
-                    source,
-                    where,
-                    f"expected one distribution like {{choice: [...]}} (got {spec!r})",
-                    f"Use one of {', '.join(DISTRIBUTIONS)}",
-                )
-            ],
+        return bad(
+            f"expected one distribution like {{choice: [...]}} (got {spec!r})", f"Use one of {', '.join(DISTRIBUTIONS)}"
         )
     ((name, args),) = spec.items()
     if name not in DISTRIBUTIONS:
         close = difflib.get_close_matches(str(name), DISTRIBUTIONS, n=1)
-        fix = f"Did you mean `{close[0]}`?" if close else f"Use one of {', '.join(DISTRIBUTIONS)}"
-        return "", [], [Problem(source, where, f"unknown distribution {name!r}", fix)]
-    if not isinstance(args, list) or not args:
-        return (
-            name,
-            [],
-            [Problem(source, where, f"{name} needs a non-empty list (got {args!r})", f"Write {name}: [..]")],
+        return bad(
+            f"unknown distribution {name!r}",
+            f"Did you mean `{close[0]}`?" if close else f"Use one of {', '.join(DISTRIBUTIONS)}",
         )
+    if not isinstance(args, list) or not args:
+        return bad(f"{name} needs a non-empty list (got {args!r})", f"Write {name}: [..]")
     if name in ("choice", "grid"):
         return name, args, []
     arity = 3 if name == "qrandint" else 2
+    shape = "[low, high, q]" if arity == 3 else "[low, high]"
     if len(args) != arity or not all(isinstance(a, int | float) and not isinstance(a, bool) for a in args):
-        shape = "[low, high, q]" if arity == 3 else "[low, high]"
-        return (
-            name,
-            args,
-            [Problem(source, where, f"{name} needs {shape} numbers (got {args!r})", f"Write {name}: {shape}")],
-        )
+        return bad(f"{name} needs {shape} numbers (got {args!r})", f"Write {name}: {shape}")
     low, high = args[0], args[1]
     if not low < high:
-        return (
-            name,
-            args,
-            [
-                Problem(
-                    source,
-                    where,
-                    f"{name} range is empty or reversed (got low={low}, high={high})",
-                    "Put the lower bound first",
-                )
-            ],
-        )
+        return bad(f"{name} range is empty or reversed (got low={low}, high={high})", "Put the lower bound first")
     if name == "loguniform" and low <= 0:
-        return (
-            name,
-            args,
-            [
-                Problem(
-                    source,
-                    where,
-                    f"loguniform needs a positive lower bound (got {low})",
-                    "Use uniform, or a lower bound > 0",
-                )
-            ],
-        )
+        return bad(f"loguniform needs a positive lower bound (got {low})", "Use uniform, or a lower bound > 0")
     if name in ("randint", "qrandint") and not all(isinstance(a, int) for a in args):
-        return (
-            name,
-            args,
-            [Problem(source, where, f"{name} needs whole numbers (got {args!r})", "Use uniform for real numbers")],
-        )
+        return bad(f"{name} needs whole numbers (got {args!r})", "Use uniform for real numbers")
     return name, args, []
 
 

@@ -155,7 +155,7 @@ def build_tuner(
             mode=s.mode,
             search_alg=build_search_alg(s, concurrency(s, cluster, resources)),
             scheduler=build_scheduler(s, rounds),
-            num_samples=s.num_samples,
+            num_samples=s.num_samples or (1 if s.algorithm == "grid" else 8),
         ),
         run_config=tune.RunConfig(
             name=sweep_id,

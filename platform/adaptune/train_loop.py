@@ -33,6 +33,15 @@ PROBE_POSITIONS = 4  # logits kept for its last positions: small even for a 128k
 EXPLODING_FACTOR = 3.0
 
 
+def divergence(nonfinite: bool, loss: float, base_eval_loss: float) -> str | None:
+    """Why a training step counts as diverged (NaN/inf, or exploded far above the base model's loss), or None."""
+    if nonfinite:
+        return "NaN/inf loss"
+    if loss > EXPLODING_FACTOR * base_eval_loss:
+        return f"loss {loss:.3g} exploded (over {EXPLODING_FACTOR:g}x the base model's {base_eval_loss:.3g})"
+    return None
+
+
 def lr_multiplier(step: int, t: TrainConfig) -> float:
     """Learning-rate factor for optimizer step `step` (0-based): linear warmup, then the configured decay.
 
@@ -279,15 +288,13 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         step_stats[0] = torch.nan_to_num(step_stats[0], nan=0.0, posinf=0.0, neginf=0.0)
         dist.all_reduce(step_stats)
         step += 1
-        loss_now = (step_stats[0] / world).item()
-        if step_stats[2] > 0 or loss_now > EXPLODING_FACTOR * state["base_eval_loss"]:
+        reason = divergence(step_stats[2].item() > 0, (step_stats[0] / world).item(), state["base_eval_loss"])
+        if reason:
             # Stop at once, without raising: Ray Train would retry a raised error, and diverge again.
-            reason = "NaN/inf loss" if step_stats[2] > 0 else f"loss {loss_now:.3g} exploded"
             state["diverged"] = {
                 "step": step,
-                "reason": f"{reason} at step {step} "
-                f"(learning_rate={t.learning_rate:g}); lower train.learning_rate or raise "
-                "train.warmup_ratio",
+                "reason": f"{reason} at step {step} (learning_rate="
+                f"{t.learning_rate:g}); lower train.learning_rate or raise train.warmup_ratio",
             }
             _report_divergence(state, rank)
             return
