@@ -41,6 +41,40 @@ def run_cli(*args: str, cwd: Path = REPO, timeout: float = 900, env: dict[str, s
     )
 
 
+class Background:
+    """`python -m adaptune ARGS` running in its own session, output to files (a pipe nobody reads would fill up
+    with Ray's logs and block it)."""
+
+    def __init__(self, *args: str, logs: Path):
+        self.out, self.err = logs / "stdout.txt", logs / "stderr.txt"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "adaptune", *args],
+            cwd=REPO,
+            env=os.environ.copy(),
+            stdout=self.out.open("w"),
+            stderr=self.err.open("w"),
+            start_new_session=True,
+        )
+
+    def wait_until(self, condition, timeout: float = 900) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert self.proc.poll() is None, f"exited early: {self.err.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "timed out waiting"
+            time.sleep(0.5)
+
+    def signal(self, sig: int) -> None:
+        os.killpg(self.proc.pid, sig)
+
+    def finish(self, timeout: float = 900) -> tuple[int, str, str]:
+        try:
+            self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        return self.proc.returncode, self.out.read_text(), self.err.read_text()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A 2-layer Llama-style model with a tokenizer trained on the demo data, briefly pre-trained."""

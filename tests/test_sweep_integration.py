@@ -4,17 +4,13 @@ each trial a 2-worker DeepSpeed ZeRO-2 TorchTrainer inside a Ray Tune trial."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, cluster_config, run_cli, sweep_config, write_yaml
+from .conftest import Background, cluster_config, run_cli, sweep_config, write_yaml
 
 pytestmark = pytest.mark.integration
 
@@ -98,32 +94,22 @@ def test_sweep_resumes_after_its_driver_is_killed(ray_cluster, tiny_model, tmp_p
         },
         max_steps=40,
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "adaptune", "sweep", str(sweep), "--cluster", str(cluster)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=os.environ.copy(),
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 900
-        while True:  # wait for one finished trial and one with a checkpoint, not finished
-            dirs = list((tmp_path / "runs" / "test").glob("sweep-*"))
-            states = _trial_states(dirs[0]) if dirs else {}
-            done = [k for k, s in states.items() if s["step"] == 40]
-            partial = [k for k, s in states.items() if s["step"] < 40]
-            if done and partial:
-                break
-            assert proc.poll() is None, "sweep ended before it could be interrupted"
-            assert time.monotonic() < deadline, states
-            time.sleep(0.5)
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver dies: no clean shutdown, no saved results
-        proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    sweep_dir = dirs[0]
+    run = Background("sweep", str(sweep), "--cluster", str(cluster), logs=tmp_path)
+    found: dict = {}
+
+    def one_done_one_partial() -> bool:
+        dirs = list((tmp_path / "runs" / "test").glob("sweep-*"))
+        states = _trial_states(dirs[0]) if dirs else {}
+        found.update(dir=dirs[0] if dirs else None, states=states)
+        return any(s["step"] == 40 for s in states.values()) and any(s["step"] < 40 for s in states.values())
+
+    run.wait_until(one_done_one_partial)
+    run.signal(signal.SIGKILL)  # the driver dies: no clean shutdown, no saved results
+    run.finish(60)
+    states = found["states"]
+    done = [k for k, s in states.items() if s["step"] == 40]
+    partial = [k for k, s in states.items() if s["step"] < 40]
+    sweep_dir = found["dir"]
     finished_before = {k: len(states[k]["history"]) for k in done}
     r = run_cli("sweep", str(sweep), "--cluster", str(cluster), "--resume", timeout=1500)
     assert r.returncode == 0, r.stderr[-4000:]
@@ -148,26 +134,11 @@ def test_ctrl_c_stops_the_sweep_cleanly_and_it_resumes(ray_cluster, tiny_model, 
         },
         max_steps=60,
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "adaptune", "sweep", str(sweep), "--cluster", str(cluster)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=os.environ.copy(),
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 900
-        while not any((tmp_path / "runs" / "test").glob("sweep-*/trials/*/checkpoint_2*")):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.5)
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
-        out, err = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, err[-3000:]
+    run = Background("sweep", str(sweep), "--cluster", str(cluster), logs=tmp_path)
+    run.wait_until(lambda: any((tmp_path / "runs" / "test").glob("sweep-*/trials/*/checkpoint_2*")))
+    run.signal(signal.SIGINT)  # what Ctrl-C in a terminal sends
+    code, out, err = run.finish(600)
+    assert code == 130, err[-3000:]
     (sweep_dir,) = (tmp_path / "runs" / "test").glob("sweep-*")
     resume = f"resume with: adaptune sweep {sweep} --cluster {cluster} --resume {sweep_dir.name}"
     assert resume in err

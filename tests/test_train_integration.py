@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from adaptune.search_space import REPORTED_METRICS
 
-from .conftest import REPO, cluster_config, run_cli, sweep_config, write_yaml
+from .conftest import Background, cluster_config, run_cli, sweep_config, write_yaml
 
 pytestmark = pytest.mark.integration
 
@@ -143,28 +142,13 @@ def _alive_train_workers() -> list[int]:
 def test_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, tiny_model, tmp_path):
     sweep = write_yaml(tmp_path / "sweep.yaml", sweep_config(tiny_model, train={"max_steps": 150, "eval_every": 5}))
     cluster = write_yaml(tmp_path / "cluster.yaml", cluster_config(tmp_path / "runs"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "adaptune", "train", str(sweep), "--cluster", str(cluster)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=os.environ.copy(),
-    )
-    try:
-        deadline = time.monotonic() + 600
-        while not _checkpoints(tmp_path):
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint appeared"
-            time.sleep(0.5)
-        pids = _alive_train_workers()
-        assert len(pids) == 2, pids
-        os.kill(pids[-1], signal.SIGKILL)
-        out, err = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err[-4000:]
+    run = Background("train", str(sweep), "--cluster", str(cluster), logs=tmp_path)
+    run.wait_until(lambda: bool(_checkpoints(tmp_path)), timeout=600)
+    pids = _alive_train_workers()
+    assert len(pids) == 2, pids
+    os.kill(pids[-1], signal.SIGKILL)
+    code, out, err = run.finish(900)
+    assert code == 0, err[-4000:]
     adapter = Path(next(line.split()[-1] for line in out.splitlines() if line.startswith("adapter ")))
     final = _checkpoints(tmp_path)[-1]
     state = json.loads((final / "trainer_state.json").read_text())

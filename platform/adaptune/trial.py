@@ -169,15 +169,36 @@ def launch_training(
     problems = check_compatibility(trial_sweep, profile, "sampled", "cluster")
     if problems:
         raise TrialSkipped("; ".join(f"{p.key}: {p.message}" for p in problems))
+    trial_id = tune.get_context().get_trial_id()
+    finished = _finished_run(Path(trials_path) / trial_id, trial_sweep.train.max_steps)
+    if finished is not None:
+        # Restarted by --resume after finishing (the driver died before Tune saved that): replay, don't retrain.
+        for report in finished:
+            tune.report(report)
+        return
     trial_inputs = TrialInputs(
         inputs.data_dir, targets[target_key(trial_sweep.lora.target_modules)], inputs.pad_token_id
     )
     trainer = build_trainer(
-        trial_sweep,
-        profile,
-        trial_inputs,
-        name=tune.get_context().get_trial_id(),
-        storage_path=trials_path,
-        callbacks=[TuneReportCallback()],
+        trial_sweep, profile, trial_inputs, name=trial_id, storage_path=trials_path, callbacks=[TuneReportCallback()]
     )
     trainer.fit()
+
+
+def _finished_run(run_dir: Path, max_steps: int) -> list[dict[str, Any]] | None:
+    """The reports of a trial's inner run that already finished (or diverged), read from its latest
+    checkpoint on storage; None when it has not finished."""
+    from adaptune.train_loop import TRAINER_STATE
+
+    checkpoints = sorted(p for p in run_dir.glob("checkpoint_*") if (p / TRAINER_STATE).is_file())
+    if not checkpoints:
+        return None
+    state = json.loads((checkpoints[-1] / TRAINER_STATE).read_text(encoding="utf-8"))
+    if "diverged" in state:
+        return [{"step": state["diverged"]["step"], "eval_loss": float("inf"), "diverged": 1}]
+    if state["step"] < max_steps:
+        return None
+    by_step = {}
+    for ckpt in checkpoints:  # each evaluation's checkpoint, so the winner's adapter path is exact
+        by_step[json.loads((ckpt / TRAINER_STATE).read_text(encoding="utf-8"))["step"]] = str(ckpt)
+    return [{**h, "checkpoint_path": by_step.get(h["step"], str(checkpoints[-1]))} for h in state["history"]]
