@@ -25,11 +25,6 @@ TRIAL_DRIVER_MEMORY = 256 * 2**20
 FINISHED, STOPPED_EARLY, DIVERGED, FAILED, SKIPPED = "finished", "stopped early", "diverged", "failed", "skipped"
 
 
-def evaluation_rounds(sweep: SweepConfig) -> int:
-    """Reports a trial makes when it runs to the end: ASHA's time unit."""
-    return math.ceil(sweep.train.max_steps / sweep.train.eval_every)
-
-
 def concurrency(search: SearchConfig, cluster: ClusterProfile, resources: dict[str, float]) -> int:
     """Trials at once: the configured number, else as many as the cluster's CPUs and GPUs hold."""
     if search.max_concurrent_trials:
@@ -56,21 +51,22 @@ def build_search_alg(search: SearchConfig, max_concurrent: int) -> Any:
     return BasicVariantGenerator(points_to_evaluate=points, random_state=search.seed, max_concurrent=max_concurrent)
 
 
-def build_scheduler(search: SearchConfig, rounds: int) -> Any:
-    """ASHA counted in evaluation rounds (Tune's training_iteration), or run every trial to the end."""
+def build_scheduler(search: SearchConfig, train: Any) -> Any:
+    """ASHA with its rungs at evaluation rounds, measured in training steps (the `step` metric, which a trial
+    resumed after the driver died carries on, unlike Tune's per-attempt training_iteration); or no scheduler."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if search.scheduler == "none":
         return FIFOScheduler()
     return ASHAScheduler(
-        time_attr="training_iteration",
-        max_t=rounds,
-        grace_period=min(search.asha.grace_period, rounds),
+        time_attr="step",
+        max_t=train.max_steps,
+        grace_period=min(search.asha.grace_period * train.eval_every, train.max_steps),
         reduction_factor=search.asha.reduction_factor,
     )
 
 
-def _progress_callback(metric: str, mode: str, rounds: int) -> Any:
+def _progress_callback(metric: str, mode: str, max_steps: int) -> Any:
     from ray import tune
 
     class Progress(tune.Callback):
@@ -91,7 +87,7 @@ def _progress_callback(metric: str, mode: str, rounds: int) -> Any:
                 elif status == "ERROR":
                     counts["failed/skipped"] += 1
                 elif status == "TERMINATED":
-                    done = (t.last_result or {}).get("training_iteration", 0) >= rounds
+                    done = (t.last_result or {}).get("step", 0) >= max_steps
                     counts[FINISHED if done else STOPPED_EARLY] += 1
             best = f"; best {metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
             log.info("sweep: %s | %s%s", event, ", ".join(f"{v} {k}" for k, v in counts.items()), best)
@@ -128,7 +124,6 @@ def build_tuner(
     from ray import tune
 
     s = sweep.search
-    rounds = evaluation_rounds(sweep)
     trainable = tune.with_resources(
         tune.with_parameters(
             launch_training,
@@ -154,14 +149,14 @@ def build_tuner(
             metric=s.metric,
             mode=s.mode,
             search_alg=build_search_alg(s, concurrency(s, cluster, resources)),
-            scheduler=build_scheduler(s, rounds),
+            scheduler=build_scheduler(s, sweep.train),
             num_samples=s.num_samples or (1 if s.algorithm == "grid" else 8),
         ),
         run_config=tune.RunConfig(
             name=sweep_id,
             storage_path=str(sweep_root),
             failure_config=tune.FailureConfig(max_failures=0),  # worker losses are retried inside the trial
-            callbacks=[_progress_callback(s.metric, s.mode, rounds)],
+            callbacks=[_progress_callback(s.metric, s.mode, sweep.train.max_steps)],
             verbose=0,
         ),
     )
@@ -184,7 +179,7 @@ class SweepOutcome:
     interrupted: bool
 
 
-def _status(result: Any, rounds: int) -> tuple[str, str]:
+def _status(result: Any, max_steps: int) -> tuple[str, str]:
     """(status, reason) of one Tune result."""
     if result.error is not None:
         text = str(result.error)
@@ -196,7 +191,7 @@ def _status(result: Any, rounds: int) -> tuple[str, str]:
     last = result.metrics or {}
     if last.get("diverged"):
         return DIVERGED, "loss became NaN/inf or exploded; stopped at once"
-    if last.get("training_iteration", 0) < rounds:
+    if (last.get("step") or 0) < max_steps:
         return STOPPED_EARLY, ""
     return FINISHED, ""
 
@@ -204,11 +199,10 @@ def _status(result: Any, rounds: int) -> tuple[str, str]:
 def collect_results(grid: Any, sweep: SweepConfig) -> list[dict[str, Any]]:
     """One row per trial: id, sampled values, best metric, steps run, wall time, status, adapter path."""
     s = sweep.search
-    rounds = evaluation_rounds(sweep)
     rows = []
     for result in grid:
         last = result.metrics or {}
-        status, reason = _status(result, rounds)
+        status, reason = _status(result, sweep.train.max_steps)
         df = result.metrics_dataframe
         best_value, adapter = None, None
         if df is not None and s.metric in df and status not in (DIVERGED, SKIPPED):
