@@ -9,7 +9,6 @@ from adaptune.search_space import (
     build_param_space,
     check_search,
     check_space,
-    grid_size,
     resolve_alpha,
     searchable_keys,
 )
@@ -33,7 +32,6 @@ def test_a_realistic_space_is_accepted():
         "quantization.mode": {"grid": ["none", "4bit"]},
     }
     assert _check(space) == []
-    assert grid_size(space) == 2
 
 
 def test_bad_paths_get_suggestions():

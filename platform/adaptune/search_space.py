@@ -4,7 +4,6 @@ and turned into Ray Tune sampling objects. Checking imports no Ray; `build_param
 from __future__ import annotations
 
 import difflib
-import math
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -190,11 +189,6 @@ def finite_values(space: dict[str, Any], key: str) -> list[Any] | None:
     if isinstance(spec, dict) and len(spec) == 1 and next(iter(spec)) in ("choice", "grid"):
         return list(next(iter(spec.values())))
     return None
-
-
-def grid_size(space: dict[str, Any]) -> int:
-    """How many combinations the `grid` entries span (1 when there are none)."""
-    return math.prod(len(spec["grid"]) for spec in space.values() if isinstance(spec, dict) and "grid" in spec)
 
 
 def build_param_space(space: dict[str, Any], grid: bool = False) -> dict[str, Any]:

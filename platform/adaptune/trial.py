@@ -4,7 +4,6 @@ run to the end, and its outcome read back from the checkpoints it reported."""
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,11 +121,6 @@ def run_trial(
     trainer = build_trainer(sweep, cluster, inputs, name, storage_path)
     result = trainer.fit()
     return read_outcome(result)
-
-
-def temporary_storage() -> str:
-    """A scratch storage path for callers that keep nothing (benchmarks)."""
-    return tempfile.mkdtemp(prefix="adaptune-")
 
 
 class TrialSkipped(RuntimeError):
