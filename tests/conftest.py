@@ -98,7 +98,13 @@ def ray_cluster(tmp_path_factory):
     through RAY_ADDRESS; `ray start` enables token auth, so clients run with RAY_AUTH_MODE=token.
     """
     port = free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    from adaptune.driver import WORKER_GROUP_START_TIMEOUT_S
+
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(WORKER_GROUP_START_TIMEOUT_S),
+    }
     log = tmp_path_factory.mktemp("ray") / "ray-start.log"
     proc = subprocess.Popen(
         [

@@ -17,6 +17,7 @@ from adaptune.search_space import target_candidates
 from adaptune.validate import check_run
 
 log = logging.getLogger("adaptune")
+WORKER_GROUP_START_TIMEOUT_S = 600
 
 
 @dataclass
@@ -95,6 +96,10 @@ def connect_ray(cluster: ClusterProfile) -> None:
 
     if ray.is_initialized():
         return
+    # Ray Train gives a worker group 60 s to start; workers importing torch, transformers and DeepSpeed on a
+    # busy machine can take longer, and a timed-out attempt's retry can wait behind its own placement group.
+    # Processes of a local Ray inherit this; on a cluster set it where the nodes start (see README).
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(WORKER_GROUP_START_TIMEOUT_S))
     address = cluster.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
