@@ -158,3 +158,32 @@ def test_search_section_metric_points_and_algorithm():
         "s.yaml: search.points_to_evaluate[1]: lora.rr not in search.space. Give values only for searched keys",
         "s.yaml: search.points_to_evaluate[2]: lora.r: Input should be greater than 0. Fix the starting point",
     ]
+
+
+def test_optuna_tpe_suggests_within_the_space_and_learns_from_results():
+    from adaptune.sweep import build_search_alg
+
+    search = BASE.search.model_copy(
+        update={
+            "algorithm": "optuna",
+            "seed": 3,
+            "points_to_evaluate": [{"lora.r": 16, "train.learning_rate": 2e-4}],
+        }
+    )
+    space = {"lora.r": {"choice": [4, 8, 16]}, "train.learning_rate": {"loguniform": [1e-5, 1e-3]}}
+    alg = build_search_alg(search, max_concurrent=2)
+    assert alg.set_search_properties("eval_loss", "min", build_param_space(space))
+    first = alg.suggest("t0")
+    assert first == {"lora.r": 16, "train.learning_rate": 2e-4}  # the known-good starting point comes first
+    alg.suggest("t1")
+    assert alg.suggest("t2") is None  # two trials at once, no more
+    for i in range(12):
+        trial = f"t{i + 3}"
+        if i == 0:
+            alg.on_trial_complete("t0", {"eval_loss": 5.0, "training_iteration": 1})
+            alg.on_trial_complete("t1", {"eval_loss": 6.0, "training_iteration": 1})
+        config = alg.suggest(trial)
+        assert config["lora.r"] in (4, 8, 16) and 1e-5 <= config["train.learning_rate"] <= 1e-3
+        alg.on_trial_complete(
+            trial, {"eval_loss": 1.0 / config["lora.r"] + config["train.learning_rate"], "training_iteration": 1}
+        )
