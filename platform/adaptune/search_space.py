@@ -28,6 +28,7 @@ REPORTED_METRICS = (
     "trainable_params",
     "trainable_fraction",
     "epoch",
+    "diverged",
 )
 
 
