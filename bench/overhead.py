@@ -97,7 +97,7 @@ def main() -> None:
     # ---- adaptune: the same phases `adaptune train` runs, timed ----
     t0 = time.perf_counter()
     plan = plan_run(str(work / "s.yaml"), str(work / "c.yaml"), [])
-    manifest, inputs = prepare_inputs(plan)
+    manifest, inputs, _ = prepare_inputs(plan)
     prep_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     connect_ray(plan.cluster)

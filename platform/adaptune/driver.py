@@ -46,8 +46,9 @@ def plan_run(sweep_file: str, cluster_file: str | None, overrides: list[str]) ->
 
 
 def prepare_inputs(plan: RunPlan):
-    """Tokenize the data once for the whole run and resolve the LoRA targets; returns (manifest, inputs)."""
-    from adaptune.trial import TrialInputs
+    """Tokenize the data once for the whole run and resolve the LoRA targets of every setting it may sample;
+    returns (manifest, the base trial's inputs, targets by setting)."""
+    from adaptune.trial import TrialInputs, target_key
 
     sweep, cluster = plan.sweep, plan.cluster
     started = time.perf_counter()
@@ -77,13 +78,9 @@ def prepare_inputs(plan: RunPlan):
                 "Add data, or lower train.micro_batch_size or trial.num_workers",
             )
         )
-    try:
-        targets = target_modules_for(sweep.lora.target_modules, model_source(sweep.model.path), sweep.model.revision)
-    except ArchitectureError as e:
-        raise ConfigError(
-            Problem(plan.sweep_file, "lora.target_modules", str(e), "Pick modules from that list")
-        ) from None
-    return manifest, TrialInputs(data_dir=manifest.path, target_modules=targets, pad_token_id=manifest.pad_token_id)
+    targets = resolve_targets(plan)
+    base_targets = targets[target_key(sweep.lora.target_modules)]
+    return manifest, TrialInputs(manifest.path, base_targets, manifest.pad_token_id), targets
 
 
 def connect_ray(cluster: ClusterProfile) -> None:
@@ -125,7 +122,7 @@ def run_train(sweep_file: str, cluster_file: str | None, overrides: list[str]):
     from adaptune.trial import run_trial
 
     plan = plan_run(sweep_file, cluster_file, overrides)
-    manifest, inputs = prepare_inputs(plan)
+    manifest, inputs, _ = prepare_inputs(plan)
     connect_ray(plan.cluster)
     name = time.strftime("train-%Y%m%d-%H%M%S")
     outcome = run_trial(pin_paths(plan.sweep), plan.cluster, inputs, name, str(plan.sweep_root))
@@ -138,13 +135,12 @@ def resolve_targets(plan: RunPlan) -> dict[str, list[str]]:
 
     sweep = plan.sweep
     out = {}
-    for target in target_candidates(sweep):
+    for i, target in enumerate(target_candidates(sweep)):
         try:
             out[target_key(target)] = target_modules_for(target, model_source(sweep.model.path), sweep.model.revision)
         except ArchitectureError as e:
-            raise ConfigError(
-                Problem(plan.sweep_file, "search.space.lora.target_modules", str(e), "Pick modules from that list")
-            ) from None
+            key = "lora.target_modules" if i == 0 else "search.space.lora.target_modules"
+            raise ConfigError(Problem(plan.sweep_file, key, str(e), "Pick modules from that list")) from None
     return out
 
 
@@ -182,8 +178,7 @@ def run_sweep(sweep_file: str, cluster_file: str | None, overrides: list[str], r
     from adaptune.sweep import SweepOutcome, build_tuner, collect_results, pick_winner, write_results
 
     plan = plan_run(sweep_file, cluster_file, overrides)
-    manifest, inputs = prepare_inputs(plan)
-    targets = resolve_targets(plan)
+    manifest, inputs, targets = prepare_inputs(plan)
     connect_ray(plan.cluster)
     if resume:
         sweep_id = find_sweep(plan.sweep_root, resume if isinstance(resume, str) else None)
