@@ -47,6 +47,18 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo-model", help="output directory (default: demo-model)")
     demo.add_argument("--data", default="data/demo/company_faq.jsonl", help="corpus for its tokenizer")
     demo.add_argument("--force", action="store_true", help="rebuild even if the directory has a model")
+    merge = sub.add_parser(
+        "merge", help="merge an adapter from the registry (NAME@ALIAS, NAME/VERSION) or a trial run into its base model"
+    )
+    merge.add_argument("ref", help="e.g. mymodel@champion, mymodel/3, or a trial's MLflow run id")
+    merge.add_argument("--out", required=True, help="directory for the merged model (safetensors + tokenizer)")
+    merge.add_argument("--cluster", help="cluster profile whose mlflow.tracking_uri to use")
+    merge.add_argument("--tracking-uri", help="MLflow tracking URI (default: profile, MLFLOW_TRACKING_URI, embedded)")
+    merge.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
+    merge.add_argument("--no-register", action="store_true", help="do not log and register the merged model")
+    merge.add_argument(
+        "overrides", nargs="*", metavar="cluster.key=value", help="override a profile key (cluster.storage_path=...)"
+    )
     sub.add_parser("config-reference", help="print the configuration reference (Markdown) from the schema")
     return parser
 
@@ -93,6 +105,24 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return EXIT_OK if outcome.winner else EXIT_RUNTIME  # a sweep whose trials all failed is a failure
 
 
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from adaptune.driver import run_merge
+
+    adapter, report, registration, ui = run_merge(
+        args.ref, args.out, args.cluster, args.tracking_uri, args.overrides, args.overwrite, not args.no_register
+    )
+    source = f"{adapter.name} version {adapter.version}" if adapter.version else f"run {adapter.run_id}"
+    print(f"merged   {args.ref} ({source}) into its base model -> {report.out_dir}")
+    print(
+        f"check    {report.prompts} sample prompts: largest logit difference between the merged model and "
+        f"base+adapter {report.max_abs_diff:.3g} (tolerance {report.tolerance:g})"
+    )
+    if registration is not None:
+        print(f"registry {registration.name} version {registration.version}")
+    print(f"ui       {ui}")
+    return EXIT_OK
+
+
 def _cmd_demo_model(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -118,6 +148,7 @@ COMMANDS = {
     "validate": _cmd_validate,
     "train": _cmd_train,
     "sweep": _cmd_sweep,
+    "merge": _cmd_merge,
     "demo-model": _cmd_demo_model,
     "config-reference": _cmd_config_reference,
 }

@@ -226,6 +226,18 @@ class SearchConfig(_Section):
     seed: int = Field(0, description="Seed of the search algorithm.")
 
 
+class MlflowTracking(_Section):
+    """Where the sweep shows up in MLflow and which registered model its winner becomes a version of."""
+
+    experiment: str | None = Field(None, description="MLflow experiment of the sweep's runs. Empty: the sweep's name.")
+    registered_model: str | None = Field(
+        None,
+        description="Registered model the winning adapter becomes a new version of (alias `challenger`; also "
+        "`champion` when the model has none yet). Empty: the sweep's name.",
+    )
+    register_winner: bool = Field(True, description="Register the winner; false only tracks the runs.")
+
+
 class SweepConfig(_Section):
     """A sweep file: what to train. `adaptune train` runs its base values as one trial."""
 
@@ -241,6 +253,15 @@ class SweepConfig(_Section):
     )
     train: TrainConfig = Field(default_factory=TrainConfig, description="The training loop.")
     search: SearchConfig = Field(default_factory=SearchConfig, description="The hyperparameter search.")
+    mlflow: MlflowTracking = Field(default_factory=MlflowTracking, description="MLflow experiment and registry.")
+
+    @property
+    def experiment_name(self) -> str:
+        return self.mlflow.experiment or self.name
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.mlflow.registered_model or self.name
 
 
 # --------------------------------------------------------------------------------------------------
@@ -261,9 +282,21 @@ class RayConfig(_Section):
 class ClusterCapacity(_Section):
     """What the cluster holds, used to check that trials fit before anything starts."""
 
-    nodes: int = Field(1, gt=0, description="Nodes in the cluster.")
-    cpus: float | None = Field(None, ge=0, description="Total CPUs. Empty: this machine's CPUs (local use).")
-    gpus: float | None = Field(None, ge=0, description="Total GPUs. Empty: this machine's GPUs (local use).")
+    nodes: int = Field(
+        1, gt=0, description="Nodes at full size, the head included. Above 1, storage_path must be shared storage."
+    )
+    cpus: float | None = Field(
+        None,
+        ge=0,
+        description="CPUs trials may use at full size (autoscaled workers included); sets trials at once. "
+        "Empty: this machine's CPUs (local use).",
+    )
+    gpus: float | None = Field(
+        None,
+        ge=0,
+        description="GPUs at full size (autoscaled workers included); sets trials at once. "
+        "Empty: this machine's GPUs (local use).",
+    )
 
 
 class TrialResources(_Section):
@@ -296,6 +329,17 @@ class DeepSpeedConfig(_Section):
         return self
 
 
+class MlflowServer(_Section):
+    """The MLflow tracking server (and model registry) this cluster reports to."""
+
+    tracking_uri: str | None = Field(
+        None,
+        description="Tracking server URI, e.g. `http://mlflow.internal:5000` (an `mlflow server` with a "
+        "PostgreSQL backend store). Empty: the `MLFLOW_TRACKING_URI` environment variable if set, else the "
+        "embedded store `sqlite:///<storage_path>/mlflow.db` with artifacts under `<storage_path>/mlartifacts`.",
+    )
+
+
 class ClusterProfile(_Section):
     """A cluster profile: where trials run. Without one, the embedded default (this machine) is used."""
 
@@ -303,10 +347,11 @@ class ClusterProfile(_Section):
     capacity: ClusterCapacity = Field(default_factory=ClusterCapacity, description="What the cluster holds.")
     trial: TrialResources = Field(default_factory=TrialResources, description="Resources per trial.")
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig, description="DeepSpeed settings.")
+    mlflow: MlflowServer = Field(default_factory=MlflowServer, description="The MLflow tracking server.")
     storage_path: str = Field(
         "./adaptune-runs",
         description="Where checkpoints, tokenized data and results go. Must be reachable from every node "
-        "(shared filesystem, or a URI such as s3://bucket/prefix) when the cluster has more than one node.",
+        "(a shared filesystem mounted at the same path on every node) when the cluster has more than one node.",
     )
 
     @model_validator(mode="after")

@@ -84,7 +84,19 @@ def format_sweep(outcome: SweepOutcome) -> str:
     if outcome.winner:
         w = outcome.winner
         lines += [f"winner   {w['trial']}: {metric} {w[metric]:.4f}", f"adapter  {w['adapter']}"]
+    elif outcome.rows and all(r["status"] == "failed" for r in outcome.rows):
+        first = (outcome.rows[0]["reason"] or "").strip().splitlines()
+        lines.append(f"winner   none: every trial failed; the first: {first[-1] if first else 'no reason recorded'}")
     else:
         lines.append("winner   none: no trial trained to an evaluation")
     lines.append(f"results  {outcome.path}/results.csv, results.json")
+    if outcome.parent_run_id:
+        lines.append(
+            f"mlflow   {outcome.tracking_uri}: experiment {outcome.experiment_id}, sweep run {outcome.parent_run_id}"
+        )
+    if outcome.registration is not None:
+        reg = outcome.registration
+        lines.append(f"registry {reg.name} version {reg.version} ({', '.join('@' + a for a in reg.aliases)})")
+    if outcome.ui:
+        lines.append(f"ui       {outcome.ui}")
     return "\n".join(lines)

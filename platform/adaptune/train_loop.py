@@ -199,6 +199,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     # DeepSpeed picks its accelerator on first import: CPU workers must say so before that.
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if cluster.trial.use_gpu else "cpu")
     import deepspeed
+    import ray
     import ray.train
     import ray.train.torch
     from datasets import load_from_disk
@@ -265,6 +266,9 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     startup["deepspeed_init_s"] = time.perf_counter() - mark
     startup["torch_threads"] = torch.get_num_threads()
     state.setdefault("startup", []).append(startup)  # one entry per (re)start of the workers
+    nodes: list[Any] = [None] * world
+    dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
+    state["nodes"] = nodes  # the Ray node of each rank, in rank order (latest start)
     if state["base_eval_loss"] is None:  # the untouched base model, the bar every trial must clear
         state["base_eval_loss"] = _evaluate(engine, val_ds, rank, world, t.eval_batch_size, pad_id, device)
 

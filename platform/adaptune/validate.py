@@ -144,6 +144,48 @@ def check_resources(cluster: ClusterProfile, source: str) -> list[Problem]:
     return problems
 
 
+def _local_only(path: str) -> str | None:
+    """Why `path` exists on one machine only, or None when every node may reach it. An absolute path outside /tmp
+    and the home directory is taken on trust to be a shared mount (it cannot be checked from here). Relative
+    paths resolve in each node's own working directory."""
+    if not path.startswith(("/", "~")):
+        return "a relative path"
+    p = Path(os.path.normpath(os.path.expanduser(path)))
+    for root, name in ((Path("/tmp"), "/tmp"), (Path("/var/tmp"), "/var/tmp"), (Path.home(), "the home directory")):
+        if root != Path("/") and (p == root or root in p.parents):
+            return f"a path under {name}"
+    return None
+
+
+def check_storage(cluster: ClusterProfile, source: str) -> list[Problem]:
+    """A cluster of more than one node stores on something every node reaches (see `_local_only`). Object-storage
+    URIs are refused for now: the data preparation and the embedded MLflow store write to local paths."""
+    nodes, path = cluster.capacity.nodes, cluster.storage_path
+    if "://" in path:
+        return [
+            Problem(
+                source,
+                "storage_path",
+                f"object-storage URIs are not supported yet (got {path!r}): the tokenized data and the embedded "
+                "MLflow store are written to a filesystem path",
+                "Mount the bucket or a shared filesystem (NFS, EFS, a ReadWriteMany volume) at the same path on "
+                "every node and give that path",
+            )
+        ]
+    why = _local_only(path) if nodes > 1 else None
+    if why is None:
+        return []
+    return [
+        Problem(
+            source,
+            "storage_path",
+            f"{why} is local to one machine, but capacity.nodes is {nodes}: every node must reach the checkpoints "
+            f"and the tokenized data, and Ray refuses a head-local path for multi-node Train (got {path!r})",
+            "Use a shared filesystem mount present on every node (an absolute path such as /mnt/shared/adaptune-runs)",
+        )
+    ]
+
+
 def check_compatibility(sweep: SweepConfig, cluster: ClusterProfile, source: str, cluster_source: str) -> list[Problem]:
     """Combinations of settings that cannot train together."""
     q, zero = sweep.quantization, cluster.deepspeed.zero_stage
@@ -199,7 +241,13 @@ def check_run(
     if sweep is not None:
         problems += check_model(sweep, sweep_file) + check_data(sweep, sweep_file) + check_search(sweep, sweep_file)
     if cluster is not None:
-        problems += check_resources(cluster, cluster_source)
+        from adaptune.tracking import check_tracking
+
+        problems += (
+            check_resources(cluster, cluster_source)
+            + check_storage(cluster, cluster_source)
+            + check_tracking(cluster, cluster_source)
+        )
     if sweep is not None and cluster is not None:
         problems += check_compatibility(sweep, cluster, sweep_file, cluster_source) or check_space_compatibility(
             sweep, cluster, sweep_file, cluster_source

@@ -1,0 +1,209 @@
+"""The MLflow Model Registry: a sweep's winner becomes a new version with the alias `challenger` (and
+`champion` when the model has none); people move `champion` in the UI; `NAME@champion`, `NAME/VERSION` or a
+run id name an adapter to merge, and the merged model is registered as `<name>-merged`."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from adaptune.errors import ConfigError, Problem
+
+log = logging.getLogger("adaptune")
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+MERGED_SUFFIX = "-merged"
+TAG_SWEEP_RUN = "adaptune.sweep_run_id"
+TAG_TRIAL_RUN = "adaptune.trial_run_id"
+TAG_DIGEST = "adaptune.dataset_digest"
+TAG_BASE = "adaptune.base_model"
+TAG_METRIC = "adaptune.metric"
+TAG_VALUE = "adaptune.metric_value"
+TAG_ADAPTER_VERSION = "adaptune.adapter_version"
+TAG_ADAPTER_MODEL = "adaptune.adapter_model"
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str
+    version: str
+    aliases: list[str]
+
+
+def register_winner(
+    mlc: Any,
+    name: str,
+    model_id: str,
+    parent_run_id: str,
+    trial_run_id: str,
+    digest: str,
+    base: str,
+    metric: str,
+    value: float,
+) -> Registration:
+    """Register the winning adapter as a new version of `name`, alias `challenger`, and `champion` if the model
+    has none yet. A resumed sweep that already registered its winner gets that version back."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlc.get_registered_model(name)
+    except MlflowException:
+        mlc.create_registered_model(name, description="LoRA adapters registered by adaptune sweeps.")
+    for mv in mlc.search_model_versions(f"name = '{name}'"):
+        if mv.tags.get(TAG_SWEEP_RUN) == parent_run_id:
+            return Registration(name, mv.version, sorted(mv.aliases))
+    mv = mlflow.register_model(
+        f"models:/{model_id}",
+        name,
+        tags={
+            TAG_SWEEP_RUN: parent_run_id,
+            TAG_TRIAL_RUN: trial_run_id,
+            TAG_DIGEST: digest,
+            TAG_BASE: base,
+            TAG_METRIC: metric,
+            TAG_VALUE: f"{value:.6g}",
+        },
+    )
+    aliases = [CHALLENGER]
+    mlc.set_registered_model_alias(name, CHALLENGER, mv.version)
+    if CHAMPION not in mlc.get_registered_model(name).aliases:
+        mlc.set_registered_model_alias(name, CHAMPION, mv.version)
+        aliases.append(CHAMPION)
+    log.info("mlflow: registered %s version %s (%s)", name, mv.version, ", ".join(aliases))
+    return Registration(name, mv.version, aliases)
+
+
+# --------------------------------------------------------------------------------------------------
+# Naming an adapter: NAME@ALIAS, NAME/VERSION or RUN_ID
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolvedAdapter:
+    ref: str
+    name: str | None  # registered model, when named through the registry
+    version: str | None
+    model_uri: str  # what MLflow loads: models:/<model id>
+    run_id: str
+
+
+def resolve_ref(mlc: Any, ref: str, uri: str) -> ResolvedAdapter:
+    """The adapter a reference names in the registry at `uri`. Unknown names, versions and aliases get an error
+    listing what exists."""
+    from mlflow.exceptions import MlflowException
+
+    if "@" in ref or re.fullmatch(r".+/\d+", ref):
+        name, alias, version = _split(ref)
+        try:
+            model = mlc.get_registered_model(name)
+        except MlflowException:
+            names = sorted(m.name for m in mlc.search_registered_models(max_results=1000))
+            raise ConfigError(
+                Problem(uri, ref, f"no registered model {name!r}", f"Registered models: {', '.join(names) or 'none'}")
+            ) from None
+        versions = sorted((mv.version for mv in mlc.search_model_versions(f"name = '{name}'")), key=int)
+        if alias is not None:
+            if alias not in model.aliases:
+                have = ", ".join(f"@{a} -> version {v}" for a, v in sorted(model.aliases.items())) or "none"
+                raise ConfigError(Problem(uri, ref, f"{name} has no alias {alias!r}", f"Aliases: {have}"))
+            version = model.aliases[alias]
+        elif str(version) not in versions:
+            raise ConfigError(
+                Problem(uri, ref, f"{name} has no version {version}", f"Versions: {', '.join(versions) or 'none'}")
+            )
+        mv = mlc.get_model_version(name, str(version))
+        return ResolvedAdapter(ref, name, str(mv.version), _model_uri(mv), mv.run_id)
+    try:
+        run = mlc.get_run(ref)
+    except MlflowException:
+        raise ConfigError(
+            Problem(
+                uri,
+                ref,
+                "not a registered model reference or a run id",
+                "Use NAME@ALIAS (e.g. mymodel@champion), NAME/VERSION or the run id of a trial",
+            )
+        ) from None
+    model_id = run.data.tags.get("adaptune.adapter_model_id")
+    if not model_id:
+        raise ConfigError(
+            Problem(uri, ref, f"run {ref} ({run.info.run_name}) has no logged adapter", "Name a trial run that trained")
+        )
+    return ResolvedAdapter(ref, None, None, f"models:/{model_id}", ref)
+
+
+def _split(ref: str) -> tuple[str, str | None, str | None]:
+    if "@" in ref:
+        name, alias = ref.rsplit("@", 1)
+        return name, alias, None
+    name, version = ref.rsplit("/", 1)
+    return name, None, version
+
+
+def _model_uri(mv: Any) -> str:
+    model_id = getattr(mv, "model_id", None)
+    return f"models:/{model_id}" if model_id else mv.source
+
+
+def download_adapter(adapter: ResolvedAdapter, dst: Path) -> tuple[Path, dict[str, Any]]:
+    """The adapter's files and its model config (base model, revision) from MLflow."""
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=adapter.model_uri, dst_path=str(dst)))
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))
+    pyfunc = mlmodel["flavors"]["python_function"]
+    config = pyfunc.get("config") or {}  # the model_config it was logged with
+    artifacts = pyfunc.get("artifacts", {})
+    if "adapter" not in artifacts or "base_model" not in config:
+        raise ConfigError(
+            Problem(
+                adapter.model_uri,
+                adapter.ref,
+                "not an adaptune adapter (no adapter artifact)",
+                "Name an adapter logged by an adaptune sweep",
+            )
+        )
+    return local / artifacts["adapter"]["path"], config
+
+
+def log_merged(mlc: Any, adapter: ResolvedAdapter, out_dir: Path, report: Any) -> Registration:
+    """Log the merged model to MLflow (a run beside the adapter's) and register it as `<name>-merged`, tagged
+    with the adapter version it came from."""
+    import mlflow
+
+    from adaptune.tracking import MLFLOW_MODEL_CODE, model_requirements, text_signature
+
+    source_run = mlc.get_run(adapter.run_id)
+    name = (adapter.name or source_run.info.run_name) + MERGED_SUFFIX
+    mlflow.set_experiment(experiment_id=source_run.info.experiment_id)
+    run_name = f"merge {adapter.name}/{adapter.version}" if adapter.name else f"merge run {adapter.run_id}"
+    with mlflow.start_run(run_name=run_name, tags={"adaptune.kind": "merge"}) as run:
+        mlflow.log_params(
+            {
+                "adapter": adapter.ref,
+                "adapter.model_uri": adapter.model_uri,
+                "adapter.version": adapter.version,
+                "merge.tolerance": report.tolerance,
+            }
+        )
+        mlflow.log_metric("merge_max_abs_diff", report.max_abs_diff)
+        info = mlflow.pyfunc.log_model(
+            name="merged",
+            python_model=str(MLFLOW_MODEL_CODE),
+            artifacts={"model": str(out_dir)},
+            signature=text_signature(),
+            pip_requirements=model_requirements(),
+        )
+    tags = {TAG_ADAPTER_MODEL: adapter.model_uri, "adaptune.merge_run_id": run.info.run_id}
+    if adapter.version:
+        tags[TAG_ADAPTER_VERSION] = adapter.version
+        tags["adaptune.adapter_registered_model"] = adapter.name
+    mv = mlflow.register_model(f"models:/{info.model_id}", name, tags=tags)
+    log.info("mlflow: registered merged model %s version %s", name, mv.version)
+    return Registration(name, mv.version, [])

@@ -1,0 +1,546 @@
+"""MLflow tracking of a sweep: one parent run per sweep, one child run per trial, the trials' adapters as
+MLflow models, the parent's plots and results table.
+
+Only the job driver talks to MLflow (the Tune callback below runs in it): workers never do, so a trial's
+run is created once however often its workers restart, and a resumed sweep finds its runs again by the
+sweep id and Ray trial id tags. The tracking server is checked before anything starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import warnings
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from adaptune.config import ClusterProfile, SweepConfig, model_source, resolve_path
+from adaptune.errors import Problem
+
+log = logging.getLogger("adaptune")
+
+EMBEDDED_DB = "mlflow.db"
+EMBEDDED_ARTIFACTS = "mlartifacts"
+TAG_SWEEP = "adaptune.sweep_id"
+TAG_TRIAL = "adaptune.trial_id"
+TAG_STATUS = "adaptune.status"
+TAG_STOPPED_EARLY = "adaptune.stopped_early"
+TAG_REASON = "adaptune.failure_reason"
+TAG_MODEL_ID = "adaptune.adapter_model_id"
+TAG_KIND = "adaptune.kind"  # sweep | trial (| merge, from adaptune.registry)
+PARENT_TAG = "mlflow.parentRunId"
+ADAPTER_MODEL_NAME = "adapter"
+# Metrics logged at every evaluation, under the names the trainer reports them.
+STEP_METRICS = (
+    "eval_loss",
+    "perplexity",
+    "train_loss",
+    "tokens_per_s",
+    "peak_memory_mb",
+    "learning_rate",
+    "step_time_s",
+    "epoch",
+    "trainable_params",
+    "trainable_fraction",
+)
+LIBRARIES = ("adaptune", "torch", "ray", "deepspeed", "transformers", "peft", "bitsandbytes", "datasets", "mlflow")
+MLFLOW_MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+
+
+# --------------------------------------------------------------------------------------------------
+# The tracking server: which one, and is it there
+# --------------------------------------------------------------------------------------------------
+
+
+def tracking_uri(cluster: ClusterProfile) -> str:
+    """The profile's tracking URI, else MLFLOW_TRACKING_URI, else the embedded SQLite store under storage."""
+    uri = cluster.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{resolve_path(cluster.storage_path).resolve() / EMBEDDED_DB}"
+
+
+def embedded_artifacts(cluster: ClusterProfile, uri: str) -> str | None:
+    """Artifact root for experiments created in the embedded store (a predictable folder beside it)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / EMBEDDED_ARTIFACTS).as_uri()
+    return None
+
+
+def ui_command(uri: str) -> str:
+    """How a person opens the MLflow UI on this store."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser"
+    return f"mlflow ui --backend-store-uri {uri} --port 5000"
+
+
+def check_tracking(cluster: ClusterProfile, source: str) -> list[Problem]:
+    """Whether the tracking store answers, without importing MLflow for a server (one request each)."""
+    uri = tracking_uri(cluster)
+    key = "mlflow.tracking_uri"
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        probe = folder
+        while not probe.exists():
+            probe = probe.parent
+        if not os.access(probe, os.W_OK):
+            return [
+                Problem(
+                    source,
+                    key,
+                    f"cannot create the MLflow store {uri}: {probe} is not writable",
+                    "Set storage_path to a writable folder, or mlflow.tracking_uri to a server",
+                )
+            ]
+        return []
+    if not uri.startswith(("http://", "https://")):
+        return []  # another kind of store (a database URI, databricks): MLflow reports on first use
+    fix = (
+        "Start the server (see README: 'A production tracking server'), or fix mlflow.tracking_uri in the "
+        "cluster profile / MLFLOW_TRACKING_URI"
+    )
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as r:
+            r.read()
+        search = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
+        with urllib.request.urlopen(search, timeout=10) as r:
+            json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return [Problem(source, key, f"{uri} answered HTTP {e.code} ({e.reason}): not an MLflow tracking server", fix)]
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        return [Problem(source, key, f"MLflow tracking server {uri} is unreachable ({reason})", fix)]
+    except ValueError:
+        return [Problem(source, key, f"{uri} did not answer like an MLflow tracking server", fix)]
+    return []
+
+
+def client(uri: str) -> Any:
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(mlc: Any, name: str, artifact_location: str | None) -> str:
+    found = mlc.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    return mlc.create_experiment(name, artifact_location=artifact_location)
+
+
+# --------------------------------------------------------------------------------------------------
+# What a trial's run records
+# --------------------------------------------------------------------------------------------------
+
+
+def flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and v:
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _param(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, list | dict) else str(v)
+
+
+def trial_params(
+    base: SweepConfig, cluster: ClusterProfile, config: dict[str, Any], targets: dict[str, list[str]]
+) -> dict[str, str]:
+    """Params of a trial's run under stable dotted names: every training setting with the sampled values
+    applied (`lora.r`, `lora.alpha`, `lora.target_modules`, `train.learning_rate`, `quantization.mode`, ...),
+    the resolved target modules, and the cluster settings that shape training (`deepspeed.zero_stage`,
+    `trial.num_workers`). A combination the schema refuses is recorded as sampled."""
+    from pydantic import ValidationError
+
+    from adaptune.search_space import apply_values, resolve_alpha
+    from adaptune.trial import target_key
+
+    values = resolve_alpha(dict(config), base)
+    params = {k: _param(v) for k, v in values.items()}
+    try:
+        trial = apply_values(base, values)
+    except ValidationError:
+        return params
+    dumped = trial.model_dump(mode="json")
+    for section in ("lora", "quantization", "train"):
+        params.update({k: _param(v) for k, v in flat(dumped[section], f"{section}.").items()})
+    params["lora.target_modules.resolved"] = ",".join(targets.get(target_key(trial.lora.target_modules), []))
+    params["deepspeed.zero_stage"] = str(cluster.deepspeed.zero_stage)
+    params["trial.num_workers"] = str(cluster.trial.num_workers)
+    params["trial.use_gpu"] = str(cluster.trial.use_gpu)
+    return params
+
+
+def run_status(status: str) -> tuple[str, dict[str, str]]:
+    """MLflow run status and tags for an adaptune trial status."""
+    from adaptune.sweep import DIVERGED, FAILED, FINISHED, INTERRUPTED, SKIPPED, STOPPED_EARLY
+
+    if status == FINISHED:
+        return "FINISHED", {TAG_STATUS: status}
+    if status == STOPPED_EARLY:
+        return "KILLED", {TAG_STATUS: status, TAG_STOPPED_EARLY: "true"}
+    if status == INTERRUPTED:
+        return "KILLED", {TAG_STATUS: status}
+    assert status in (DIVERGED, FAILED, SKIPPED), status
+    return "FAILED", {TAG_STATUS: status}
+
+
+# --------------------------------------------------------------------------------------------------
+# The sweep's runs
+# --------------------------------------------------------------------------------------------------
+
+
+class SweepTracker:
+    """The parent run of one sweep and its trials' child runs, kept by the job driver."""
+
+    def __init__(self, sweep: SweepConfig, cluster: ClusterProfile, sweep_id: str, targets: dict[str, list[str]]):
+        self.sweep, self.cluster, self.sweep_id, self.targets = sweep, cluster, sweep_id, targets
+        self.uri = tracking_uri(cluster)
+        self.mlc = client(self.uri)
+        self.experiment_id = experiment_id(self.mlc, sweep.experiment_name, embedded_artifacts(cluster, self.uri))
+        self.parent_id = ""
+        self.children: dict[str, str] = {}  # Ray trial id -> run id
+        self.last_step: dict[str, int] = {}  # run id -> last step logged
+
+    # ---- the parent ----
+
+    def open(self, manifest: Any, sweep_file: str, cluster_file: str | None, resuming: bool) -> str:
+        """Create the sweep's parent run (or, resuming, find it and mark it running again)."""
+        found = self._find({TAG_SWEEP: self.sweep_id, TAG_KIND: "sweep"}, parent=None)  # trial runs carry the id too
+        if found is not None:
+            self.parent_id = found
+            self.mlc.update_run(found, status="RUNNING")
+            for run in self._child_runs():
+                self.children[run.data.tags[TAG_TRIAL]] = run.info.run_id
+            log.info("mlflow: resumed parent run %s (%d trial runs) at %s", found, len(self.children), self.uri)
+            return found
+        if resuming:
+            log.info("mlflow: no parent run for %s found at %s; creating one", self.sweep_id, self.uri)
+        run = self.mlc.create_run(
+            self.experiment_id,
+            run_name=self.sweep_id,
+            tags={TAG_SWEEP: self.sweep_id, TAG_KIND: "sweep", **_source_tags(sweep_file)},
+        )
+        self.parent_id = run.info.run_id
+        self._log_sweep(manifest, sweep_file, cluster_file)
+        log.info("mlflow: parent run %s in experiment %r at %s", self.parent_id, self.sweep.experiment_name, self.uri)
+        return self.parent_id
+
+    def _log_sweep(self, manifest: Any, sweep_file: str, cluster_file: str | None) -> None:
+        from mlflow.entities import Param
+
+        s = self.sweep
+        params = {
+            "sweep.name": s.name,
+            "model.path": model_source(s.model.path),
+            "model.revision": s.model.revision,
+            "data.path": s.data.path,
+            "data.digest": manifest.digest,
+            "search.algorithm": s.search.algorithm,
+            "search.scheduler": s.search.scheduler,
+            "search.metric": s.search.metric,
+            "search.mode": s.search.mode,
+            "search.num_samples": s.search.num_samples,
+            "search.keys": ",".join(sorted(s.search.space)),
+            "deepspeed.zero_stage": self.cluster.deepspeed.zero_stage,
+            "trial.num_workers": self.cluster.trial.num_workers,
+        }
+        params.update({f"version.{lib}": _version(lib) for lib in LIBRARIES})
+        self.mlc.log_batch(self.parent_id, params=[Param(k, _param(v)) for k, v in params.items()])
+        import yaml
+
+        for name, section in (("sweep", s), ("cluster", self.cluster), ("search_space", s.search)):
+            text = yaml.safe_dump(section.model_dump(mode="json"), sort_keys=False)
+            self.mlc.log_text(self.parent_id, text, f"config/{name}.yaml")
+        self.mlc.log_dict(self.parent_id, _manifest_dict(manifest), "data/manifest.json")
+        self._log_dataset(manifest)
+
+    def _log_dataset(self, manifest: Any) -> None:
+        """The company data as an MLflow dataset input, with our digest of every byte (MLflow's own digest of
+        a dataset only samples its first rows)."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        path = self.sweep.data.path
+        if "://" not in path:
+            path = str(resolve_path(path).resolve())
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local source
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(path)
+        dataset = MetaDataset(source, name=self.sweep.name + "-data", digest=manifest.digest[:36])
+        self.mlc.log_inputs(
+            self.parent_id,
+            datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])],
+        )
+
+    # ---- the trials ----
+
+    def callback(self) -> Any:
+        """A Tune callback that gives each trial its child run and logs every evaluation to it."""
+        from ray import tune
+
+        tracker = self
+
+        class MlflowTrials(tune.Callback):
+            def __init__(self) -> None:
+                self.tracker: SweepTracker | None = tracker
+
+            def __getstate__(self) -> dict[str, Any]:
+                # Tune pickles its callbacks with the sweep's state; a live MLflow client does not belong in
+                # there (a resumed sweep brings its own tracker).
+                return {"tracker": None}
+
+            def on_trial_start(self, iteration, trials, trial, **info):
+                self._safely(lambda t: t.child(trial.trial_id, trial.config))
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                self._safely(lambda t: t.log_result(t.child(trial.trial_id, trial.config), result))
+
+            def _safely(self, call: Any) -> None:
+                # A tracking server hiccup must not stop trials that cost GPU hours: warn and go on (that
+                # evaluation stays in the trial's checkpoints and the results files). The sweep's end logs
+                # each trial's adapter and status, and fails loudly if MLflow is still gone.
+                if self.tracker is None:
+                    return
+                try:
+                    call(self.tracker)
+                except Exception as e:  # noqa: BLE001 - any client or network error
+                    log.warning("mlflow: could not log to %s (%s); the sweep goes on", self.tracker.uri, e)
+
+        return MlflowTrials()
+
+    def child(self, trial_id: str, config: dict[str, Any]) -> str:
+        """The trial's run, created exactly once (keyed by the Ray trial id)."""
+        if trial_id in self.children:
+            return self.children[trial_id]
+        from mlflow.entities import Param
+
+        found = self._find({TAG_TRIAL: trial_id}, parent=self.parent_id)
+        if found is None:
+            run = self.mlc.create_run(
+                self.experiment_id,
+                run_name=trial_id,
+                tags={
+                    PARENT_TAG: self.parent_id,
+                    TAG_TRIAL: trial_id,
+                    TAG_SWEEP: self.sweep_id,
+                    TAG_KIND: "trial",
+                },
+            )
+            found = run.info.run_id
+            params = trial_params(self.sweep, self.cluster, config, self.targets)
+            items = [Param(k, v) for k, v in params.items()]
+            for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+                self.mlc.log_batch(found, params=items[i : i + 100])
+        else:
+            self.mlc.update_run(found, status="RUNNING")
+        self.children[trial_id] = found
+        return found
+
+    def log_result(self, run_id: str, result: dict[str, Any]) -> None:
+        """One evaluation's metrics at its step; a step already logged (a resumed trial replays its history)
+        is skipped."""
+        from mlflow.entities import Metric
+
+        step = int(result.get("step") or 0)
+        if run_id not in self.last_step:
+            history = self.mlc.get_metric_history(run_id, "eval_loss")
+            self.last_step[run_id] = max((m.step for m in history), default=-1)
+        if step <= self.last_step[run_id]:
+            return
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(k, float(result[k]), now, step)
+            for k in STEP_METRICS
+            if isinstance(result.get(k), int | float) and math.isfinite(result[k])
+        ]
+        if metrics:
+            self.mlc.log_batch(run_id, metrics=metrics)
+        self.last_step[run_id] = step
+
+    # ---- the end ----
+
+    def close(self, rows: list[dict[str, Any]], winner: dict[str, Any] | None, results_dir: Path, interrupted: bool):
+        """Log each trained trial's adapter as an MLflow model, set every run's final status, and give the parent
+        its plots, results and winner. Returns {trial id: model id} of the logged adapters."""
+        from adaptune.sweep import RESULTS_CSV, RESULTS_JSON
+
+        models = {}
+        for row in rows:
+            run_id = self.child(row["trial"], {k: row[k] for k in self.sweep.search.space if k in row})
+            if row["adapter"] and Path(row["adapter"]).is_dir():
+                models[row["trial"]] = self.log_adapter(run_id, Path(row["adapter"]))
+            status, tags = run_status(row["status"])
+            if row["reason"]:
+                tags[TAG_REASON] = row["reason"][:5000]
+            for k, v in tags.items():
+                self.mlc.set_tag(run_id, k, v)
+            self.mlc.set_terminated(run_id, status)
+        for name in (RESULTS_CSV, RESULTS_JSON):
+            self.mlc.log_artifact(self.parent_id, str(results_dir / name), "results")
+        self._log_plots(rows)
+        metric = self.sweep.search.metric
+        if winner is not None:
+            self.mlc.set_tag(self.parent_id, "adaptune.winner_trial", winner["trial"])
+            self.mlc.set_tag(self.parent_id, "adaptune.winner_run_id", self.children[winner["trial"]])
+            self.mlc.log_metric(self.parent_id, f"best_{metric}", float(winner[metric]))
+        if interrupted:
+            self.mlc.set_terminated(self.parent_id, "KILLED")
+        elif winner is None:
+            self.mlc.set_tag(self.parent_id, TAG_REASON, "no trial trained to an evaluation")
+            self.mlc.set_terminated(self.parent_id, "FAILED")
+        else:
+            self.mlc.set_terminated(self.parent_id, "FINISHED")
+        return models
+
+    def log_adapter(self, run_id: str, adapter: Path) -> str:
+        """The trial's adapter as an MLflow pyfunc model (prompts in, text out) that refers to the base model
+        instead of copying its weights; logged once per run. Returns the model id."""
+        import mlflow
+
+        existing = self.mlc.get_run(run_id).data.tags.get(TAG_MODEL_ID)
+        if existing:
+            return existing
+        size = sum(f.stat().st_size for f in adapter.iterdir() if f.is_file())
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name=ADAPTER_MODEL_NAME,
+                python_model=str(MLFLOW_MODEL_CODE),
+                artifacts={"adapter": str(adapter)},
+                model_config={
+                    "base_model": model_source(self.sweep.model.path),
+                    "revision": self.sweep.model.revision,
+                    "trust_remote_code": self.sweep.model.trust_remote_code,
+                },
+                signature=text_signature(),
+                pip_requirements=model_requirements(),
+                tags={TAG_TRIAL: self.mlc.get_run(run_id).data.tags.get(TAG_TRIAL, "")},
+            )
+        self.mlc.log_metric(run_id, "adapter_size_mb", size / 2**20)
+        self.mlc.set_tag(run_id, TAG_MODEL_ID, info.model_id)
+        return info.model_id
+
+    def _log_plots(self, rows: list[dict[str, Any]]) -> None:
+        """eval_loss curves of every trial on one plot; best metric against each searched value."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        metric = self.sweep.search.metric
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for row in rows:
+            history = self.mlc.get_metric_history(self.children[row["trial"]], metric)
+            if history:
+                points = sorted((m.step, m.value) for m in history)
+                ax.plot(*zip(*points, strict=True), marker="o", label=f"{row['trial']} ({row['status']})")
+        ax.set(xlabel="step", ylabel=metric, title=f"{self.sweep_id}: {metric} of every trial")
+        if rows:
+            ax.legend(fontsize=7)
+        self.mlc.log_figure(self.parent_id, fig, f"plots/{metric}_curves.png")
+        plt.close(fig)
+
+        scored = [r for r in rows if r.get(metric) is not None]
+        keys = sorted({k for k in scored[0] if k in self.sweep.search.space or k == "lora.alpha"}) if scored else []
+        if not keys:
+            return
+        fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 4), squeeze=False)
+        for ax, key in zip(axes[0], keys, strict=True):
+            xs = [r.get(key) for r in scored]
+            ys = [r[metric] for r in scored]
+            if all(isinstance(x, int | float) and not isinstance(x, bool) for x in xs):
+                ax.scatter(xs, ys)
+                if key.endswith("learning_rate") and min(xs) > 0:
+                    ax.set_xscale("log")
+            else:
+                labels = [_param(x) for x in xs]
+                order = sorted(set(labels))
+                ax.scatter([order.index(x) for x in labels], ys)
+                ax.set_xticks(range(len(order)), order, rotation=20, fontsize=7)
+            ax.set(xlabel=key, ylabel=f"best {metric}")
+        fig.suptitle(f"{self.sweep_id}: best {metric} against each searched value")
+        fig.tight_layout()
+        self.mlc.log_figure(self.parent_id, fig, f"plots/{metric}_by_value.png")
+        plt.close(fig)
+
+    # ---- lookups ----
+
+    def _find(self, tags: dict[str, str], parent: str | None) -> str | None:
+        filters = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+        if parent:
+            filters.append(f"tags.`{PARENT_TAG}` = '{parent}'")
+        runs = self.mlc.search_runs([self.experiment_id], " and ".join(filters), max_results=2)
+        return runs[0].info.run_id if runs else None
+
+    def _child_runs(self) -> list[Any]:
+        return self.mlc.search_runs(
+            [self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.parent_id}'", max_results=10000
+        )
+
+
+def text_signature() -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    from adaptune.mlflow_model import DEFAULT_MAX_NEW_TOKENS
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string")]),  # a list of prompts (or a one-column DataFrame)
+        outputs=Schema([ColSpec("string")]),
+        params=ParamSchema([ParamSpec("max_new_tokens", "long", DEFAULT_MAX_NEW_TOKENS)]),
+    )
+
+
+def model_requirements() -> list[str]:
+    """What loading a logged model needs, pinned to the versions that wrote it."""
+    return [f"{lib}=={_version(lib)}" for lib in ("mlflow", "torch", "transformers", "peft", "safetensors")]
+
+
+def _version(lib: str) -> str:
+    try:
+        return metadata.version(lib)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _manifest_dict(manifest: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(manifest)
+
+
+def _source_tags(sweep_file: str) -> dict[str, str]:
+    """The git commit of the sweep file's repository, else of the working directory's, if either is one (not
+    under `ray job submit`, whose working directory is an unpacked copy without .git)."""
+    for folder in (Path(sweep_file).resolve().parent, Path.cwd()):
+        try:
+            commit = subprocess.run(
+                ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+            )
+            if commit.returncode != 0:
+                continue
+            dirty = subprocess.run(
+                ["git", "-C", str(folder), "status", "--porcelain"], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError):
+            return {}
+        return {
+            "mlflow.source.git.commit": commit.stdout.strip(),
+            "adaptune.git_dirty": str(bool(dirty.stdout.strip())),
+        }
+    return {}

@@ -1,0 +1,132 @@
+"""Checks on the MLflow UI in headless Chromium: a sweep's parent run and its nested trial runs in the runs table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+TIMEOUT_S = 60  # the UI bundle is large and these machines are slow
+
+# MLflow 3.x opens `#/experiments/<id>` on the GenAI overview (traces); workflowType=machine_learning selects the
+# "Model training" side, whose Runs tab is the table of training runs.
+RUNS_PAGE = "{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def check_experiment_page(
+    base_url: str,
+    experiment_id: str,
+    parent_run_name: str,
+    child_run_names: list[str],
+    screenshot: Path,
+    *,
+    timeout: float = TIMEOUT_S,
+) -> str:
+    """Open an experiment's runs table, expand the parent run and check that every child run is listed.
+
+    Args:
+        base_url: The MLflow server, e.g. `http://127.0.0.1:5000`.
+        experiment_id: The experiment holding the runs.
+        parent_run_name: The run the children are nested under (tag `mlflow.parentRunId`).
+        child_run_names: Runs that must be visible once the parent row is expanded.
+        screenshot: Where to save a PNG of the page, written on success and before raising on failure.
+        timeout: Seconds to wait for the parent run, and again for the children after expanding it.
+
+    Returns:
+        The page's visible text.
+
+    Raises:
+        AssertionError: A run name is not visible in time; the message names it and the screenshot.
+    """
+    from selenium import webdriver
+    from selenium.common.exceptions import (
+        ElementClickInterceptedException,
+        StaleElementReferenceException,
+        TimeoutException,
+    )
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1000"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    url = RUNS_PAGE.format(base=base_url.rstrip("/"), experiment_id=experiment_id)
+    try:
+        driver.get(url)
+        wait = WebDriverWait(driver, timeout, poll_frequency=0.5, ignored_exceptions=(StaleElementReferenceException,))
+
+        def fail(problem: str) -> AssertionError:
+            driver.save_screenshot(str(screenshot))
+            return AssertionError(
+                f"{problem} on {driver.current_url} (opened {url}); screenshot: {screenshot}\n"
+                f"visible text:\n{_visible_text(driver)[:2000]}"
+            )
+
+        # Run names are links to the run page, inside the ag-grid rows of the runs table.
+        try:
+            wait.until(ec.visibility_of_element_located((By.XPATH, _run_link(parent_run_name))))
+        except TimeoutException:
+            raise fail(f"parent run {parent_run_name!r} not visible within {timeout:.0f} s") from None
+
+        if not all(_visible(driver, name) for name in child_run_names):
+            # Collapsed (the default): the expander is the button in the parent row's Run Name cell.
+            expander = (
+                _run_link(parent_run_name)
+                + "/ancestor::div[@role='row'][1]//div[@role='gridcell'][contains(@col-id, 'Run Name')]//button"
+            )
+            try:
+                button = wait.until(ec.element_to_be_clickable((By.XPATH, expander)))
+            except TimeoutException:
+                raise fail(
+                    f"no expander button in the row of parent run {parent_run_name!r} "
+                    "(are the children tagged mlflow.parentRunId with its run id?)"
+                ) from None
+            try:
+                button.click()
+            except ElementClickInterceptedException:  # a popover over the table; the button still works
+                driver.execute_script("arguments[0].click();", button)
+            try:
+                wait.until(lambda d: all(_visible(d, name) for name in child_run_names))
+            except TimeoutException:
+                missing = [name for name in child_run_names if not _visible(driver, name)]
+                raise fail(
+                    f"child runs {missing} not visible under parent run {parent_run_name!r} "
+                    f"{timeout:.0f} s after expanding it"
+                ) from None
+
+        driver.save_screenshot(str(screenshot))
+        return _visible_text(driver)
+    finally:
+        driver.quit()
+
+
+def _visible(driver, run_name: str) -> bool:
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        return any(e.is_displayed() for e in driver.find_elements(By.XPATH, _run_link(run_name)))
+    except StaleElementReferenceException:  # ag-grid re-rendered the row between finding and checking it
+        return False
+
+
+def _visible_text(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def _run_link(run_name: str) -> str:
+    """XPath of the runs-table link whose text is exactly `run_name`."""
+    return f"//div[@role='row']//a[contains(@href, '/runs/')][normalize-space()={_xpath_literal(run_name)}]"
+
+
+def _xpath_literal(text: str) -> str:
+    if "'" not in text:
+        return f"'{text}'"
+    if '"' not in text:
+        return f'"{text}"'
+    return "concat(" + ', "\'", '.join(f"'{part}'" for part in text.split("'")) + ")"

@@ -1,0 +1,197 @@
+"""MLflow for real: an Optuna sweep on a real Ray cluster reporting to a real `mlflow server` backed by
+PostgreSQL; the registry's aliases; a person moving `champion` to another version; `adaptune merge` of the
+champion; and the MLflow UI in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, cluster_config, run_cli, sweep_config, write_yaml
+
+pytestmark = pytest.mark.integration
+
+MODEL = "support-bot"
+ARTIFACTS = REPO / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def sweep_run(ray_cluster, tiny_model, mlflow_server, tmp_path_factory):
+    """One sweep of three Optuna trials under ASHA, tracked by the shared MLflow server."""
+    work = tmp_path_factory.mktemp("mlflow-sweep")
+    cfg = sweep_config(tiny_model, train={"max_steps": 20, "eval_every": 10})
+    cfg["name"] = "ml-sweep"
+    cfg["search"] = {
+        "space": {
+            "lora.r": {"choice": [4, 8, 16]},
+            "lora.target_modules": {"choice": ["attention", "all-linear"]},
+            "train.learning_rate": {"loguniform": [1e-3, 6e-3]},
+        },
+        "algorithm": "optuna",
+        "num_samples": 3,
+        "points_to_evaluate": [{"lora.r": 8, "lora.target_modules": "attention", "train.learning_rate": 5e-3}],
+        "scheduler": "asha",
+        "asha": {"grace_period": 1, "reduction_factor": 2},
+        "seed": 3,
+    }
+    cfg["mlflow"] = {"experiment": "support-bot-sweeps", "registered_model": MODEL}
+    sweep = write_yaml(work / "sweep.yaml", cfg)
+    cluster = write_yaml(
+        work / "cluster.yaml", {**cluster_config(work / "runs"), "mlflow": {"tracking_uri": mlflow_server.uri}}
+    )
+    r = run_cli("sweep", str(sweep), "--cluster", str(cluster), timeout=1500)
+    assert r.returncode == 0, r.stderr[-4000:]
+    (sweep_dir,) = (work / "runs" / "ml-sweep").glob("sweep-*")
+    results = json.loads((sweep_dir / "results.json").read_text())
+    from mlflow import MlflowClient
+
+    mlc = MlflowClient(tracking_uri=mlflow_server.uri, registry_uri=mlflow_server.uri)
+    experiment = mlc.get_experiment_by_name("support-bot-sweeps")
+    (parent,) = mlc.search_runs(
+        [experiment.experiment_id], f"tags.`adaptune.sweep_id` = '{sweep_dir.name}' and tags.`adaptune.kind` = 'sweep'"
+    )
+    children = mlc.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    return {
+        "r": r,
+        "results": results,
+        "mlc": mlc,
+        "experiment": experiment,
+        "parent": parent,
+        "children": children,
+        "work": work,
+        "sweep_dir": sweep_dir,
+    }
+
+
+def test_parent_run_has_one_child_per_trial_with_params_metrics_and_status(sweep_run, tiny_model):
+    results, mlc, parent, children = (sweep_run[k] for k in ("results", "mlc", "parent", "children"))
+    trials = {t["trial"]: t for t in results["trials"]}
+    assert len(trials) == 3
+    by_trial = {c.data.tags["adaptune.trial_id"]: c for c in children}
+    assert sorted(by_trial) == sorted(trials), "exactly one child run per trial"
+    expected_status = {"finished": "FINISHED", "stopped early": "KILLED"}
+    for trial_id, row in trials.items():
+        run = by_trial[trial_id]
+        p = run.data.params
+        assert p["lora.r"] == str(row["lora.r"]) and p["lora.target_modules"] == row["lora.target_modules"]
+        assert float(p["train.learning_rate"]) == pytest.approx(row["train.learning_rate"])
+        assert p["deepspeed.zero_stage"] == "2" and p["trial.num_workers"] == "2" and p["quantization.mode"] == "none"
+        assert p["lora.alpha"] and p["lora.target_modules.resolved"]
+        assert run.info.status == expected_status[row["status"]], (trial_id, row["status"], run.info.status)
+        if row["status"] == "stopped early":
+            assert run.data.tags["adaptune.stopped_early"] == "true"
+        history = mlc.get_metric_history(run.info.run_id, "eval_loss")
+        assert sorted(m.step for m in history) == list(range(10, row["steps"] + 1, 10))  # once per evaluation
+        assert min(m.value for m in history) == pytest.approx(row["eval_loss"])
+        reported = ("perplexity", "train_loss", "tokens_per_s", "peak_memory_mb", "trainable_params", "adapter_size_mb")
+        assert set(reported) <= set(run.data.metrics), run.data.metrics
+        assert run.data.tags.get("adaptune.adapter_model_id")
+
+    # The parent: config, results and plots as artifacts, the data with our digest, versions, the winner.
+    pid = parent.info.run_id
+    files = {a.path for d in ("config", "results", "plots") for a in mlc.list_artifacts(pid, d)}
+    assert {
+        "config/sweep.yaml",
+        "config/cluster.yaml",
+        "config/search_space.yaml",
+        "results/results.csv",
+        "plots/eval_loss_curves.png",
+        "plots/eval_loss_by_value.png",
+    } <= files, files
+    manifest = json.loads(Path(mlc.download_artifacts(pid, "data/manifest.json")).read_text())
+    (dataset,) = mlc.get_run(pid).inputs.dataset_inputs
+    assert dataset.dataset.digest == manifest["digest"][:36] and parent.data.params["data.digest"] == manifest["digest"]
+    assert parent.data.params["model.path"] == str(tiny_model.resolve())
+    assert parent.data.params["version.ray"].startswith("2.") and "version.deepspeed" in parent.data.params
+    assert parent.data.tags["mlflow.source.git.commit"]
+    assert parent.data.tags["adaptune.winner_trial"] == results["winner"]["trial"]
+    assert mlc.get_run(pid).info.status == "FINISHED"
+
+
+def test_winner_is_registered_as_challenger_and_first_champion_and_loads_as_a_text_model(sweep_run, mlflow_server):
+    import mlflow
+
+    results, mlc, parent = sweep_run["results"], sweep_run["mlc"], sweep_run["parent"]
+    model = mlc.get_registered_model(MODEL)
+    assert model.aliases == {"challenger": "1", "champion": "1"}
+    mv = mlc.get_model_version(MODEL, "1")
+    assert mv.tags["adaptune.sweep_run_id"] == parent.info.run_id
+    assert float(mv.tags["adaptune.metric_value"]) == pytest.approx(results["winner"]["eval_loss"], rel=1e-5)
+    assert mv.tags["adaptune.dataset_digest"] == parent.data.params["data.digest"]
+    winner = results["winner"]["trial"]
+    assert mv.run_id == next(c.info.run_id for c in sweep_run["children"] if c.data.tags["adaptune.trial_id"] == winner)
+    out = sweep_run["r"].stdout
+    assert "sweep run" in out and f"{MODEL} version 1 (@challenger, @champion)" in out
+
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    generate = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    out = generate.predict(["How do I reset the Nimbus Router X2?"], params={"max_new_tokens": 8})
+    assert isinstance(out, list) and len(out) == 1 and isinstance(out[0], str)
+
+
+def test_moving_champion_makes_merge_merge_that_version(sweep_run, mlflow_server, tmp_path):
+    import mlflow
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    results, mlc = sweep_run["results"], sweep_run["mlc"]
+    # What a person does in the UI: register another trial's adapter, then move @champion to it.
+    other = next(c for c in sweep_run["children"] if c.data.tags["adaptune.trial_id"] != results["winner"]["trial"])
+    mlflow.set_tracking_uri(mlflow_server.uri)
+    v2 = mlflow.register_model(f"models:/{other.data.tags['adaptune.adapter_model_id']}", MODEL)
+    mlc.set_registered_model_alias(MODEL, "champion", v2.version)
+
+    out = tmp_path / "merged"
+    r = run_cli("merge", f"{MODEL}@champion", "--out", str(out), "--tracking-uri", mlflow_server.uri)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"{MODEL} version {v2.version}" in r.stdout and "largest logit difference" in r.stdout
+
+    merged_versions = mlc.search_model_versions(f"name = '{MODEL}-merged'")
+    assert [m.tags["adaptune.adapter_version"] for m in merged_versions] == [v2.version]
+    assert sorted(p.suffix for p in out.glob("*.safetensors")) and not list(out.glob("*.bin"))
+
+    # The merged model, loaded with plain transformers, is base + the champion's adapter (not version 1's).
+    def adapter_logits(version: str, ids: torch.Tensor) -> torch.Tensor:
+        uri = f"models:/{MODEL}/{version}"
+        local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / version)))
+        base = AutoModelForCausalLM.from_pretrained(_base(local), dtype=torch.float32)
+        with torch.no_grad():
+            return PeftModel.from_pretrained(base, str(local / "artifacts" / "adapter")).eval()(ids).logits
+
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        got = merged(ids).logits
+    assert torch.allclose(got, adapter_logits(v2.version, ids), atol=1e-3)
+    assert not torch.allclose(got, adapter_logits("1", ids), atol=1e-3)
+
+    # Unknown aliases and versions list what exists.
+    r = run_cli("merge", f"{MODEL}@production", "--out", str(tmp_path / "x"), "--tracking-uri", mlflow_server.uri)
+    assert r.returncode == 2 and "@challenger -> version 1" in r.stderr and "@champion" in r.stderr, r.stderr
+    r = run_cli("merge", f"{MODEL}/99", "--out", str(tmp_path / "x"), "--tracking-uri", mlflow_server.uri)
+    assert r.returncode == 2 and "Versions: 1, 2" in r.stderr, r.stderr
+    r = run_cli("merge", "no-such-model@champion", "--out", str(tmp_path / "x"), "--tracking-uri", mlflow_server.uri)
+    assert r.returncode == 2 and MODEL in r.stderr, r.stderr
+
+
+def _base(local: Path) -> str:
+    import yaml
+
+    return yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]["config"]["base_model"]
+
+
+def test_mlflow_ui_shows_the_sweep_with_its_trials(sweep_run, mlflow_server):
+    from .mlflow_ui import check_experiment_page
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    text = check_experiment_page(
+        mlflow_server.uri,
+        sweep_run["experiment"].experiment_id,
+        sweep_run["parent"].info.run_name,
+        [c.info.run_name for c in sweep_run["children"]],
+        ARTIFACTS / "mlflow-experiment-page.png",
+    )
+    assert sweep_run["parent"].info.run_name in text
