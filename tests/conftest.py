@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -16,6 +17,76 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "data" / "demo" / "company_faq.jsonl"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that do not use the shared Ray cluster run first. Some of them start a Ray of their own (the
+    quickstart's in-process local Ray), and two Ray instances on one host stall each other's scheduling:
+    the shared cluster, once started, lives until the session ends."""
+    items.sort(key=lambda item: "ray_cluster" in getattr(item, "fixturenames", ()))  # stable: order kept otherwise
+
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def ray_env(**extra: str) -> dict[str, str]:
+    """Environment for `ray start` and its clients: token auth on, as on a production cluster. `ray start`
+    refuses token auth until a token exists (a local `ray.init()` creates one, `ray start` does not), so make
+    ~/.ray/auth_token the way the Ray docs say to if this machine has none yet."""
+    subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True, timeout=120)
+    return {**os.environ, "RAY_AUTH_MODE": "token", **extra}
+
+
+def stop_ray(*nodes: subprocess.Popen, address: str) -> None:
+    """Stop `ray start --block` processes and every process under them (GCS, raylet, agents, workers, job
+    drivers), and return only once all are gone: a Ray process left behind stalls the next Ray on this host.
+    Like `ray stop`, drop the machine's record of the cluster at `address` (/tmp/ray/ray_current_cluster).
+
+    SIGTERM lets `ray start --block` stop its node cleanly; the family is listed before that, since a worker
+    whose raylet has exited is re-parented and no longer found under it. Whatever outlives 60 s is killed.
+    """
+    import psutil
+
+    family: list[psutil.Process] = []
+    for node in nodes:
+        try:
+            root = psutil.Process(node.pid)
+            family += [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            pass
+    for node in nodes:
+        node.send_signal(signal.SIGTERM)
+        try:
+            node.wait(60)
+        except subprocess.TimeoutExpired:
+            pass
+    _, alive = psutil.wait_procs(family, timeout=60)
+    for proc in alive:
+        proc.kill()
+    _, alive = psutil.wait_procs(alive, timeout=30)
+    assert not alive, f"Ray processes survived SIGKILL: {alive}"
+    for node in nodes:
+        node.wait(10)  # reap
+    from ray._private.utils import get_ray_address_file
+
+    record = Path(get_ray_address_file(None))
+    if record.exists() and record.read_text().strip().endswith(f":{address.rsplit(':', 1)[-1]}"):
+        record.unlink()
+
+
+def alive_actors(class_name: str) -> list[int]:
+    """Process ids of the live Ray actors of a class on the cluster RAY_ADDRESS names (Ray's state API).
+
+    Asked from a fresh process: Ray reads RAY_AUTH_MODE once per process, and this one may have used Ray
+    before the shared cluster set it."""
+    query = (
+        "import json; from ray.util.state import list_actors; "
+        f"print(json.dumps([a.pid for a in list_actors(filters=[('class_name', '=', {class_name!r}), "
+        "('state', '=', 'ALIVE')], timeout=60)]))"
+    )
+    r = subprocess.run([sys.executable, "-c", query], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def free_port() -> int:
@@ -100,15 +171,11 @@ def ray_cluster(tmp_path_factory):
     port = free_port()
     from adaptune.driver import WORKER_GROUP_START_TIMEOUT_S
 
-    env = {
-        **os.environ,
-        "RAY_AUTH_MODE": "token",
-        "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": str(WORKER_GROUP_START_TIMEOUT_S),
-    }
+    env = ray_env(RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=str(WORKER_GROUP_START_TIMEOUT_S))
     log = tmp_path_factory.mktemp("ray") / "ray-start.log"
     proc = subprocess.Popen(
         [
-            str(Path(sys.executable).with_name("ray")),
+            RAY,
             "start",
             "--head",
             "--block",
@@ -144,11 +211,17 @@ def ray_cluster(tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops every process it started
-        try:
-            proc.wait(90)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_ray(proc, address=address)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real `mlflow server` on loopback with a fresh PostgreSQL database and proxied artifacts, shared by the
+    session, stopped by its process id and its database dropped at the end."""
+    from .mlflow_server import mlflow_server as start
+
+    with start(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server
 
 
 def sweep_config(model_dir: Path, **sections: dict[str, Any]) -> dict[str, Any]:

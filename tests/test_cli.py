@@ -74,7 +74,8 @@ def test_validate_model_directory_problems(tmp_path, tiny_model):
 
 def test_shipped_sweeps_and_profiles_validate(tiny_model):
     """Every shipped file through the real CLI. The GPU sweeps name hub models and a shared data path this
-    machine lacks: those keys point at the tiny model and the demo data; everything else is as shipped."""
+    machine lacks, and the GPU profile reports to a team's MLflow server: those keys point at the tiny model,
+    the demo data and the embedded MLflow store; everything else is as shipped."""
     sweeps = sorted((REPO / "search_spaces").glob("*.yaml"))
     clusters = sorted((REPO / "clusters").glob("*.yaml"))
     assert {s.name for s in sweeps} >= {"quickstart.yaml", "llama3-8b-qlora.yaml", "qwen2.5-7b-lora.yaml"}
@@ -93,6 +94,7 @@ def test_shipped_sweeps_and_profiles_validate(tiny_model):
                 f"model.path={tiny_model}",
                 f"data.path={DEMO_DATA}",
                 "data.format=instruction",
+                "cluster.mlflow.tracking_uri=null",
             )
             assert r.returncode == 0, r.stderr
 
@@ -138,3 +140,31 @@ def test_validate_checks_the_search_space_against_model_and_cluster(tmp_path, ti
     assert lines[1] == (
         f"{tmp_path / 's.yaml'}: search.metric: the trainer does not report 'loss'. Did you mean `eval_loss`?"
     )
+
+
+def test_validate_reports_an_unreachable_or_wrong_tracking_server_with_its_uri(tmp_path, tiny_model):
+    import http.server
+    import threading
+
+    from .conftest import free_port
+
+    sweep = write_yaml(tmp_path / "s.yaml", sweep_config(tiny_model))
+    cluster = write_yaml(tmp_path / "c.yaml", cluster_config(tmp_path))
+    dead = f"http://127.0.0.1:{free_port()}"
+    r = run_cli("validate", str(sweep), "--cluster", str(cluster), f"cluster.mlflow.tracking_uri={dead}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == (
+        f"{cluster}: mlflow.tracking_uri: MLflow tracking server {dead} is unreachable ([Errno 111] Connection "
+        "refused). Start the server (see README: 'A production tracking server'), or fix mlflow.tracking_uri in "
+        "the cluster profile / MLFLOW_TRACKING_URI"
+    )
+    # Something answers, but not MLflow (a wrong port, a proxy's error page).
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        wrong = f"http://127.0.0.1:{server.server_address[1]}"
+        r = run_cli("validate", str(sweep), "--cluster", str(cluster), env={"MLFLOW_TRACKING_URI": wrong})
+    finally:
+        server.shutdown()
+    assert r.returncode == 2
+    assert f"{wrong} answered HTTP 404 (File not found): not an MLflow tracking server" in r.stderr, r.stderr

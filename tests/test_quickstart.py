@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -14,8 +15,30 @@ from .conftest import REPO
 pytestmark = pytest.mark.integration
 
 
-def test_quickstart_script_sweeps_on_the_embedded_default(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+@pytest.fixture
+def stale_ray_record():
+    """What a `ray start` ended without `ray stop` leaves behind: /tmp/ray/ray_current_cluster naming a cluster
+    that is gone. Ray's processes look there for the state API; the local Ray must not be misled by it."""
+    from ray._private.utils import get_ray_address_file
+
+    from .conftest import free_port
+
+    record = Path(get_ray_address_file(None))
+    saved = record.read_text() if record.exists() else None
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(f"127.0.0.1:{free_port()}")
+    yield
+    if saved is None:
+        record.unlink(missing_ok=True)
+    else:
+        record.write_text(saved)
+
+
+def test_quickstart_script_sweeps_registers_and_merges_on_the_embedded_default(tmp_path, stale_ray_record):
+    """Two trials one after the other on a 2-CPU machine: the second starts only if the first gave back its
+    workers' CPUs, with a stale record of another cluster on the machine."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "MLFLOW_TRACKING_URI")}
+    env["MERGED_DIR"] = str(tmp_path / "merged")
     r = subprocess.run(
         [
             "bash",
@@ -28,7 +51,7 @@ def test_quickstart_script_sweeps_on_the_embedded_default(tmp_path):
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=1500,
+        timeout=1200,
         env=env,
     )
     assert r.returncode == 0, r.stderr[-4000:]
@@ -42,3 +65,21 @@ def test_quickstart_script_sweeps_on_the_embedded_default(tmp_path):
     assert any(t["lora.r"] == 8 and t["train.learning_rate"] == 3e-3 for t in results["trials"])
     assert os.path.isfile(os.path.join(results["winner"]["adapter"], "adapter_model.safetensors"))
     assert f"adapter  {results['winner']['adapter']}" in r.stdout
+
+    # MLflow: the embedded store beside the runs, the winner registered as both aliases, the champion merged.
+    store = f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert "registry quickstart version 1 (@challenger, @champion)" in r.stdout
+    assert "merged   quickstart@champion (quickstart version 1)" in r.stdout
+    assert "registry quickstart-merged version 1" in r.stdout
+    assert r.stdout.strip().splitlines()[-1] == f"ui       mlflow ui --backend-store-uri {store} --port 5000"
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    assert merged.config.model_type == "llama"
+    from mlflow import MlflowClient
+
+    mlc = MlflowClient(tracking_uri=store, registry_uri=store)
+    experiment = mlc.get_experiment_by_name("quickstart").experiment_id
+    (parent,) = mlc.search_runs([experiment], "tags.`adaptune.kind` = 'sweep'")
+    assert parent.info.run_name == sweep_dir.name and parent.info.status == "FINISHED"
+    assert parent.info.artifact_uri.startswith((tmp_path.resolve() / "mlartifacts").as_uri())

@@ -187,3 +187,22 @@ def test_optuna_tpe_suggests_within_the_space_and_learns_from_results():
         alg.on_trial_complete(
             trial, {"eval_loss": 1.0 / config["lora.r"] + config["train.learning_rate"], "training_iteration": 1}
         )
+
+
+def test_concurrency_follows_the_profile_capacity_else_what_ray_reports():
+    from adaptune.config import ClusterProfile, SearchConfig
+    from adaptune.sweep import concurrency
+
+    gpu_trial = {"num_workers": 2, "use_gpu": True, "cpus_per_worker": 8, "gpus_per_worker": 1}
+    # An autoscaling GPU cluster that has scaled to zero workers: the profile's capacity decides.
+    k8s = ClusterProfile.model_validate({"capacity": {"nodes": 5, "cpus": 256, "gpus": 32}, "trial": gpu_trial})
+    assert concurrency(SearchConfig(), k8s, {"CPU": 8.0}) == 16
+    # CPUs can be the tighter limit.
+    tight = ClusterProfile.model_validate({"capacity": {"nodes": 5, "cpus": 64, "gpus": 32}, "trial": gpu_trial})
+    assert concurrency(SearchConfig(), tight, {}) == 4
+    # No capacity given (the embedded default): what Ray reports, at least one trial.
+    local = ClusterProfile()
+    assert concurrency(SearchConfig(), local, {"CPU": 4.0}) == 2
+    assert concurrency(SearchConfig(), local, {"CPU": 1.0}) == 1
+    # An explicit limit wins.
+    assert concurrency(SearchConfig(max_concurrent_trials=3), k8s, {}) == 3

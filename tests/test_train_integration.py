@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from adaptune.search_space import REPORTED_METRICS
 
-from .conftest import Background, cluster_config, run_cli, sweep_config, write_yaml
+from .conftest import Background, alive_actors, cluster_config, run_cli, sweep_config, write_yaml
 
 pytestmark = pytest.mark.integration
 
@@ -119,32 +117,12 @@ def _checkpoints(tmp_path: Path) -> list[Path]:
     return sorted(p for p in (tmp_path / "runs" / "test").glob("train-*/checkpoint_*") if p.is_dir())
 
 
-def _alive_train_workers() -> list[int]:
-    r = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("ray")),
-            "list",
-            "actors",
-            "--format",
-            "json",
-            "--filter",
-            "class_name=RayTrainWorker",
-            "--filter",
-            "state=ALIVE",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return [a["pid"] for a in json.loads(r.stdout or "[]")] if r.returncode == 0 else []
-
-
 def test_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, tiny_model, tmp_path):
     sweep = write_yaml(tmp_path / "sweep.yaml", sweep_config(tiny_model, train={"max_steps": 150, "eval_every": 5}))
     cluster = write_yaml(tmp_path / "cluster.yaml", cluster_config(tmp_path / "runs"))
     run = Background("train", str(sweep), "--cluster", str(cluster), logs=tmp_path)
     run.wait_until(lambda: bool(_checkpoints(tmp_path)), timeout=600)
-    pids = _alive_train_workers()
+    pids = alive_actors("RayTrainWorker")
     assert len(pids) == 2, pids
     os.kill(pids[-1], signal.SIGKILL)
     code, out, err = run.finish(900)

@@ -8,6 +8,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from adaptune.architecture import ArchitectureError, target_modules_for
 from adaptune.config import ClusterProfile, SweepConfig, model_source, read_configs, resolve_path
@@ -83,12 +84,28 @@ def prepare_inputs(plan: RunPlan):
     return manifest, TrialInputs(manifest.path, base_targets, manifest.pad_token_id), targets
 
 
-def connect_ray(cluster: ClusterProfile) -> None:
-    """Join the configured cluster (profile address, else RAY_ADDRESS), or start a local Ray in-process.
+def start_local_ray(**init_kwargs: Any) -> None:
+    """Start a Ray on this machine only, in this process.
 
-    The local case says `address="local"`: a bare `ray.init()` would instead join whatever cluster was last
-    started with `ray start` on this machine, or hang on a stale record of one.
+    `address="local"`: a bare `ray.init()` would join whatever cluster `ray start` last recorded in
+    /tmp/ray/ray_current_cluster. Ray's own processes still read that record to find the cluster's state API
+    (Ray Train's placement-group cleaner among them), and a stale one (a `ray start` ended without `ray stop`)
+    makes the cleaner fail: a finished trial's worker CPUs then stay reserved and the next trial waits
+    forever. So the dashboard gets a known port, and every process of this Ray is told it.
     """
+    import socket
+
+    import ray
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"  # processes Ray starts inherit it
+    ray.init(address="local", dashboard_host="127.0.0.1", dashboard_port=port, **init_kwargs)
+
+
+def connect_ray(cluster: ClusterProfile) -> None:
+    """Join the configured cluster (profile address, else RAY_ADDRESS), or start a local Ray in-process."""
     import ray
 
     if ray.is_initialized():
@@ -101,7 +118,7 @@ def connect_ray(cluster: ClusterProfile) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(address="local", log_to_driver=True)
+        start_local_ray(log_to_driver=True)
     log.info("ray: %s", ray.cluster_resources())
 
 
@@ -166,7 +183,8 @@ def find_sweep(sweep_root: Path, wanted: str | None) -> str:
 
 
 def run_sweep(sweep_file: str, cluster_file: str | None, overrides: list[str], resume: str | bool = False):
-    """`adaptune sweep`: many trials under Ray Tune; data prepared once, every trial reads the same copy.
+    """`adaptune sweep`: many trials under Ray Tune; data prepared once, every trial reads the same copy. MLflow
+    gets one parent run for the sweep and a child run per trial; the winner's adapter is registered.
 
     SIGTERM (what `ray job stop` sends) is handled like Ctrl-C: Tune stops the trials and saves its state,
     so the sweep can be resumed. Returns (manifest, SweepOutcome).
@@ -175,7 +193,9 @@ def run_sweep(sweep_file: str, cluster_file: str | None, overrides: list[str], r
 
     import ray
 
-    from adaptune.sweep import SweepOutcome, build_tuner, collect_results, pick_winner, write_results
+    from adaptune.registry import register_winner
+    from adaptune.sweep import TRIALS_DIR, SweepOutcome, build_tuner, collect_results, pick_winner, write_results
+    from adaptune.tracking import SweepTracker, ui_command
 
     plan = plan_run(sweep_file, cluster_file, overrides)
     manifest, inputs, targets = prepare_inputs(plan)
@@ -185,6 +205,8 @@ def run_sweep(sweep_file: str, cluster_file: str | None, overrides: list[str], r
     else:
         sweep_id = time.strftime("sweep-%Y%m%d-%H%M%S")
     log.info("sweep %s: storage %s", sweep_id, plan.sweep_root / sweep_id)
+    tracker = SweepTracker(plan.sweep, plan.cluster, sweep_id, targets)
+    tracker.open(manifest, sweep_file, cluster_file, resuming=bool(resume))
     previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
         tuner = build_tuner(
@@ -196,17 +218,93 @@ def run_sweep(sweep_file: str, cluster_file: str | None, overrides: list[str], r
             sweep_id,
             ray.cluster_resources(),
             restore=bool(resume),
+            callbacks=[tracker.callback()],
         )
         grid = tuner.fit()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    rows = collect_results(grid, plan.sweep)
+    rows = collect_results(grid, plan.sweep, plan.sweep_root / sweep_id / TRIALS_DIR)
     winner = pick_winner(rows, plan.sweep.search)
     directory = plan.sweep_root / sweep_id
-    write_results(rows, winner, directory)
     interrupted = any(not (r.metrics or {}).get("done") and r.error is None for r in grid)
-    return manifest, SweepOutcome(sweep_id, str(directory), plan.sweep.search.metric, rows, winner, interrupted)
+    write_results(rows, winner, directory)
+    models = tracker.close(rows, winner, directory, interrupted)
+    registration = None
+    if winner is not None and not interrupted and plan.sweep.mlflow.register_winner:
+        metric = plan.sweep.search.metric
+        registration = register_winner(
+            tracker.mlc,
+            plan.sweep.registered_model_name,
+            models[winner["trial"]],
+            tracker.parent_id,
+            tracker.children[winner["trial"]],
+            manifest.digest,
+            model_source(plan.sweep.model.path),
+            metric,
+            winner[metric],
+        )
+    outcome = SweepOutcome(
+        sweep_id,
+        str(directory),
+        plan.sweep.search.metric,
+        rows,
+        winner,
+        interrupted,
+        tracking_uri=tracker.uri,
+        experiment_id=tracker.experiment_id,
+        parent_run_id=tracker.parent_id,
+        registration=registration,
+        ui=ui_command(tracker.uri),
+    )
+    return manifest, outcome
 
 
 def _fmt(counts: dict[str, int]) -> str:
     return "/".join(str(counts.get(k, 0)) for k in ("train", "validation", "test"))
+
+
+def run_merge(
+    ref: str,
+    out: str,
+    cluster_file: str | None,
+    tracking: str | None,
+    overrides: list[str],
+    overwrite: bool,
+    register: bool,
+):
+    """`adaptune merge`: the adapter a registry reference or run id names, merged into its base model in full
+    precision, checked against base+adapter, saved, logged to MLflow and registered as `<name>-merged`.
+    Returns (resolved adapter, merge report, registration or None, how to open the UI)."""
+    import tempfile
+
+    from adaptune.merge import merge_adapter
+    from adaptune.registry import download_adapter, log_merged, resolve_ref
+    from adaptune.tracking import check_tracking, client, tracking_uri, ui_command
+
+    stray = [o for o in overrides if not o.startswith("cluster.")]
+    if stray:
+        raise ConfigError(
+            Problem("command line", stray[0], "merge takes only cluster profile overrides", "Prefix it with cluster.")
+        )
+    overrides = [*overrides, *([f"cluster.mlflow.tracking_uri={tracking}"] if tracking else [])]
+    _, cluster, problems = read_configs(None, cluster_file, overrides)
+    if cluster is not None:
+        problems += check_tracking(cluster, cluster_file or "command line")
+    if problems or cluster is None:
+        raise ConfigError(problems)
+    uri = tracking_uri(cluster)
+    mlc = client(uri)
+    adapter = resolve_ref(mlc, ref, uri)
+    log.info("merge: %s -> %s (run %s) at %s", ref, adapter.model_uri, adapter.run_id, uri)
+    with tempfile.TemporaryDirectory(prefix="adaptune-merge-") as tmp:
+        adapter_dir, config = download_adapter(adapter, Path(tmp))
+        report = merge_adapter(
+            adapter_dir,
+            config["base_model"],
+            Path(out),
+            revision=config.get("revision"),
+            trust_remote_code=bool(config.get("trust_remote_code")),
+            overwrite=overwrite,
+        )
+    registration = log_merged(mlc, adapter, Path(out), report) if register else None
+    return adapter, report, registration, ui_command(uri)
