@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import Background, cluster_config, run_cli, sweep_config, write_yaml
+from .conftest import Background, alive_actors, cluster_config, run_cli, sweep_config, write_yaml
 
 pytestmark = pytest.mark.integration
 
@@ -83,6 +84,22 @@ def _trial_states(sweep_dir: Path) -> dict[str, dict]:
     return out
 
 
+def _committed_states(sweep_dir: Path) -> dict[str, dict]:
+    """Per trial, the trainer state of the latest checkpoint Ray Train has committed to the trial's snapshot:
+    what a restarted trial resumes from. A checkpoint directory written but not yet committed when the driver
+    died is not resumed from, and the trial starts over."""
+    out = {}
+    for snapshot in (sweep_dir / "trials").glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+        except json.JSONDecodeError:  # being rewritten as we read: the previous commit is gone, the next not in
+            continue
+        if latest:
+            state = snapshot.parent / latest["checkpoint_dir_name"] / "trainer_state.json"
+            out[snapshot.parent.name] = json.loads(state.read_text())
+    return out
+
+
 def test_sweep_resumes_after_its_driver_is_killed(ray_cluster, tiny_model, tmp_path):
     sweep, cluster = _write(
         tmp_path,
@@ -97,20 +114,28 @@ def test_sweep_resumes_after_its_driver_is_killed(ray_cluster, tiny_model, tmp_p
     run = Background("sweep", str(sweep), "--cluster", str(cluster), logs=tmp_path)
     found: dict = {}
 
-    def one_done_one_partial() -> bool:
+    def one_done_one_early() -> bool:
         dirs = list((tmp_path / "runs" / "test").glob("sweep-*"))
-        states = _trial_states(dirs[0]) if dirs else {}
-        found.update(dir=dirs[0] if dirs else None, states=states)
-        return any(s["step"] == 40 for s in states.values()) and any(s["step"] < 40 for s in states.values())
+        states = _committed_states(dirs[0]) if dirs else {}
+        found.update(dir=dirs[0] if dirs else None)
+        return any(s["step"] == 40 for s in states.values()) and any(s["step"] <= 10 for s in states.values())
 
-    run.wait_until(one_done_one_partial)
+    run.wait_until(one_done_one_early)
     run.signal(signal.SIGKILL)  # the driver dies: no clean shutdown, no saved results
     run.finish(60)
-    states = found["states"]
-    done = [k for k, s in states.items() if s["step"] == 40]
-    partial = [k for k, s in states.items() if s["step"] < 40]
+    # Ray tears the dead driver's actors down owner by owner, and a trial's workers may train on for a few
+    # seconds: what was interrupted is what the trials had committed once their workers were gone.
+    deadline = time.monotonic() + 180
+    while alive_actors("RayTrainWorker"):
+        assert time.monotonic() < deadline, "the killed driver's trial workers are still alive after 180 s"
+        time.sleep(2)
     sweep_dir = found["dir"]
-    finished_before = {k: len(states[k]["history"]) for k in done}
+    committed = _committed_states(sweep_dir)  # what Ray Train resumes a trial from
+    written = _trial_states(sweep_dir)  # the newest checkpoint on disk, committed or not
+    done = [k for k, s in written.items() if s["step"] == 40]  # finished: replayed on resume, not retrained
+    partial = [k for k, s in committed.items() if s["step"] < 40 and k not in done]
+    assert done and partial, {k: (s["step"], committed.get(k, {}).get("step")) for k, s in written.items()}
+    finished_before = {k: len(written[k]["history"]) for k in done}
     r = run_cli("sweep", str(sweep), "--cluster", str(cluster), "--resume", timeout=1500)
     assert r.returncode == 0, r.stderr[-4000:]
     results = _results(tmp_path)
@@ -119,8 +144,8 @@ def test_sweep_resumes_after_its_driver_is_killed(ray_cluster, tiny_model, tmp_p
     after = _trial_states(sweep_dir)
     for k, n in finished_before.items():  # finished trials were not run again
         assert len(after[k]["history"]) == n and after[k]["restarts"] == []
-    for k in partial:  # the interrupted trial continued from its last checkpoint
-        assert after[k]["step"] == 40 and after[k]["restarts"], after[k]["restarts"]
+    for k in partial:  # the interrupted trial continued from its last committed checkpoint
+        assert after[k]["step"] == 40 and after[k]["restarts"] == [committed[k]["step"]], after[k]["restarts"]
 
 
 def test_ctrl_c_stops_the_sweep_cleanly_and_it_resumes(ray_cluster, tiny_model, tmp_path):

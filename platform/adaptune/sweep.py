@@ -14,7 +14,7 @@ from typing import Any
 
 from adaptune.config import ClusterProfile, SearchConfig, SweepConfig
 from adaptune.search_space import build_param_space, resolve_alpha
-from adaptune.trial import TrialInputs, launch_training
+from adaptune.trial import TrialInputs, checkpoints_on_storage, launch_training
 
 log = logging.getLogger("adaptune")
 
@@ -23,16 +23,20 @@ RESULTS_JSON = "results.json"
 TRIALS_DIR = "trials"
 TRIAL_DRIVER_MEMORY = 256 * 2**20
 FINISHED, STOPPED_EARLY, DIVERGED, FAILED, SKIPPED = "finished", "stopped early", "diverged", "failed", "skipped"
+INTERRUPTED = "interrupted"  # the sweep was stopped (Ctrl-C, `ray job stop`) before this trial ended
 
 
 def concurrency(search: SearchConfig, cluster: ClusterProfile, resources: dict[str, float]) -> int:
-    """Trials at once: the configured number, else as many as the cluster's CPUs and GPUs hold."""
+    """Trials at once: the configured number, else as many as the cluster holds. The profile's capacity counts
+    where it is given (an autoscaling cluster may start with no workers at all); otherwise what Ray reports."""
     if search.max_concurrent_trials:
         return search.max_concurrent_trials
-    tr = cluster.trial
-    fits = resources.get("CPU", 0) // (tr.num_workers * tr.cpus_per_worker)
+    tr, cap = cluster.trial, cluster.capacity
+    cpus = cap.cpus if cap.cpus is not None else resources.get("CPU", 0)
+    fits = cpus // (tr.num_workers * tr.cpus_per_worker)
     if tr.use_gpu:
-        fits = min(fits, resources.get("GPU", 0) // (tr.num_workers * tr.gpus_per_worker))
+        gpus = cap.gpus if cap.gpus is not None else resources.get("GPU", 0)
+        fits = min(fits, gpus // (tr.num_workers * tr.gpus_per_worker))
     return max(1, int(fits))
 
 
@@ -118,6 +122,7 @@ def build_tuner(
     sweep_id: str,
     resources: dict[str, float],
     restore: bool = False,
+    callbacks: list[Any] | None = None,
 ) -> Any:
     """A Tuner whose trainable is `launch_training`: the trial itself reserves no resources (its TorchTrainer's
     workers do), so a full cluster queues trials instead of deadlocking."""
@@ -138,10 +143,15 @@ def build_tuner(
         {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY},
     )
     path = str(sweep_root / sweep_id)
+    callbacks = [_progress_callback(s.metric, s.mode, sweep.train.max_steps), *(callbacks or [])]
     if restore:
-        return tune.Tuner.restore(
+        tuner = tune.Tuner.restore(
             path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
         )
+        # Tune restores the callbacks pickled with the first run's state; this run's (with live connections) go
+        # in their place. Ray has no public way to do so.
+        tuner._local_tuner.get_run_config().callbacks = callbacks
+        return tuner
     return tune.Tuner(
         trainable,
         param_space=build_param_space(s.space, grid=s.algorithm == "grid"),
@@ -156,7 +166,7 @@ def build_tuner(
             name=sweep_id,
             storage_path=str(sweep_root),
             failure_config=tune.FailureConfig(max_failures=0),  # worker losses are retried inside the trial
-            callbacks=[_progress_callback(s.metric, s.mode, sweep.train.max_steps)],
+            callbacks=callbacks,
             verbose=0,
         ),
     )
@@ -177,6 +187,11 @@ class SweepOutcome:
     rows: list[dict[str, Any]]
     winner: dict[str, Any] | None
     interrupted: bool
+    tracking_uri: str = ""
+    experiment_id: str = ""
+    parent_run_id: str = ""
+    registration: Any = None  # adaptune.registry.Registration of the winner, when registered
+    ui: str = ""  # how to open the MLflow UI on the runs
 
 
 def _status(result: Any, max_steps: int) -> tuple[str, str]:
@@ -192,30 +207,42 @@ def _status(result: Any, max_steps: int) -> tuple[str, str]:
     if last.get("diverged"):
         return DIVERGED, "loss became NaN/inf or exploded; stopped at once"
     if (last.get("step") or 0) < max_steps:
-        return STOPPED_EARLY, ""
+        # Tune marks the last result of a trial its scheduler stopped `done`; one cut off by the user is not.
+        return (STOPPED_EARLY, "") if last.get("done") else (INTERRUPTED, "")
     return FINISHED, ""
 
 
-def collect_results(grid: Any, sweep: SweepConfig) -> list[dict[str, Any]]:
-    """One row per trial: id, sampled values, best metric, steps run, wall time, status, adapter path."""
+def collect_results(grid: Any, sweep: SweepConfig, trials_dir: Path) -> list[dict[str, Any]]:
+    """One row per trial: id, sampled values, best metric, steps run, wall time, status, adapter path.
+
+    The adapter is the checkpoint on storage (`trials_dir/<trial id>/`) saved at the trial's best step; the
+    path Tune was told is the fallback."""
+    from adaptune.train_loop import ADAPTER_DIR
+
     s = sweep.search
     rows = []
     for result in grid:
         last = result.metrics or {}
         status, reason = _status(result, sweep.train.max_steps)
         df = result.metrics_dataframe
+        trial_id = last.get("trial_id") or Path(result.path).name
         best_value, adapter = None, None
         if df is not None and s.metric in df and status not in (DIVERGED, SKIPPED):
             finite = df[df[s.metric].apply(lambda v: v is not None and math.isfinite(v))]
             if len(finite):
                 best = finite.loc[finite[s.metric].idxmin() if s.mode == "min" else finite[s.metric].idxmax()]
                 best_value = float(best[s.metric])
-                if isinstance(best.get("checkpoint_path"), str):
-                    adapter = str(Path(best["checkpoint_path"]) / "adapter")
+                saved = checkpoints_on_storage(trials_dir / trial_id).get(int(best["step"]))
+                if saved is None and isinstance(best.get("checkpoint_path"), str):
+                    saved = Path(best["checkpoint_path"])
+                if saved is not None and (saved / ADAPTER_DIR).is_dir():
+                    adapter = str(saved / ADAPTER_DIR)
+                else:
+                    log.warning("trial %s: no adapter checkpoint found for its best step %s", trial_id, best["step"])
         config = resolve_alpha(dict(result.config or {}), sweep)
         rows.append(
             {
-                "trial": last.get("trial_id") or Path(result.path).name,
+                "trial": trial_id,
                 **{k: config[k] for k in sorted(config)},
                 s.metric: best_value,
                 "steps": last.get("step"),

@@ -179,20 +179,33 @@ def launch_training(
     trainer.fit()
 
 
+def checkpoints_on_storage(run_dir: Path) -> dict[int, Path]:
+    """A trial's inner-run checkpoints on storage by training step, read from their trainer states.
+    A checkpoint directory still being written (no readable state yet) is left out."""
+    from adaptune.train_loop import TRAINER_STATE
+
+    out = {}
+    for ckpt in sorted(run_dir.glob("checkpoint_*")):
+        try:
+            out[int(json.loads((ckpt / TRAINER_STATE).read_text(encoding="utf-8"))["step"])] = ckpt
+        except (OSError, ValueError, KeyError):
+            continue
+    return out
+
+
 def _finished_run(run_dir: Path, max_steps: int) -> list[dict[str, Any]] | None:
     """The reports of a trial's inner run that already finished (or diverged), read from its latest
     checkpoint on storage; None when it has not finished."""
     from adaptune.train_loop import TRAINER_STATE
 
-    checkpoints = sorted(p for p in run_dir.glob("checkpoint_*") if (p / TRAINER_STATE).is_file())
-    if not checkpoints:
+    by_step = checkpoints_on_storage(run_dir)
+    if not by_step:
         return None
-    state = json.loads((checkpoints[-1] / TRAINER_STATE).read_text(encoding="utf-8"))
+    latest = by_step[max(by_step)]
+    state = json.loads((latest / TRAINER_STATE).read_text(encoding="utf-8"))
     if "diverged" in state:
         return [{"step": state["diverged"]["step"], "eval_loss": float("inf"), "diverged": 1}]
     if state["step"] < max_steps:
         return None
-    by_step = {}
-    for ckpt in checkpoints:  # each evaluation's checkpoint, so the winner's adapter path is exact
-        by_step[json.loads((ckpt / TRAINER_STATE).read_text(encoding="utf-8"))["step"]] = str(ckpt)
-    return [{**h, "checkpoint_path": by_step.get(h["step"], str(checkpoints[-1]))} for h in state["history"]]
+    # each evaluation's checkpoint, so the winner's adapter path is exact
+    return [{**h, "checkpoint_path": str(by_step.get(h["step"], latest))} for h in state["history"]]
