@@ -39,7 +39,18 @@ def plan_run(sweep_file: str, cluster_file: str | None, overrides: list[str]) ->
         ConfigError: every problem at once.
     """
     sweep, cluster, problems = read_configs(sweep_file, cluster_file, overrides)
-    problems += check_run(sweep, cluster, sweep_file, cluster_file)
+    return checked_plan(sweep, cluster, sweep_file, cluster_file, problems)
+
+
+def checked_plan(
+    sweep: SweepConfig | None,
+    cluster: ClusterProfile | None,
+    sweep_file: str,
+    cluster_file: str | None,
+    problems: list[Problem] | None = None,
+) -> RunPlan:
+    """A plan for configs already loaded, after every pre-flight check (raises ConfigError)."""
+    problems = [*(problems or []), *check_run(sweep, cluster, sweep_file, cluster_file)]
     if problems or sweep is None or cluster is None:
         raise ConfigError(problems)
     storage = resolve_path(cluster.storage_path)
@@ -189,6 +200,11 @@ def run_sweep(sweep_file: str, cluster_file: str | None, overrides: list[str], r
     SIGTERM (what `ray job stop` sends) is handled like Ctrl-C: Tune stops the trials and saves its state,
     so the sweep can be resumed. Returns (manifest, SweepOutcome).
     """
+    return sweep_plan(plan_run(sweep_file, cluster_file, overrides), resume)
+
+
+def sweep_plan(plan: RunPlan, resume: str | bool = False, parent_tags: dict[str, str] | None = None):
+    """The sweep of a checked plan (see `run_sweep`); `parent_tags` go on its MLflow parent run."""
     import signal
 
     import ray
@@ -197,7 +213,6 @@ def run_sweep(sweep_file: str, cluster_file: str | None, overrides: list[str], r
     from adaptune.sweep import TRIALS_DIR, SweepOutcome, build_tuner, collect_results, pick_winner, write_results
     from adaptune.tracking import SweepTracker, ui_command
 
-    plan = plan_run(sweep_file, cluster_file, overrides)
     manifest, inputs, targets = prepare_inputs(plan)
     connect_ray(plan.cluster)
     if resume:
@@ -205,8 +220,8 @@ def run_sweep(sweep_file: str, cluster_file: str | None, overrides: list[str], r
     else:
         sweep_id = time.strftime("sweep-%Y%m%d-%H%M%S")
     log.info("sweep %s: storage %s", sweep_id, plan.sweep_root / sweep_id)
-    tracker = SweepTracker(plan.sweep, plan.cluster, sweep_id, targets)
-    tracker.open(manifest, sweep_file, cluster_file, resuming=bool(resume))
+    tracker = SweepTracker(plan.sweep, plan.cluster, sweep_id, targets, parent_tags)
+    tracker.open(manifest, plan.sweep_file, plan.cluster_file, resuming=bool(resume))
     previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
         tuner = build_tuner(
@@ -279,21 +294,9 @@ def run_merge(
 
     from adaptune.merge import merge_adapter
     from adaptune.registry import download_adapter, log_merged, resolve_ref
-    from adaptune.tracking import check_tracking, client, tracking_uri, ui_command
+    from adaptune.tracking import ui_command
 
-    stray = [o for o in overrides if not o.startswith("cluster.")]
-    if stray:
-        raise ConfigError(
-            Problem("command line", stray[0], "merge takes only cluster profile overrides", "Prefix it with cluster.")
-        )
-    overrides = [*overrides, *([f"cluster.mlflow.tracking_uri={tracking}"] if tracking else [])]
-    _, cluster, problems = read_configs(None, cluster_file, overrides)
-    if cluster is not None:
-        problems += check_tracking(cluster, cluster_file or "command line")
-    if problems or cluster is None:
-        raise ConfigError(problems)
-    uri = tracking_uri(cluster)
-    mlc = client(uri)
+    _, uri, mlc = registry_access("merge", cluster_file, tracking, overrides)
     adapter = resolve_ref(mlc, ref, uri)
     log.info("merge: %s -> %s (run %s) at %s", ref, adapter.model_uri, adapter.run_id, uri)
     with tempfile.TemporaryDirectory(prefix="adaptune-merge-") as tmp:
@@ -308,3 +311,23 @@ def run_merge(
         )
     registration = log_merged(mlc, adapter, Path(out), report) if register else None
     return adapter, report, registration, ui_command(uri)
+
+
+def registry_access(verb: str, cluster_file: str | None, tracking: str | None, overrides: list[str]):
+    """For verbs that work on the registry alone (merge, rollback): the cluster profile with `cluster.`
+    overrides and `--tracking-uri`, its tracking server checked. Returns (profile, tracking URI, client)."""
+    from adaptune.tracking import check_tracking, client, tracking_uri
+
+    stray = [o for o in overrides if not o.startswith("cluster.")]
+    if stray:
+        raise ConfigError(
+            Problem("command line", stray[0], f"{verb} takes only cluster profile overrides", "Prefix it with cluster.")
+        )
+    overrides = [*overrides, *([f"cluster.mlflow.tracking_uri={tracking}"] if tracking else [])]
+    _, cluster, problems = read_configs(None, cluster_file, overrides)
+    if cluster is not None:
+        problems += check_tracking(cluster, cluster_file or "command line")
+    if problems or cluster is None:
+        raise ConfigError(problems)
+    uri = tracking_uri(cluster)
+    return cluster, uri, client(uri)

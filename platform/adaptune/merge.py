@@ -93,14 +93,14 @@ def merge_adapter(
     prompts = list(DEFAULT_PROMPTS if prompts is None else prompts)
     if not prompts:
         raise ValueError("prompts must not be empty: the merge is checked on them")
-    trained_on = _check_adapter_dir(adapter_dir).get("base_model_name_or_path")
+    trained_on = check_adapter_dir(adapter_dir).get("base_model_name_or_path")
     _check_out_dir(out_dir, overwrite, [adapter_dir, resolve_path(base_model)])
     if base_model.startswith((".", "/", "~")) and not resolve_path(base_model).exists():
         raise ConfigError(Problem(base_model, "", "base model directory not found", missing_path_hint(base_model)))
 
     # --- base + adapter, unmerged: the reference ---
     tokenizer = _load_tokenizer(adapter_dir, base_model, revision, trust_remote_code)
-    model = _load_peft_model(adapter_dir, base_model, revision, trust_remote_code, trained_on)
+    model = load_peft_model(adapter_dir, base_model, revision, trust_remote_code, trained_on)
     inputs = [tokenizer(p, return_tensors="pt") for p in prompts]
     reference = _logits(model, inputs)
 
@@ -138,7 +138,7 @@ def merge_adapter(
     return MergeReport(out_dir=str(out_dir), prompts=len(prompts), max_abs_diff=max_abs_diff, tolerance=tolerance)
 
 
-def _check_adapter_dir(adapter_dir: Path) -> dict[str, Any]:
+def check_adapter_dir(adapter_dir: Path) -> dict[str, Any]:
     """The adapter directory holds a peft LoRA config and safetensors weights (pickles are never loaded);
     returns the adapter config."""
     src = str(adapter_dir)
@@ -207,7 +207,7 @@ def _load_tokenizer(adapter_dir: Path, base_model: str, revision: str | None, tr
         ) from None
 
 
-def _load_peft_model(
+def load_peft_model(
     adapter_dir: Path, base_model: str, revision: str | None, trust_remote_code: bool, trained_on: str | None
 ) -> Any:
     """The fp32 base (never quantized, safetensors only) with the adapter attached, unmerged, in eval mode."""

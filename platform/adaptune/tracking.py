@@ -122,6 +122,27 @@ def check_tracking(cluster: ClusterProfile, source: str) -> list[Problem]:
     return []
 
 
+def dataset_input(path: str, name: str, digest: str, context: str, rows: int | None = None) -> Any:
+    """An MLflow dataset input for data at `path` with our content digest (MLflow's own digest only samples the
+    first rows) and, when known, its row count as the dataset's profile."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    if "://" not in path:
+        path = str(resolve_path(path).resolve())
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local source
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(path)
+    dataset = Dataset(
+        name=name,
+        digest=digest[:36],
+        source_type=source._get_source_type(),
+        source=source.to_json(),
+        profile=json.dumps({"num_rows": rows}) if rows is not None else None,
+    )
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
+
+
 def client(uri: str) -> Any:
     import mlflow
     from mlflow import MlflowClient
@@ -207,8 +228,16 @@ def run_status(status: str) -> tuple[str, dict[str, str]]:
 class SweepTracker:
     """The parent run of one sweep and its trials' child runs, kept by the job driver."""
 
-    def __init__(self, sweep: SweepConfig, cluster: ClusterProfile, sweep_id: str, targets: dict[str, list[str]]):
+    def __init__(
+        self,
+        sweep: SweepConfig,
+        cluster: ClusterProfile,
+        sweep_id: str,
+        targets: dict[str, list[str]],
+        parent_tags: dict[str, str] | None = None,
+    ):
         self.sweep, self.cluster, self.sweep_id, self.targets = sweep, cluster, sweep_id, targets
+        self.parent_tags = parent_tags or {}  # e.g. the retrain run this sweep is nested under
         self.uri = tracking_uri(cluster)
         self.mlc = client(self.uri)
         self.experiment_id = experiment_id(self.mlc, sweep.experiment_name, embedded_artifacts(cluster, self.uri))
@@ -233,7 +262,7 @@ class SweepTracker:
         run = self.mlc.create_run(
             self.experiment_id,
             run_name=self.sweep_id,
-            tags={TAG_SWEEP: self.sweep_id, TAG_KIND: "sweep", **_source_tags(sweep_file)},
+            tags={TAG_SWEEP: self.sweep_id, TAG_KIND: "sweep", **_source_tags(sweep_file), **self.parent_tags},
         )
         self.parent_id = run.info.run_id
         self._log_sweep(manifest, sweep_file, cluster_file)
@@ -272,21 +301,9 @@ class SweepTracker:
     def _log_dataset(self, manifest: Any) -> None:
         """The company data as an MLflow dataset input, with our digest of every byte (MLflow's own digest of
         a dataset only samples its first rows)."""
-        from mlflow.data.dataset_source_registry import resolve_dataset_source
-        from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.entities import DatasetInput, InputTag
-
-        path = self.sweep.data.path
-        if "://" not in path:
-            path = str(resolve_path(path).resolve())
-        with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local source
-            warnings.simplefilter("ignore", UserWarning)
-            source = resolve_dataset_source(path)
-        dataset = MetaDataset(source, name=self.sweep.name + "-data", digest=manifest.digest[:36])
-        self.mlc.log_inputs(
-            self.parent_id,
-            datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])],
-        )
+        rows = sum(manifest.rows.get(k, 0) for k in ("train", "validation", "test"))
+        entry = dataset_input(self.sweep.data.path, self.sweep.name + "-data", manifest.digest, "training", rows)
+        self.mlc.log_inputs(self.parent_id, datasets=[entry])
 
     # ---- the trials ----
 
