@@ -75,7 +75,7 @@ def test_validate_model_directory_problems(tmp_path, tiny_model):
 def test_shipped_sweeps_and_profiles_validate(tiny_model):
     """Every shipped file through the real CLI. The GPU sweeps name hub models and a shared data path this
     machine lacks, and the GPU profile reports to a team's MLflow server: those keys point at the tiny model,
-    the demo data and the embedded MLflow store; everything else is as shipped."""
+    the demo data, the demo frozen set and the embedded MLflow store; everything else is as shipped."""
     sweeps = sorted((REPO / "search_spaces").glob("*.yaml"))
     clusters = sorted((REPO / "clusters").glob("*.yaml"))
     assert {s.name for s in sweeps} >= {"quickstart.yaml", "llama3-8b-qlora.yaml", "qwen2.5-7b-lora.yaml"}
@@ -94,6 +94,8 @@ def test_shipped_sweeps_and_profiles_validate(tiny_model):
                 f"model.path={tiny_model}",
                 f"data.path={DEMO_DATA}",
                 "data.format=instruction",
+                "retrain.frozen_eval_path=data/demo/frozen_eval.jsonl",
+                "retrain.merge_dir=null",
                 "cluster.mlflow.tracking_uri=null",
             )
             assert r.returncode == 0, r.stderr

@@ -59,6 +59,26 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument(
         "overrides", nargs="*", metavar="cluster.key=value", help="override a profile key (cluster.storage_path=...)"
     )
+    retrain = sub.add_parser(
+        "retrain",
+        help="retrain on a new data drop: a sweep warm-started from the champion, promoted only if better on the "
+        "frozen evaluation set",
+    )
+    _add_run_args(retrain)
+    retrain.add_argument("--data", required=True, help="the new drop: a file, glob or directory of company data")
+    retrain.add_argument(
+        "--newest-drop",
+        action="store_true",
+        help="--data is a folder of dated drops (2026-11-22/, ...): retrain on the newest one",
+    )
+    rollback = sub.add_parser("rollback", help="move a registered model's champion back to its previous champion")
+    rollback.add_argument("name", help="the registered model, e.g. support-bot")
+    rollback.add_argument("--cluster", help="cluster profile whose storage_path and mlflow.tracking_uri to use")
+    rollback.add_argument("--tracking-uri", help="MLflow tracking URI (default: profile, MLFLOW_TRACKING_URI)")
+    rollback.add_argument("--reason", default="", help="why, recorded on the rollback run in MLflow")
+    rollback.add_argument(
+        "overrides", nargs="*", metavar="cluster.key=value", help="override a profile key (cluster.storage_path=...)"
+    )
     sub.add_parser("config-reference", help="print the configuration reference (Markdown) from the schema")
     return parser
 
@@ -123,6 +143,36 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    from adaptune.report import format_retrain, format_sweep
+    from adaptune.retrain import RetrainBusy, run_retrain
+
+    try:
+        outcome = run_retrain(args.sweep, args.cluster, args.data, args.overrides, newest=args.newest_drop)
+    except RetrainBusy as e:
+        print(f"adaptune: retrain refused: {e}", file=sys.stderr)
+        return EXIT_RUNTIME
+    if outcome.sweep is not None:
+        print(format_sweep(outcome.sweep))
+    print(format_retrain(outcome))
+    return outcome.exit_code
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from adaptune.retrain import RetrainBusy, run_rollback
+
+    try:
+        demoted, restored, run_id, uri = run_rollback(
+            args.name, args.cluster, args.tracking_uri, args.overrides, args.reason
+        )
+    except RetrainBusy as e:
+        print(f"adaptune: rollback refused: {e}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(f"rollback {args.name}: @champion {demoted} -> {restored}; version {demoted} keeps @rolled-back")
+    print(f"mlflow   rollback run {run_id} at {uri}")
+    return EXIT_OK
+
+
 def _cmd_demo_model(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -149,6 +199,8 @@ COMMANDS = {
     "train": _cmd_train,
     "sweep": _cmd_sweep,
     "merge": _cmd_merge,
+    "retrain": _cmd_retrain,
+    "rollback": _cmd_rollback,
     "demo-model": _cmd_demo_model,
     "config-reference": _cmd_config_reference,
 }

@@ -238,6 +238,47 @@ class MlflowTracking(_Section):
     register_winner: bool = Field(True, description="Register the winner; false only tracks the runs.")
 
 
+class RetrainConfig(_Section):
+    """Scheduled retraining (`adaptune retrain`): how a new data drop is trained on, judged and promoted."""
+
+    frozen_eval_path: str | None = Field(
+        None,
+        description="The frozen evaluation set: held-out data (same format) the champion and every challenger "
+        "are scored on, never trained on. Required by `adaptune retrain`; validate refuses it when any of its "
+        "prompts is also in the training data.",
+    )
+    data_mode: Literal["combine", "replace"] = Field(
+        "combine",
+        description="`combine`: train on the champion's data snapshots plus the new drop. `replace`: train on "
+        "the new drop alone.",
+    )
+    margin: float = Field(
+        0.01,
+        ge=0.0,
+        description="Promote the challenger only if its frozen-set eval_loss is lower than the champion's by at "
+        "least this much (absolute, in nats per response token).",
+    )
+    num_samples: int | None = Field(
+        4,
+        gt=0,
+        description="Trials per retrain (a smaller budget than a fresh sweep; the champion's values go first). "
+        "Empty: `search.num_samples`.",
+    )
+    max_steps: int | None = Field(None, gt=0, description="Steps per retrain trial. Empty: `train.max_steps`.")
+    eval_batch_size: int = Field(8, gt=0, description="Examples per forward pass when scoring on the frozen set.")
+    merge_dir: str | None = Field(
+        None,
+        description="When set, a newly promoted champion is merged into its base model here (`adaptune merge`), "
+        "replacing what is there, and registered as `<registered model>-merged`.",
+    )
+    lock_ttl_minutes: float = Field(
+        15.0,
+        gt=0,
+        description="A running retrain renews its lock every few minutes; a lock not renewed for this long "
+        "(its retrain crashed) is taken over by the next retrain.",
+    )
+
+
 class SweepConfig(_Section):
     """A sweep file: what to train. `adaptune train` runs its base values as one trial."""
 
@@ -254,6 +295,7 @@ class SweepConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="The training loop.")
     search: SearchConfig = Field(default_factory=SearchConfig, description="The hyperparameter search.")
     mlflow: MlflowTracking = Field(default_factory=MlflowTracking, description="MLflow experiment and registry.")
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig, description="Scheduled retraining on new data.")
 
     @property
     def experiment_name(self) -> str:

@@ -270,6 +270,46 @@ def load_records(
     return records, problems
 
 
+def prompt_key(record: dict[str, Any]) -> str:
+    """What a model is asked in a normalized record (the rendered prompt; the non-assistant messages; the text),
+    whitespace trimmed: two records with the same key put the same question to the model."""
+    if "prompt" in record:
+        parts = [record["prompt"]]
+    elif "messages" in record:
+        parts = [m["content"] for m in record["messages"] if m["role"] != "assistant"]
+    else:
+        parts = [record["text"]]
+    return json.dumps([p.strip() for p in parts], ensure_ascii=False)
+
+
+def find_overlap(held_out: list[Path], training: list[Path], cfg: DataConfig, key: str) -> list[Problem]:
+    """A problem when any row of the `held_out` files asks what a row of the `training` files asks (bad rows are
+    skipped here: reading the data reports them)."""
+
+    def keyed(files: list[Path]) -> Iterator[tuple[str, Path, str]]:
+        for file in files:
+            for where, row in read_rows(file):
+                try:
+                    yield prompt_key(normalize_row(row, cfg, str(file), where)), file, where
+                except DataError:
+                    continue
+
+    trained = {k: (file, where) for k, file, where in keyed(training)}
+    both = [(file, where, trained[k]) for k, file, where in keyed(held_out) if k in trained]
+    if not both:
+        return []
+    file, where, (other_file, other_where) = both[0]
+    more = f", and {len(both) - 1} more of its rows are in the training data" if len(both) > 1 else ""
+    return [
+        Problem(
+            str(file),
+            key,
+            f"{where} asks what {other_file} {other_where} asks{more}",
+            "A frozen evaluation set must never be trained on: remove those rows from it or from the training data",
+        )
+    ]
+
+
 # --------------------------------------------------------------------------------------------------
 # Digest and split
 # --------------------------------------------------------------------------------------------------

@@ -207,3 +207,61 @@ def log_merged(mlc: Any, adapter: ResolvedAdapter, out_dir: Path, report: Any) -
     mv = mlflow.register_model(f"models:/{info.model_id}", name, tags=tags)
     log.info("mlflow: registered merged model %s version %s", name, mv.version)
     return Registration(name, mv.version, [])
+
+
+# --------------------------------------------------------------------------------------------------
+# Retraining: promotion by the frozen set, and rollback
+# --------------------------------------------------------------------------------------------------
+
+PREVIOUS_CHAMPION = "previous-champion"
+ROLLED_BACK = "rolled-back"
+TAG_DECISION = "adaptune.retrain.decision"  # promoted | kept-champion | first-champion
+TAG_DECISION_REASON = "adaptune.retrain.reason"
+TAG_FROZEN_LOSS = "adaptune.frozen_eval_loss"
+TAG_RETRAIN_RUN = "adaptune.retrain_run_id"
+
+
+def aliases(mlc: Any, name: str) -> dict[str, str]:
+    """alias -> version of a registered model ({} when the model does not exist yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(mlc.get_registered_model(name).aliases)
+    except MlflowException:
+        return {}
+
+
+def promote(mlc: Any, name: str, version: str) -> str | None:
+    """Move `champion` to `version`; the version it leaves keeps `previous-champion`. Returns that version."""
+    previous = aliases(mlc, name).get(CHAMPION)
+    if previous is not None and previous != version:
+        mlc.set_registered_model_alias(name, PREVIOUS_CHAMPION, previous)
+    mlc.set_registered_model_alias(name, CHAMPION, version)
+    return previous
+
+
+def rollback(mlc: Any, name: str, uri: str) -> tuple[str, str]:
+    """Move `champion` back to `previous-champion`. The demoted version gets the alias `rolled-back`, and
+    `previous-champion` is removed (a second rollback has nothing to go back to). Returns (from, to).
+
+    Raises:
+        ConfigError: no such model, or no previous champion to go back to.
+    """
+    have = aliases(mlc, name)
+    if not have:
+        resolve_ref(mlc, f"{name}@{CHAMPION}", uri)  # raises, listing the registered models
+    if PREVIOUS_CHAMPION not in have or CHAMPION not in have:
+        shown = ", ".join(f"@{a} -> version {v}" for a, v in sorted(have.items())) or "none"
+        raise ConfigError(
+            Problem(
+                uri,
+                name,
+                f"nothing to roll back to: {name} has no @{PREVIOUS_CHAMPION} (aliases: {shown})",
+                f"Move @{CHAMPION} to a version in the MLflow UI instead",
+            )
+        )
+    demoted, restored = have[CHAMPION], have[PREVIOUS_CHAMPION]
+    mlc.set_registered_model_alias(name, CHAMPION, restored)
+    mlc.set_registered_model_alias(name, ROLLED_BACK, demoted)
+    mlc.delete_registered_model_alias(name, PREVIOUS_CHAMPION)
+    return demoted, restored

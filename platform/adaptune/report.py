@@ -100,3 +100,29 @@ def format_sweep(outcome: SweepOutcome) -> str:
     if outcome.ui:
         lines.append(f"ui       {outcome.ui}")
     return "\n".join(lines)
+
+
+def format_retrain(outcome: Any) -> str:
+    """The retrain's decision, both frozen-set scores and the data that went in (a RetrainOutcome)."""
+    o = outcome
+    drop = f"{o.drop.source} (digest {o.drop.digest[:12]}, {o.drop.rows} rows)"
+    lines = [f"retrain  {o.retrain_id} of {o.registered_model}: drop {drop}"]
+    if o.snapshots:
+        shown = ", ".join(f"{s.digest[:12]} ({s.rows} rows)" for s in o.snapshots)
+        lines.append(f"data     {len(o.snapshots)} snapshot(s): {shown}; {sum(s.rows for s in o.snapshots)} rows")
+    for name in ("champion", "challenger"):
+        if name in o.scores:
+            version = o.champion_before if name == "champion" else o.challenger
+            lines.append(f"frozen   {name} version {version}: eval_loss {o.scores[name]:.4f}")
+    lines.append(f"decision {o.decision}: {o.message}")
+    if o.champion_after:
+        lines.append(f"champion {o.registered_model}@champion -> version {o.champion_after}")
+    if o.merged is not None:
+        registration, report = o.merged
+        where = f", registered as {registration.name} version {registration.version}" if registration else ""
+        lines.append(f"merged   {report.out_dir}{where}")
+    if o.run_id:
+        lines.append(f"mlflow   retrain run {o.run_id}")
+    if o.ui:
+        lines.append(f"ui       {o.ui}")
+    return "\n".join(lines)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from adaptune.architecture import ArchitectureError, linear_layers, read_model_type, resolve_target_modules
 from adaptune.config import ClusterProfile, SweepConfig, resolve_compute_dtype, resolve_path, resolve_precision
-from adaptune.data import find_data_files, load_records
+from adaptune.data import find_data_files, find_overlap, load_records
 from adaptune.errors import DataError, Problem, missing_path_hint
 from adaptune.search_space import apply_values, check_search, finite_values, target_candidates
 
@@ -109,7 +109,23 @@ def check_data(sweep: SweepConfig, source: str) -> list[Problem]:
             ]
             continue
         problems += load_records(files, d, limit=HEAD_ROWS)[1]
-    return problems
+    return problems + check_frozen(sweep, source)
+
+
+def check_frozen(sweep: SweepConfig, source: str, training: list[Path] | None = None) -> list[Problem]:
+    """The frozen evaluation set (retrain) exists, parses, and asks nothing the training data (`data.path`, or
+    the given files) asks."""
+    path = sweep.retrain.frozen_eval_path
+    if path is None:
+        return []
+    key = "retrain.frozen_eval_path"
+    try:
+        frozen = find_data_files(path, key)
+        training = training if training is not None else find_data_files(sweep.data.path, "data.path")
+    except DataError as e:
+        return [Problem(source, key, f"{p.source}: {p.message}", p.fix) for p in e.problems if p.key == key]
+    problems = load_records(frozen, sweep.data, limit=HEAD_ROWS)[1]
+    return problems or find_overlap(frozen, training, sweep.data, key)
 
 
 def check_resources(cluster: ClusterProfile, source: str) -> list[Problem]:
