@@ -28,11 +28,17 @@ from .conftest import REPO
 CLUSTERS = REPO / "clusters"
 KUBERAY = CLUSTERS / "kuberay"
 RAYCLUSTER, RAYJOB, PREREQUISITES = KUBERAY / "raycluster.yaml", KUBERAY / "rayjob.yaml", KUBERAY / "prerequisites.yaml"
+RAYCRONJOB, CRONTAB = KUBERAY / "raycronjob-retrain.yaml", CLUSTERS / "retrain.crontab"
+CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\d+(-\d+)?)(/\d+)?)*$")
 DOCKERFILE = KUBERAY / "Dockerfile"
 LAUNCHER = CLUSTERS / "aws" / "launcher.yaml"
 K8S_PROFILE, AWS_PROFILE = CLUSTERS / "k8s-gpu.yaml", CLUSTERS / "aws-gpu.yaml"
 CRD_DIR = REPO.parent / "shared" / "schemas" / "kuberay"
-CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
+CRD_FILES = {
+    "RayCluster": "ray.io_rayclusters.yaml",
+    "RayJob": "ray.io_rayjobs.yaml",
+    "RayCronJob": "ray.io_raycronjobs.yaml",
+}
 SHIPPED_FILES = sorted(p for p in CLUSTERS.rglob("*") if p.is_file())
 
 
@@ -101,7 +107,7 @@ def crd_errors(manifest: dict[str, Any]) -> list[str]:
 
 
 def test_kuberay_manifests_match_the_crd_schemas():
-    for path, kind in ((RAYCLUSTER, "RayCluster"), (RAYJOB, "RayJob")):
+    for path, kind in ((RAYCLUSTER, "RayCluster"), (RAYJOB, "RayJob"), (RAYCRONJOB, "RayCronJob")):
         manifest = _load(path)
         assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", kind)
         assert crd_errors(manifest) == [], path
@@ -233,7 +239,7 @@ def test_every_file_opens_with_the_commands_that_use_it(path):
     for line in header:
         for named in REPO_PATH.findall(line):
             assert (REPO / named).exists(), f"{rel}: the header names {named}, which does not exist"
-        for command in re.findall(r"\badaptune (?:sweep|validate|train) \S+\.yaml\b[^#]*", line):
+        for command in re.findall(r"\badaptune (?:sweep|validate|train|retrain) \S+\.yaml\b[^#>]*", line):
             sweep, cluster, overrides = _adaptune_args(command)
             _, _, problems = read_configs(REPO / sweep, REPO / cluster if cluster else None, overrides)
             assert problems == [], f"{rel}: `{command.strip()}`: {[str(p) for p in problems]}"
@@ -444,3 +450,50 @@ def test_validate_runs_the_storage_check(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     problems = check_run(None, _profile(2, "./adaptune-runs"), "s.yaml", "c.yaml")
     assert [(p.key, p.message.split(" is local")[0]) for p in problems] == [("storage_path", "a relative path")]
+
+
+# --------------------------------------------------------------------------------------------------
+# The retraining schedules: RayCronJob and crontab
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_retrain_command(command: str, profile: Path) -> list[str]:
+    """An `adaptune retrain` of a shipped sweep on `profile`, reading the newest dated drop on shared storage,
+    whose sweep names a frozen evaluation set. Returns its arguments."""
+    argv = shlex.split(command)
+    assert argv[:2] == ["adaptune", "retrain"], command
+    sweep, cluster, overrides = _adaptune_args(command)
+    assert (REPO / sweep).is_file() and sweep.startswith("search_spaces/") and cluster == str(profile.relative_to(REPO))
+    plan, prof, problems = read_configs(REPO / sweep, REPO / cluster, overrides)
+    assert problems == [] and plan is not None and prof is not None, [str(p) for p in problems]
+    assert plan.retrain.frozen_eval_path, f"{sweep} has no retrain.frozen_eval_path"
+    data = argv[argv.index("--data") + 1]
+    assert "--newest-drop" in argv and data.startswith("/mnt/shared/") and prof.storage_path.startswith("/mnt/shared/")
+    assert not plan.retrain.frozen_eval_path.startswith(data), "the frozen set must not be among the drops"
+    return argv
+
+
+def test_the_raycronjob_retrains_nightly_on_the_raycluster():
+    cron = _load(RAYCRONJOB)
+    assert crd_errors(cron) == []
+    spec = cron["spec"]
+    fields = spec["schedule"].split()
+    assert len(fields) == 5 and all(CRON_FIELD.match(f) for f in fields), spec["schedule"]
+    job = spec["jobTemplate"]
+    assert job["clusterSelector"] == {"ray.io/cluster": _load(RAYCLUSTER)["metadata"]["name"]}
+    assert "rayClusterSpec" not in job  # it runs on the long-lived cluster, not a cluster of its own
+    assert job.get("entrypointNumGpus", 0) == 0 and job.get("entrypointNumCpus", 0) == 0
+    assert yaml.safe_load(job["runtimeEnvYAML"]) == yaml.safe_load(_load(RAYJOB)["spec"]["runtimeEnvYAML"])
+    _check_retrain_command(job["entrypoint"], K8S_PROFILE)
+
+
+def test_the_crontab_line_submits_the_retrain_as_a_ray_job():
+    lines = [line for line in CRONTAB.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
+    assert len(lines) == 1, lines
+    fields = lines[0].split(None, 5)
+    assert all(CRON_FIELD.match(f) for f in fields[:5]), fields[:5]
+    command = fields[5]
+    submit, _, entrypoint = command.partition(" -- ")
+    assert "ray job submit" in submit and "--working-dir ." in submit and "--entrypoint-num-cpus 0" in submit
+    entrypoint = entrypoint.split(">>")[0]
+    _check_retrain_command(entrypoint, CLUSTERS / "gpu-node.yaml")
