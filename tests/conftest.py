@@ -112,6 +112,20 @@ def run_cli(*args: str, cwd: Path = REPO, timeout: float = 900, env: dict[str, s
     )
 
 
+def committed_state(run_dir: Path) -> dict[str, Any] | None:
+    """The trainer state of the latest checkpoint Ray Train has committed to a run's snapshot: what a restarted
+    run resumes from. A checkpoint directory written but not committed yet is not resumed from (the run starts
+    over), so tests that kill something wait for this, not for a directory."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    try:
+        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or being rewritten as we read
+        return None
+    if not latest:
+        return None
+    return json.loads((run_dir / latest["checkpoint_dir_name"] / "trainer_state.json").read_text())
+
+
 class Background:
     """`python -m adaptune ARGS` running in its own session, output to files (a pipe nobody reads would fill up
     with Ray's logs and block it)."""

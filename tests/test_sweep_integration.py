@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Background, alive_actors, cluster_config, run_cli, sweep_config, write_yaml
+from .conftest import Background, alive_actors, cluster_config, committed_state, run_cli, sweep_config, write_yaml
 
 pytestmark = pytest.mark.integration
 
@@ -85,19 +85,9 @@ def _trial_states(sweep_dir: Path) -> dict[str, dict]:
 
 
 def _committed_states(sweep_dir: Path) -> dict[str, dict]:
-    """Per trial, the trainer state of the latest checkpoint Ray Train has committed to the trial's snapshot:
-    what a restarted trial resumes from. A checkpoint directory written but not yet committed when the driver
-    died is not resumed from, and the trial starts over."""
-    out = {}
-    for snapshot in (sweep_dir / "trials").glob("*/checkpoint_manager_snapshot.json"):
-        try:
-            latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
-        except json.JSONDecodeError:  # being rewritten as we read: the previous commit is gone, the next not in
-            continue
-        if latest:
-            state = snapshot.parent / latest["checkpoint_dir_name"] / "trainer_state.json"
-            out[snapshot.parent.name] = json.loads(state.read_text())
-    return out
+    """Per trial, the trainer state it would resume from (see conftest.committed_state)."""
+    states = {d.name: committed_state(d) for d in (sweep_dir / "trials").glob("*") if d.is_dir()}
+    return {name: state for name, state in states.items() if state is not None}
 
 
 def test_sweep_resumes_after_its_driver_is_killed(ray_cluster, tiny_model, tmp_path):

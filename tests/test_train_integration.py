@@ -11,7 +11,7 @@ import pytest
 
 from adaptune.search_space import REPORTED_METRICS
 
-from .conftest import Background, alive_actors, cluster_config, run_cli, sweep_config, write_yaml
+from .conftest import Background, alive_actors, cluster_config, committed_state, run_cli, sweep_config, write_yaml
 
 pytestmark = pytest.mark.integration
 
@@ -121,7 +121,8 @@ def test_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, tiny_model,
     sweep = write_yaml(tmp_path / "sweep.yaml", sweep_config(tiny_model, train={"max_steps": 150, "eval_every": 5}))
     cluster = write_yaml(tmp_path / "cluster.yaml", cluster_config(tmp_path / "runs"))
     run = Background("train", str(sweep), "--cluster", str(cluster), logs=tmp_path)
-    run.wait_until(lambda: bool(_checkpoints(tmp_path)), timeout=600)
+    # Killed before Ray Train has committed a checkpoint, the run would start over instead of resuming.
+    run.wait_until(lambda: any(committed_state(d) for d in (tmp_path / "runs" / "test").glob("train-*")), timeout=600)
     pids = alive_actors("RayTrainWorker")
     assert len(pids) == 2, pids
     os.kill(pids[-1], signal.SIGKILL)
