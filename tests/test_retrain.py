@@ -51,7 +51,7 @@ def rounds(ray_cluster, tiny_model, mlflow_server, tmp_path_factory):
     def retrain(*args: str):
         return run_cli("retrain", sweep, "--cluster", cluster, *args, timeout=1500)
 
-    out: dict = {"mlc": mlc, "work": work, "sweep": sweep, "cluster": cluster}
+    out: dict = {"mlc": mlc, "work": work, "sweep": sweep, "cluster": cluster, "merged": work / "merged-champion"}
     # Round 1: the demo data, deliberately under-trained (10 steps at a low rate), so that round 2 can do better.
     out[1] = retrain("--data", str(DEMO_DATA), "retrain.max_steps=10", "train.learning_rate=1e-3")
     out["aliases1"] = _aliases(mlc) if out[1].returncode == 0 else {}
@@ -59,9 +59,9 @@ def rounds(ray_cluster, tiny_model, mlflow_server, tmp_path_factory):
     # Round 2: 400 new rows of the same kind, found as the newest drop; a second retrain is tried meanwhile.
     write_jsonl(generate_rows(400, start=400), drops / "2026-11-02" / "faq.jsonl")
     (work / "round2").mkdir()
-    running = Background(
-        "retrain", sweep, "--cluster", cluster, "--data", str(drops), "--newest-drop", logs=work / "round2"
-    )
+    merge = f"retrain.merge_dir={work / 'merged-champion'}"  # a promoted champion is merged for serving
+    args = ("retrain", sweep, "--cluster", cluster, "--data", str(drops), "--newest-drop", merge)
+    running = Background(*args, logs=work / "round2")
     lock = work / "runs" / "retrain" / MODEL / "lock"
     deadline = time.monotonic() + 300
     while not lock.exists() and running.proc.poll() is None and time.monotonic() < deadline:
@@ -152,6 +152,12 @@ def test_round2_promotes_if_and_only_if_better_on_the_frozen_set(rounds):
     assert challenger <= champion - MARGIN, (champion, challenger)
     assert rounds["aliases2"] == {"champion": "2", "previous-champion": "1", "challenger": "2"}
     assert run.data.tags["adaptune.decision"] == "promoted"
+    # ... and merged into its base model, registered as <model>-merged from version 2
+    merged = rounds["merged"]
+    assert (merged / "config.json").is_file() and (merged / "model.safetensors").is_file()
+    assert f"merged   {merged}, registered as {MODEL}-merged version 1" in out
+    mv = rounds["mlc"].get_model_version(f"{MODEL}-merged", "1")
+    assert mv.tags["adaptune.adapter_version"] == "2" and run.data.tags["adaptune.merged_to"] == str(merged)
     # The sweep started from the champion's values.
     (sweep_run,) = rounds["mlc"].search_runs(
         [run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'"
