@@ -27,6 +27,7 @@ from adaptune.retrain import (
     champion_snapshots,
     decide,
     newest_drop,
+    read_drop,
     read_history,
     snapshot_drop,
     training_set,
@@ -141,11 +142,11 @@ def test_drops_are_snapshotted_once_and_history_finds_the_champions_data(tmp_pat
     write_jsonl(generate_rows(30, start=20), b / "faq.jsonl")
     assert newest_drop(str(tmp_path / "drops")) == str(b)
     store = tmp_path / "store"
-    snap_a = snapshot_drop(str(a), sweep, store)
-    assert snap_a.rows == 20 and snapshot_drop(str(a), sweep, store) == snap_a
+    snap_a = snapshot_drop(str(a), *read_drop(str(a)), sweep, store)
+    assert snap_a.rows == 20 and snapshot_drop(str(a), *read_drop(str(a)), sweep, store) == snap_a
     (a / "faq.jsonl").write_text("changed after the fact\n")  # the snapshot keeps what was trained on
     assert next(Path(snap_a.path).iterdir()).read_text().count("\n") == 20
-    snap_b = snapshot_drop(str(b), sweep, store)
+    snap_b = snapshot_drop(str(b), *read_drop(str(b)), sweep, store)
     both = training_set([snap_a, snap_b], tmp_path / "training")
     assert sorted(p.name for p in both.iterdir()) == [f"000-{snap_a.digest[:12]}", f"001-{snap_b.digest[:12]}"]
     history = tmp_path / "history.jsonl"
@@ -161,7 +162,7 @@ def test_a_bad_row_in_a_drop_is_named(tmp_path, tiny_model):
     drop = tmp_path / "drop.jsonl"
     drop.write_text('{"instruction": "Q", "output": "A"}\n{"instruction": "Q2"}\n')
     with pytest.raises(DataError, match=r"drop.jsonl: line 2: missing column 'output'"):
-        snapshot_drop(str(drop), sweep, tmp_path / "store")
+        snapshot_drop(str(drop), *read_drop(str(drop)), sweep, tmp_path / "store")
     assert not (tmp_path / "store").exists()
 
 

@@ -159,10 +159,15 @@ def newest_drop(root: str) -> str:
     return str(drops[-1])
 
 
-def snapshot_drop(path: str, cfg: SweepConfig, store: Path) -> Snapshot:
-    """Check every row of the drop and keep a copy of it under `store/<digest>/` (once per digest)."""
+def read_drop(path: str) -> tuple[list[Path], str]:
+    """The drop's data files and their content digest."""
     files = find_data_files(path, "--data")
-    digest = data_digest(files)
+    return files, data_digest(files)
+
+
+def snapshot_drop(path: str, files: list[Path], digest: str, cfg: SweepConfig, store: Path) -> Snapshot:
+    """Check every row of the drop (`read_drop`) and keep a copy of it under `store/<digest>/` (once per
+    digest)."""
     records, problems = load_records(files, cfg.data)
     if problems:
         raise DataError(problems)
@@ -259,12 +264,11 @@ def champion_point(params: dict[str, str], space: dict[str, Any]) -> dict[str, A
         if key == "lora.alpha" and kind == ALPHA_PER_RANK:
             if isinstance(args, int | float) or "lora.alpha" not in params or "lora.r" not in params:
                 continue
-            key, value = "lora.alpha_per_rank", float(params["lora.alpha"]) / float(params["lora.r"])
+            ratio = float(params["lora.alpha"]) / float(params["lora.r"])
+            key, value = "lora.alpha_per_rank", ratio
             ((kind, args),) = args.items()
-            if kind in ("choice", "grid"):
-                value = min(args, key=lambda a: abs(float(a) - value))
-                if abs(float(value) - float(params["lora.alpha"]) / float(params["lora.r"])) > 1e-6:
-                    continue
+            if kind in ("choice", "grid"):  # the listed factor the ratio is, as listed (an int stays an int)
+                value = next((a for a in args if abs(float(a) - ratio) <= 1e-6), None)
         elif key in params:
             value = yaml.safe_load(params[key]) if params[key] != "None" else None
         else:
@@ -392,8 +396,7 @@ def _retrain_locked(
     history = read_history(home / HISTORY)
 
     # 1. The drop: already trained on?
-    files = find_data_files(drop_path, "--data")
-    digest = data_digest(files)
+    files, digest = read_drop(drop_path)
     seen = next((h for h in history if digest in {s.digest for s in h.snapshots}), None)
     if seen is not None:
         drop = next(s for s in seen.snapshots if s.digest == digest)
@@ -404,7 +407,7 @@ def _retrain_locked(
             f"{drop_path} (digest {digest[:12]}) was already trained on by {seen.retrain_id}; nothing to do",
             drop,
         )
-    drop = snapshot_drop(drop_path, sweep, home / "snapshots")
+    drop = snapshot_drop(drop_path, files, digest, sweep, home / "snapshots")
 
     # 2. The training set
     uri = tracking_uri(cluster)
@@ -432,15 +435,16 @@ def _retrain_locked(
         tags={TAG_KIND: "retrain", "adaptune.registered_model": model, "adaptune.retrain_id": retrain_id},
     )
     run_id = run.info.run_id
+    frozen_digest = data_digest(find_data_files(r.frozen_eval_path or "", "retrain.frozen_eval_path"))
     outcome = RetrainOutcome(retrain_id, model, "", "", drop, snapshots, before, run_id=run_id, ui=ui_command(uri))
     status = "FAILED"
     try:
-        mlc.log_batch(run_id, params=_params(sweep, drop, drop_path, before, training))
+        mlc.log_batch(run_id, params=_params(sweep, drop, drop_path, before, training, frozen_digest))
         mlc.log_inputs(
             run_id,
             datasets=[
                 *(dataset_input(s.path, f"drop-{s.digest[:12]}", s.digest, "training", s.rows) for s in snapshots),
-                dataset_input(r.frozen_eval_path, "frozen-eval", data_digest(_frozen_files(sweep)), "evaluation"),
+                dataset_input(r.frozen_eval_path, "frozen-eval", frozen_digest, "evaluation"),
             ],
         )
         _, swept = sweep_plan(sub_plan, parent_tags={"mlflow.parentRunId": run_id, "adaptune.retrain_run_id": run_id})
@@ -518,11 +522,9 @@ def _retrain_locked(
         mlc.set_terminated(run_id, status)
 
 
-def _frozen_files(sweep: SweepConfig) -> list[Path]:
-    return find_data_files(sweep.retrain.frozen_eval_path or "", "retrain.frozen_eval_path")
-
-
-def _params(sweep: SweepConfig, drop: Snapshot, drop_path: str, before: str | None, training: Path) -> list[Any]:
+def _params(
+    sweep: SweepConfig, drop: Snapshot, drop_path: str, before: str | None, training: Path, frozen_digest: str
+) -> list[Any]:
     from mlflow.entities import Param
 
     r = sweep.retrain
@@ -534,7 +536,7 @@ def _params(sweep: SweepConfig, drop: Snapshot, drop_path: str, before: str | No
         "data_mode": r.data_mode,
         "training_set": str(training),
         "frozen_eval_path": r.frozen_eval_path,
-        "frozen_eval.digest": data_digest(_frozen_files(sweep)),
+        "frozen_eval.digest": frozen_digest,
         "margin": r.margin,
         "champion_before": before or "none",
         "num_samples": r.num_samples or sweep.search.num_samples,

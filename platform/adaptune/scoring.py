@@ -27,7 +27,7 @@ class FrozenScore:
     examples: int
 
 
-def frozen_examples(sweep: SweepConfig) -> list[tuple[list[int], list[int]]]:
+def frozen_examples(sweep: SweepConfig, tokenizer: Any) -> list[tuple[list[int], list[int]]]:
     """The frozen set tokenized exactly as training tokenizes evaluation data (prompt masking, truncation).
 
     Raises:
@@ -39,7 +39,6 @@ def frozen_examples(sweep: SweepConfig) -> list[tuple[list[int], list[int]]]:
     records, problems = load_records(find_data_files(path, FROZEN_KEY), sweep.data)
     if problems:
         raise DataError(problems)
-    tokenizer = load_tokenizer(sweep.model.path, sweep.model.trust_remote_code, sweep.model.revision)
     examples = []
     for record in records:
         ids, labels = tokenize_record(record, tokenizer, sweep.data)
@@ -98,8 +97,8 @@ def score_adapters(sweep: dict[str, Any], adapters: dict[str, str], use_gpu: boo
     base model, one after the other in this one process (the body of a Ray task). An adapter trained on another
     base model does not load (ConfigError naming it)."""
     cfg = SweepConfig.model_validate(sweep)
-    examples = frozen_examples(cfg)
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code, cfg.model.revision)
+    examples = frozen_examples(cfg, tokenizer)
     device = "cuda" if use_gpu else "cpu"
     return {
         name: score_adapter(
