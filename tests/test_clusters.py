@@ -364,6 +364,8 @@ def test_the_k8s_profile_matches_the_raycluster():
         for name, e in env.items():
             if re.search(r"TOKEN|SECRET|PASSWORD|KEY", name):
                 assert "value" not in e and "secretKeyRef" in e["valueFrom"], f"{name} must come from a Secret"
+        for name in ("HF_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # credentials reach every pod
+            assert env[name]["valueFrom"]["secretKeyRef"]["optional"] is True, (container["name"], name)
 
 
 # --------------------------------------------------------------------------------------------------
