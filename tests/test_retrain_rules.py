@@ -190,8 +190,8 @@ def test_retrain_needs_a_frozen_set(tmp_path, tiny_model):
 
 
 def test_a_drop_that_holds_frozen_rows_is_refused_before_anything_trains(tmp_path, tiny_model):
-    """Checked against the training set the drop makes: a frozen row in the drop is named, nothing is trained or
-    recorded, and the lock is released."""
+    """Checked against the drop as given, before anything reaches MLflow (and again against the training set the
+    drop makes): a frozen row in the drop is named, nothing is trained or recorded, and the lock is released."""
     sweep = write_yaml(
         tmp_path / "sweep.yaml", {**sweep_config(tiny_model), "retrain": {"frozen_eval_path": str(FROZEN)}}
     )
@@ -202,6 +202,7 @@ def test_a_drop_that_holds_frozen_rows_is_refused_before_anything_trains(tmp_pat
     r = run_cli("retrain", str(sweep), "--data", str(drop.parents[1]), "--newest-drop", f"cluster.storage_path={runs}")
     assert r.returncode == 2, r.stderr[-3000:]
     assert f"{FROZEN}: retrain.frozen_eval_path: line 1 asks what " in r.stderr
-    assert "0000-faq.jsonl line 31 asks, and 2 more of its rows are in the training data" in r.stderr
+    assert f"{drop} line 31 asks, and 2 more of its rows are in the training data" in r.stderr
     home = runs / "retrain" / "test"
     assert not (home / "lock").exists() and not (home / "history.jsonl").exists()
+    assert not (runs / "mlflow.db").exists() and not (home / "snapshots").exists()

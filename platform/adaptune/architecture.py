@@ -27,6 +27,9 @@ TARGET_SETS: dict[str, dict[str, list[str]]] = {
     },
 }
 
+# Weight files in Python's pickle format: never loaded, since unpickling runs whatever code the file names.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+MAX_JSON_BYTES = 16 * 2**20  # a model's config.json is a few KB
 # 2-D weights that are not adapter targets: embeddings and the output head.
 _NOT_TARGETS = ("embed", "wte", "wpe", "lm_head", "embed_out", "score")
 
@@ -40,18 +43,43 @@ def read_model_type(model_dir: Path) -> str:
     cfg_file = model_dir / "config.json"
     if not cfg_file.is_file():
         raise ArchitectureError(f"no config.json in {model_dir}")
+    if cfg_file.stat().st_size > MAX_JSON_BYTES:
+        raise ArchitectureError(f"{cfg_file} is larger than {MAX_JSON_BYTES // 2**20} MiB, not a model config")
     try:
         return str(json.loads(cfg_file.read_text(encoding="utf-8"))["model_type"])
-    except (ValueError, KeyError) as e:
-        raise ArchitectureError(f"{cfg_file} has no readable model_type ({e})") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as e:  # not JSON, not an object, nested too deep
+        raise ArchitectureError(f"{cfg_file} has no readable model_type ({type(e).__name__}: {e})") from None
+
+
+def custom_code(model_dir: Path) -> list[str]:
+    """The Python code a model directory asks transformers to import (the `auto_map` of its config.json and
+    tokenizer_config.json), as `module.Class` references; read as JSON, nothing is imported."""
+    refs: set[str] = set()
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            data = json.loads((model_dir / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        auto_map = data.get("auto_map") if isinstance(data, dict) else None
+        for value in auto_map.values() if isinstance(auto_map, dict) else ():
+            refs.update(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str))
+    return sorted(refs)
 
 
 def _safetensors_header(file: Path) -> dict[str, dict]:
     with file.open("rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
+        head = f.read(8)
+        if len(head) < 8:
+            raise ArchitectureError(f"{file} is not a safetensors file ({len(head)} bytes)")
+        (size,) = struct.unpack("<Q", head)
         if size > 100_000_000:
             raise ArchitectureError(f"{file} has an implausible safetensors header ({size} bytes)")
-        header = json.loads(f.read(size))
+        try:
+            header = json.loads(f.read(size))
+        except (ValueError, RecursionError) as e:
+            raise ArchitectureError(f"{file} has an unreadable safetensors header ({type(e).__name__})") from None
+    if not isinstance(header, dict) or not all(isinstance(v, dict) for k, v in header.items() if k != "__metadata__"):
+        raise ArchitectureError(f"{file} has a safetensors header that is not a table of tensors")
     header.pop("__metadata__", None)
     return header
 
@@ -60,11 +88,19 @@ def linear_layers(model_dir: Path) -> list[str]:
     """Full names of the modules holding 2-D weights (linear / Conv1D layers), without embeddings and head."""
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
+        pickled = sorted(p.name for p in model_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickled:
+            raise ArchitectureError(
+                f"{model_dir} has only pickled weights ({', '.join(pickled[:3])}), which adaptune never loads "
+                "(unpickling a file can run any code in it); convert them once where you trust the file: "
+                "AutoModelForCausalLM.from_pretrained(...).save_pretrained(dir, safe_serialization=True)"
+            )
         raise ArchitectureError(f"no *.safetensors weights in {model_dir}")
     names = set()
     for file in files:
         for tensor, info in _safetensors_header(file).items():
-            if not tensor.endswith(".weight") or len(info.get("shape", ())) != 2:
+            shape = info.get("shape")
+            if not tensor.endswith(".weight") or not isinstance(shape, list) or len(shape) != 2:
                 continue
             module = tensor.removesuffix(".weight")
             if any(part.startswith(_NOT_TARGETS) for part in module.split(".")):

@@ -9,6 +9,7 @@ import sys
 import traceback
 
 from adaptune.errors import EXIT_INVALID, EXIT_OK, EXIT_RUNTIME, UserInputError
+from adaptune.redaction import install_log_redaction, redact
 
 log = logging.getLogger("adaptune")
 
@@ -85,11 +86,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from adaptune.driver import plan_run
+    from adaptune.tracking import tracking_uri
 
     plan = plan_run(args.sweep, args.cluster, args.overrides)
-    print(
+    _say(
         f"{args.sweep}: ok ({plan.sweep.name}: {plan.cluster.trial.num_workers} workers per trial, "
-        f"ZeRO-{plan.cluster.deepspeed.zero_stage}, quantization {plan.sweep.quantization.mode})"
+        f"ZeRO-{plan.cluster.deepspeed.zero_stage}, quantization {plan.sweep.quantization.mode}; "
+        f"MLflow {tracking_uri(plan.cluster)})"
     )
     return EXIT_OK
 
@@ -99,7 +102,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from adaptune.report import format_trial
 
     manifest, outcome = run_train(args.sweep, args.cluster, args.overrides)
-    print(format_trial(manifest, outcome))
+    _say(format_trial(manifest, outcome))
     return EXIT_OK
 
 
@@ -108,7 +111,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from adaptune.report import format_sweep
 
     _, outcome = run_sweep(args.sweep, args.cluster, args.overrides, resume=args.resume)
-    print(format_sweep(outcome))
+    _say(format_sweep(outcome))
     if outcome.interrupted:
         again = " ".join(
             [
@@ -120,7 +123,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                 *args.overrides,
             ]
         )
-        print(f"adaptune: sweep stopped before the end, its state is saved; resume with: {again}", file=sys.stderr)
+        _say(f"adaptune: sweep stopped before the end, its state is saved; resume with: {again}", err=True)
         return 130
     return EXIT_OK if outcome.winner else EXIT_RUNTIME  # a sweep whose trials all failed is a failure
 
@@ -132,14 +135,14 @@ def _cmd_merge(args: argparse.Namespace) -> int:
         args.ref, args.out, args.cluster, args.tracking_uri, args.overrides, args.overwrite, not args.no_register
     )
     source = f"{adapter.name} version {adapter.version}" if adapter.version else f"run {adapter.run_id}"
-    print(f"merged   {args.ref} ({source}) into its base model -> {report.out_dir}")
-    print(
+    _say(f"merged   {args.ref} ({source}) into its base model -> {report.out_dir}")
+    _say(
         f"check    {report.prompts} sample prompts: largest logit difference between the merged model and "
         f"base+adapter {report.max_abs_diff:.3g} (tolerance {report.tolerance:g})"
     )
     if registration is not None:
-        print(f"registry {registration.name} version {registration.version}")
-    print(f"ui       {ui}")
+        _say(f"registry {registration.name} version {registration.version}")
+    _say(f"ui       {ui}")
     return EXIT_OK
 
 
@@ -150,11 +153,11 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     try:
         outcome = run_retrain(args.sweep, args.cluster, args.data, args.overrides, newest=args.newest_drop)
     except RetrainBusy as e:
-        print(f"adaptune: retrain refused: {e}", file=sys.stderr)
+        _say(f"adaptune: retrain refused: {e}", err=True)
         return EXIT_RUNTIME
     if outcome.sweep is not None:
-        print(format_sweep(outcome.sweep))
-    print(format_retrain(outcome))
+        _say(format_sweep(outcome.sweep))
+    _say(format_retrain(outcome))
     return outcome.exit_code
 
 
@@ -166,10 +169,10 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
             args.name, args.cluster, args.tracking_uri, args.overrides, args.reason
         )
     except RetrainBusy as e:
-        print(f"adaptune: rollback refused: {e}", file=sys.stderr)
+        _say(f"adaptune: rollback refused: {e}", err=True)
         return EXIT_RUNTIME
-    print(f"rollback {args.name}: @champion {demoted} -> {restored}; version {demoted} keeps @rolled-back")
-    print(f"mlflow   rollback run {run_id} at {uri}")
+    _say(f"rollback {args.name}: @champion {demoted} -> {restored}; version {demoted} keeps @rolled-back")
+    _say(f"mlflow   rollback run {run_id} at {uri}")
     return EXIT_OK
 
 
@@ -180,17 +183,17 @@ def _cmd_demo_model(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     if (out / "config.json").is_file() and not args.force:
-        print(f"demo model already at {out} (use --force to rebuild)")
+        _say(f"demo model already at {out} (use --force to rebuild)")
         return EXIT_OK
     build_demo_model(out, Path(args.data))
-    print(f"demo model written to {out}")
+    _say(f"demo model written to {out}")
     return EXIT_OK
 
 
 def _cmd_config_reference(_: argparse.Namespace) -> int:
     from adaptune.reference import config_reference
 
-    print(config_reference(), end="")
+    print(config_reference(), end="")  # the schema: nothing to mask
     return EXIT_OK
 
 
@@ -209,33 +212,40 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """Run one verb; 0 ok, 2 invalid config or data, 1 runtime failure."""
     parser = _parser()
-    # Overrides may come before or after --cluster; argparse leaves the later ones unparsed.
+    # Overrides may come before or after --cluster; argparse leaves the later ones unparsed. Either way a word
+    # that is not `key=value` is reported by the override parser, naming it.
     args, extra = parser.parse_known_args(argv)
-    stray = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+    stray = [e for e in extra if e.startswith("-") or not hasattr(args, "overrides")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
     logging.basicConfig(level=logging.INFO, format="adaptune: %(message)s")
+    install_log_redaction()  # whichever library logs a URI or a message holding a secret
     try:
         return COMMANDS[args.verb](args)
     except UserInputError as e:
         for problem in e.problems:
-            print(problem, file=sys.stderr)
+            _say(str(problem), err=True)
         return EXIT_INVALID
     except KeyboardInterrupt:
-        print("adaptune: interrupted", file=sys.stderr)
+        _say("adaptune: interrupted", err=True)
         return 130
     except Exception as e:  # a runtime failure: one line, the traceback only on request
         cause = _user_error_inside(e)
         if cause is not None:
             for problem in cause.problems:
-                print(problem, file=sys.stderr)
+                _say(str(problem), err=True)
             return EXIT_INVALID
         if args.debug:
-            traceback.print_exc()
-        print(f"adaptune: {args.verb} failed: {_root_message(e)} (run with --debug for the traceback)", file=sys.stderr)
+            _say(traceback.format_exc().rstrip(), err=True)
+        _say(f"adaptune: {args.verb} failed: {_root_message(e)} (run with --debug for the traceback)", err=True)
         return EXIT_RUNTIME
+
+
+def _say(text: str, err: bool = False) -> None:
+    """Print a line for the user with any secret in it masked (a URI's password, a credential's value)."""
+    print(redact(text), file=sys.stderr if err else sys.stdout)
 
 
 def _user_error_inside(e: BaseException) -> UserInputError | None:

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from adaptune.errors import ConfigError, Problem
+from adaptune.errors import ConfigError, Problem, short_repr
 
 # --------------------------------------------------------------------------------------------------
 # Sweep file: what to train (model, data, LoRA, quantization, training)
@@ -21,10 +21,12 @@ from adaptune.errors import ConfigError, Problem
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 NAMED_TARGET_SETS = ("attention", "mlp", "all-linear")
+# Names that become directories under storage_path: no separators, no leading dot, so never `..`.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 class ModelConfig(_Section):
@@ -54,6 +56,7 @@ class DataColumns(_Section):
     text: str = Field("text", description="`text` format: plain text, all of it trained on.")
 
 
+PROMPT_FIELDS = ("instruction", "input_block", "input_clause")
 DEFAULT_PROMPT_TEMPLATE = (
     "Below is an instruction that describes a task{input_clause}. Write a response that completes the request."
     "\n\n### Instruction:\n{instruction}\n{input_block}\n### Response:\n"
@@ -99,6 +102,25 @@ class DataConfig(_Section):
         description="`instruction` format: the prompt, with `{instruction}`, `{input_block}` (the input and a "
         "blank line, or nothing) and `{input_clause}` placeholders. The response follows it.",
     )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _prompt_template_fields_known(cls, template: str) -> str:
+        import string
+
+        try:
+            parts = list(string.Formatter().parse(template))
+        except ValueError as e:  # a lone brace
+            raise ValueError(f"not a format string ({e}). Write literal braces as {{{{ and }}}}") from None
+        for _, name, spec, conversion in parts:
+            # Only bare placeholders: a format spec like {instruction:>999999999} would pad every row to a GB.
+            if name is not None and (name not in PROMPT_FIELDS or spec or conversion):
+                shown = "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+                raise ValueError(
+                    f"unknown placeholder {shown}. Use only {', '.join('{' + f + '}' for f in PROMPT_FIELDS)}, "
+                    "and write literal braces as {{ and }}"
+                )
+        return template
 
     @model_validator(mode="after")
     def _fractions_leave_training_rows(self) -> DataConfig:
@@ -232,8 +254,10 @@ class MlflowTracking(_Section):
     experiment: str | None = Field(None, description="MLflow experiment of the sweep's runs. Empty: the sweep's name.")
     registered_model: str | None = Field(
         None,
+        pattern=NAME_PATTERN,
         description="Registered model the winning adapter becomes a new version of (alias `challenger`; also "
-        "`champion` when the model has none yet). Empty: the sweep's name.",
+        "`champion` when the model has none yet). Empty: the sweep's name. Its retraining state is kept under "
+        "`<storage_path>/retrain/<registered model>/`, hence the same characters as `name`.",
     )
     register_winner: bool = Field(True, description="Register the winner; false only tracks the runs.")
 
@@ -283,7 +307,7 @@ class SweepConfig(_Section):
     """A sweep file: what to train. `adaptune train` runs its base values as one trial."""
 
     name: str = Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        pattern=NAME_PATTERN,
         description="Name of the sweep; runs are stored under `<storage_path>/<name>/`.",
     )
     model: ModelConfig = Field(description="The base model.")
@@ -395,6 +419,12 @@ class ClusterProfile(_Section):
         description="Where checkpoints, tokenized data and results go. Must be reachable from every node "
         "(a shared filesystem mounted at the same path on every node) when the cluster has more than one node.",
     )
+    min_free_gb: float = Field(
+        1.0,
+        ge=0,
+        description="Refuse to start when storage_path has less free space than this (GiB): checkpoints and the "
+        "tokenized data would fill it mid-run. A run that fills it anyway stops with an error naming the path.",
+    )
 
     @model_validator(mode="after")
     def _gpu_request_consistent(self) -> ClusterProfile:
@@ -423,16 +453,119 @@ SYNONYMS = {
 }
 
 
+MAX_YAML_BYTES = 256 * 1024  # a sweep file or profile is a few KB; a bigger one is the wrong file
+MAX_YAML_DEPTH = 32  # the schema nests about 6 deep
+MAX_YAML_VALUES = 100_000  # after aliases are expanded; a sweep file holds a few hundred
+
+
+class _YamlShapeError(ValueError):
+    """A YAML document too big, too deep or self-referencing to read safely, at `line`."""
+
+    def __init__(self, message: str, line: int):
+        super().__init__(message)
+        self.line = line
+
+
+def _check_yaml_shape(root: yaml.Node) -> None:
+    """Refuse a composed document whose expansion is huge ("billion laughs": aliases of aliases are shared
+    nodes until constructed, then every consumer walks each copy), deep, or cyclic, before anything builds it."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node, depth: int) -> int:
+        line = node.start_mark.line + 1
+        if depth > MAX_YAML_DEPTH:
+            raise _YamlShapeError(f"YAML nested more than {MAX_YAML_DEPTH} levels deep", line)
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_nodes:
+            raise _YamlShapeError("YAML alias refers to a node that contains it (a cycle)", line)
+        open_nodes.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        else:
+            children = []
+        total = 1
+        for child in children:
+            total += size(child, depth + 1)
+            if total > MAX_YAML_VALUES:
+                raise _YamlShapeError(
+                    f"YAML expands to more than {MAX_YAML_VALUES} values (each use of an alias counts its values)",
+                    line,
+                )
+        open_nodes.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    size(root, 0)
+
+
+def load_yaml(text: str) -> Any:
+    """`yaml.safe_load`, refusing documents that would expand past MAX_YAML_VALUES through anchors and
+    aliases, nest deeper than MAX_YAML_DEPTH, or contain themselves.
+
+    Raises:
+        yaml.YAMLError: invalid YAML. _YamlShapeError: see above. RecursionError: nesting too deep to parse.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_yaml_shape(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def _read_yaml(path: str | Path, what: str) -> dict[str, Any]:
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         listing = sorted(x.name for x in p.parent.glob("*.yaml")) if p.parent.is_dir() else []
-        hint = f"Files there: {', '.join(listing)}" if listing else "Check the path"
-        raise ConfigError(Problem(str(path), "", f"{what} not found", hint))
+        close = difflib.get_close_matches(p.name, listing, n=1)
+        hint = (f"Did you mean {p.parent / close[0]}? " if close else "") + (
+            f"Files there: {', '.join(listing[:12])}" if listing else "Check the path"
+        )
+        broken = " (a symlink that does not resolve)" if p.is_symlink() else ""
+        raise ConfigError(Problem(str(path), "", f"{what} not found{broken}", hint))
+    if p.is_dir():
+        listing = sorted(x.name for x in p.glob("*.yaml"))
+        hint = f"Give one of the files in it: {', '.join(listing[:12])}" if listing else "Give a YAML file"
+        raise ConfigError(Problem(str(path), "", f"{what} is a directory, not a file", hint))
+    if not p.is_file():
+        raise ConfigError(
+            Problem(str(path), "", f"{what} is not a regular file (a device, pipe or socket)", "Give a YAML file")
+        )
+    with p.open("rb") as f:
+        raw = f.read(MAX_YAML_BYTES + 1)
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(
+            Problem(
+                str(path),
+                "",
+                f"{what} is larger than {MAX_YAML_BYTES // 1024} KiB",
+                f"A {what} is a few KB of YAML: check that this is the right file",
+            )
+        )
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(Problem(str(path), "", f"not UTF-8 text (byte {e.start})", "Save it as UTF-8")) from None
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            Problem(str(path), f"line {line}", f"not UTF-8 text (byte {e.start})", "Save it as UTF-8 text")
+        ) from None
+    try:
+        data = load_yaml(text)
+    except _YamlShapeError as e:
+        raise ConfigError(
+            Problem(str(path), f"line {e.line}", str(e), "Write the values out plainly, a few levels deep")
+        ) from None
+    except RecursionError:
+        raise ConfigError(
+            Problem(str(path), "", "YAML nested too deeply to read", "Write the values out, a few levels deep")
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else ""
@@ -460,9 +593,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
             Problem("command line", text, "override is not `dotted.key=value`", "Write it like lora.r=16")
         )
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    except (_YamlShapeError, RecursionError):
+        raise ConfigError(
+            Problem("command line", key.strip(), "override value nests or repeats too much", "Give a plain value")
+        ) from None
     if isinstance(value, str):  # YAML 1.1 reads 1e-4 as text
         try:
             value = float(value)
@@ -523,7 +660,7 @@ def _problems_from_validation(
             problems.append(Problem(src, shown_key, "required key is missing", "Add it"))
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            got = "" if isinstance(value, dict) else f" (got {value!r})"
+            got = "" if isinstance(value, dict) else f" (got {short_repr(value)})"
             fix = ""
             if ". " in msg and e["type"] == "value_error":
                 msg, _, fix = msg.partition(". ")
@@ -533,6 +670,8 @@ def _problems_from_validation(
 
 def _generic_fix(e: dict[str, Any]) -> str:
     ctx = e.get("ctx") or {}
+    if e["type"] == "finite_number":
+        return "Use a finite number"
     if "expected" in ctx:
         return f"Use one of {ctx['expected']}"
     for bound, word in (("gt", "greater than"), ("ge", "at least"), ("lt", "less than"), ("le", "at most")):

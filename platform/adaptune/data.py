@@ -48,10 +48,15 @@ def find_data_files(path: str, key: str = "data.path") -> list[Path]:
     """
     p = resolve_path(path)
     if any(ch in path for ch in "*?["):
-        files = sorted(Path(f) for f in glob.glob(str(p), recursive=True) if Path(f).is_file())
+        found = [Path(f) for f in glob.glob(str(p), recursive=True)]
+        files = sorted(f for f in found if f.is_file())
+        _refuse_unreadable([f for f in found if f.suffix in DATA_SUFFIXES and not f.is_dir()], key)
         where = f"glob {path!r} matches no files"
     elif p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in DATA_SUFFIXES)
+        # rglob does not descend into symlinked directories, so a link loop cannot make this walk endless
+        found = [f for f in p.rglob("*") if f.suffix in DATA_SUFFIXES]
+        _refuse_unreadable([f for f in found if not f.is_dir()], key)
+        files = sorted(f for f in found if f.is_file())
         where = f"directory {path} has no {'/'.join(DATA_SUFFIXES)} files"
         if not files:
             seen = sorted(f.name for f in p.iterdir())[:10]
@@ -60,6 +65,7 @@ def find_data_files(path: str, key: str = "data.path") -> list[Path]:
         files = [p]
         where = ""
     else:
+        _refuse_unreadable([p] if p.is_symlink() or p.exists() else [], key)
         raise DataError(Problem(path, key, "does not exist", missing_path_hint(path)))
     if not files:
         raise DataError(Problem(path, key, where, f"Point {key} at {'/'.join(DATA_SUFFIXES)} data"))
@@ -71,6 +77,33 @@ def find_data_files(path: str, key: str = "data.path") -> list[Path]:
             )
         )
     return files
+
+
+def _refuse_unreadable(paths: list[Path], key: str) -> None:
+    """Raise for the first path that is not a regular file: a symlink that does not resolve (broken, or a loop),
+    or a device, pipe or socket (reading a pipe would wait forever)."""
+    for f in paths:
+        if f.is_file():
+            continue
+        if f.is_symlink() and not f.exists():
+            why, fix = "symlink does not resolve (broken, or a loop of links)", "Point it at a data file or remove it"
+        else:
+            why, fix = "not a regular file (a device, pipe or socket)", "Point it at a data file"
+        raise DataError(Problem(str(f), key, why, fix))
+
+
+# Leading bytes of formats people save under a .jsonl or .csv name by mistake.
+_MAGIC = {
+    b"\x1f\x8b": "It is gzip-compressed: decompress it (gunzip)",
+    b"PK\x03\x04": "It is a zip archive: extract it",
+    b"\x28\xb5\x2f\xfd": "It is zstd-compressed: decompress it (zstd -d)",
+    b"BZh": "It is bzip2-compressed: decompress it (bunzip2)",
+    b"PAR1": "It is a Parquet file: name it .parquet",
+}
+
+
+def _binary_hint(raw: bytes) -> str:
+    return next((fix for magic, fix in _MAGIC.items() if raw.startswith(magic)), "Re-encode the file as UTF-8 text")
 
 
 def _read_lines(file: Path) -> Iterator[tuple[int, str]]:
@@ -99,7 +132,7 @@ def _read_lines(file: Path) -> Iterator[tuple[int, str]]:
                         str(file),
                         f"line {lineno}",
                         f"not UTF-8 (byte {e.start} of the line)",
-                        "Re-encode the file as UTF-8",
+                        _binary_hint(raw) if lineno == 1 else "Re-encode the file as UTF-8",
                     )
                 ) from None
 
@@ -130,10 +163,13 @@ def read_rows(file: Path, limit: int | None = None) -> Iterator[tuple[str, Any]]
                 return
     elif file.suffix == ".csv":
         lines = (text for _, text in _read_lines(file))
-        reader = csv.DictReader(lines)
+        # strict: an unclosed quote is an error, not a field that silently swallows the rest of the file
+        reader = csv.DictReader(lines, strict=True)
+        ended = 1  # the line the previous row ended on (the header's, at first)
         try:
             for row in reader:
-                yield f"line {reader.line_num}", row
+                yield f"line {ended + 1}", row
+                ended = reader.line_num
                 count += 1
                 if limit and count >= limit:
                     return
@@ -141,9 +177,9 @@ def read_rows(file: Path, limit: int | None = None) -> Iterator[tuple[str, Any]]
             raise DataError(
                 Problem(
                     str(file),
-                    f"line {reader.line_num}",
-                    f"malformed CSV: {e}",
-                    "Quote fields that contain commas or newlines",
+                    f"line {ended + 1}",
+                    f"malformed CSV in the row starting here: {e}",
+                    "Close its quotes; quote fields that contain commas, quotes or newlines, doubling inner quotes",
                 )
             ) from None
     else:
@@ -152,8 +188,11 @@ def read_rows(file: Path, limit: int | None = None) -> Iterator[tuple[str, Any]]
         try:
             pf = pq.ParquetFile(file)
         except Exception as e:  # pyarrow raises several types for a damaged file
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise DataError(
-                Problem(str(file), "", f"not a readable Parquet file ({e})", "Write it with pandas/pyarrow .to_parquet")
+                Problem(
+                    str(file), "", f"not a readable Parquet file ({reason})", "Write it with pandas/pyarrow .to_parquet"
+                )
             ) from None
         rowno = 0
         for batch in pf.iter_batches(batch_size=1024):
@@ -184,6 +223,11 @@ def normalize_row(row: Any, cfg: DataConfig, file: str, where: str) -> dict[str,
 
     if not isinstance(row, dict):
         raise fail(f"expected an object with columns, got {type(row).__name__}", "Write one object per row")
+    if None in row:  # csv.DictReader puts fields beyond the header's under None
+        raise fail(
+            f"{len(row) - 1 + len(row[None])} fields but the header names {len(row) - 1} columns",
+            "Quote fields that contain commas",
+        )
     if cfg.format == "instruction":
         for col, key in ((c.instruction, "instruction"), (c.output, "output")):
             if col not in row:
@@ -215,7 +259,7 @@ def normalize_row(row: Any, cfg: DataConfig, file: str, where: str) -> dict[str,
         if isinstance(messages, str):  # CSV cells hold JSON text
             try:
                 messages = json.loads(messages)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 raise fail(
                     f"{c.messages!r} is not a JSON list", "Write messages as a list of {role, content}"
                 ) from None
@@ -282,9 +326,11 @@ def prompt_key(record: dict[str, Any]) -> str:
     return json.dumps([p.strip() for p in parts], ensure_ascii=False)
 
 
-def find_overlap(held_out: list[Path], training: list[Path], cfg: DataConfig, key: str) -> list[Problem]:
+def find_overlap(
+    held_out: list[Path], training: list[Path], cfg: DataConfig, key: str, what: str = "A frozen evaluation set"
+) -> list[Problem]:
     """A problem when any row of the `held_out` files asks what a row of the `training` files asks (bad rows are
-    skipped here: reading the data reports them)."""
+    skipped here: reading the data reports them). One pass over each, the training prompts kept as a set."""
 
     def keyed(files: list[Path]) -> Iterator[tuple[str, Path, str]]:
         for file in files:
@@ -305,7 +351,7 @@ def find_overlap(held_out: list[Path], training: list[Path], cfg: DataConfig, ke
             str(file),
             key,
             f"{where} asks what {other_file} {other_where} asks{more}",
-            "A frozen evaluation set must never be trained on: remove those rows from it or from the training data",
+            f"{what} must never be trained on: remove those rows from it or from the training data",
         )
     ]
 
@@ -462,6 +508,35 @@ def tokenize_record(record: dict[str, Any], tokenizer: Any, cfg: DataConfig) -> 
     return ids, labels
 
 
+def tokenize_records(
+    records: list[dict[str, Any]], tokenizer: Any, cfg: DataConfig
+) -> list[tuple[list[int], list[int]]]:
+    """`tokenize_record` for many records at once: the instruction and text formats' pieces go through the
+    tokenizer in batches (one call per piece kind, not per row: the same ids, far fewer Python round trips);
+    chat records, whose pieces come from the chat template, one by one."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    out: list[tuple[list[int], list[int]] | None] = [None] * len(records)
+    texts = [i for i, r in enumerate(records) if "text" in r]
+    prompts = [i for i, r in enumerate(records) if "prompt" in r]
+    if texts:
+        for i, ids in zip(texts, _ids(tokenizer, [records[i]["text"] for i in texts], True), strict=True):
+            out[i] = (ids + eos, ids + eos)
+    if prompts:
+        heads = _ids(tokenizer, [records[i]["prompt"] for i in prompts], True)
+        tails = _ids(tokenizer, [records[i]["response"] for i in prompts], False)
+        for i, head, tail in zip(prompts, heads, tails, strict=True):
+            masked = head if not cfg.mask_prompt else [IGNORE_INDEX] * len(head)
+            out[i] = (head + tail + eos, masked + tail + eos)
+    for i, record in enumerate(records):
+        if out[i] is None:
+            out[i] = tokenize_record(record, tokenizer, cfg)
+    return out  # type: ignore[return-value]
+
+
+def _ids(tokenizer: Any, texts: list[str], special: bool) -> list[list[int]]:
+    return tokenizer(texts, add_special_tokens=special)["input_ids"]
+
+
 @dataclass
 class DataManifest:
     """What was prepared, stored beside the Arrow files as manifest.json."""
@@ -531,6 +606,17 @@ def _tokenizer_id(tokenizer: Any) -> str:
     return h.hexdigest()[:16]
 
 
+PREPARE_CHUNK = 4096  # rows tokenized and converted to Arrow at a time
+
+
+def _arrow_chunk(examples: list[tuple[list[int], list[int]]], features: Any) -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_dict(
+        {"input_ids": [e[0] for e in examples], "labels": [e[1] for e in examples]}, features=features
+    )
+
+
 def prepare_dataset(
     cfg: DataConfig, model_path: str, out_root: Path, trust_remote_code: bool = False, revision: str | None = None
 ) -> DataManifest:
@@ -547,32 +633,42 @@ def prepare_dataset(
     if (target / "manifest.json").is_file():
         return DataManifest.load(target)
 
-    from datasets import Dataset, Features, Sequence, Value
+    from datasets import Features, Sequence, Value, concatenate_datasets
 
     features = Features({"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32"))})
     out_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=out_root))
     stats: dict[str, dict[str, int]] = {"examples": {}, "truncated": {}, "dropped": {}, "tokens": {}}
     for split, rows in records.splits.items():
-        examples, truncated, dropped = [], 0, 0
-        for record in rows:
-            ids, labels = tokenize_record(record, tokenizer, cfg)
-            if len(ids) > cfg.max_seq_length and not cfg.packing:
-                ids, labels = ids[: cfg.max_seq_length], labels[: cfg.max_seq_length]
-                truncated += 1
-            if all(lab == IGNORE_INDEX for lab in labels):
-                dropped += 1  # the prompt fills max_seq_length: no response token left to learn from
-                continue
-            examples.append((ids, labels))
-        if cfg.packing:
-            examples = _pack(examples, cfg.max_seq_length)
-        Dataset.from_dict(
-            {"input_ids": [e[0] for e in examples], "labels": [e[1] for e in examples]}, features=features
-        ).save_to_disk(str(tmp / split))
-        stats["examples"][split] = len(examples)
+        # Tokenized a chunk at a time and turned into Arrow (int32) at once: Python lists of token ids cost
+        # tens of bytes per token, which at a million rows is more memory than the machine has.
+        parts, carry, n, tokens, truncated, dropped = [], [], 0, 0, 0, 0
+        for start in range(0, len(rows), PREPARE_CHUNK):
+            examples = []
+            for ids, labels in tokenize_records(rows[start : start + PREPARE_CHUNK], tokenizer, cfg):
+                if len(ids) > cfg.max_seq_length and not cfg.packing:
+                    ids, labels = ids[: cfg.max_seq_length], labels[: cfg.max_seq_length]
+                    truncated += 1
+                if all(lab == IGNORE_INDEX for lab in labels):
+                    dropped += 1  # the prompt fills max_seq_length: no response token left to learn from
+                    continue
+                examples.append((ids, labels))
+            if cfg.packing:  # full blocks now; the remainder goes on with the next chunk
+                examples = _pack(carry + examples, cfg.max_seq_length)
+                carry = [examples.pop()] if examples and len(examples[-1][0]) < cfg.max_seq_length else []
+            parts.append(_arrow_chunk(examples, features))
+            n += len(examples)
+            tokens += sum(len(e[0]) for e in examples)
+        if carry:
+            parts.append(_arrow_chunk(carry, features))
+            n += 1
+            tokens += len(carry[0][0])
+        parts = parts or [_arrow_chunk([], features)]
+        concatenate_datasets(parts).save_to_disk(str(tmp / split))
+        stats["examples"][split] = n
         stats["truncated"][split] = truncated
         stats["dropped"][split] = dropped
-        stats["tokens"][split] = sum(len(e[0]) for e in examples)
+        stats["tokens"][split] = tokens
     if stats["examples"]["train"] == 0 or stats["examples"]["validation"] == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DataError(

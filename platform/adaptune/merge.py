@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adaptune.architecture import PICKLE_SUFFIXES
 from adaptune.config import model_source, resolve_path
 from adaptune.errors import ConfigError, Problem, missing_path_hint
 
@@ -26,7 +27,6 @@ DEFAULT_PROMPTS = (
 )
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
@@ -114,14 +114,16 @@ def merge_adapter(
         tokenizer.save_pretrained(str(staging))
         del model, merged
         gc.collect()
-        pickles = sorted(p.name for p in staging.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+        pickles = sorted(p.name for p in staging.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickles:  # never expected; a merged model must load without unpickling anything
             raise RuntimeError(f"save_pretrained wrote pickled weights {pickles}; refusing to publish them")
 
         # --- reload the merged model as a consumer would and compare ---
         from transformers import AutoModelForCausalLM
 
-        reloaded = AutoModelForCausalLM.from_pretrained(str(staging), trust_remote_code=trust_remote_code)
+        reloaded = AutoModelForCausalLM.from_pretrained(
+            str(staging), trust_remote_code=trust_remote_code, use_safetensors=True
+        )
         merged_logits = _logits(reloaded, inputs)
         del reloaded
         max_abs_diff = max((m - r).abs().max().item() for m, r in zip(merged_logits, reference, strict=True))
@@ -169,7 +171,7 @@ def check_adapter_dir(adapter_dir: Path) -> dict[str, Any]:
             )
         )
     if not weights.is_file():
-        pickled = [p.name for p in adapter_dir.iterdir() if p.suffix in _PICKLE_SUFFIXES]
+        pickled = [p.name for p in adapter_dir.iterdir() if p.suffix in PICKLE_SUFFIXES]
         what = f"only pickled weights ({', '.join(pickled)}), which are never loaded" if pickled else "no weights"
         fix = f"Re-save it with save_pretrained(..., safe_serialization=True) to get {ADAPTER_WEIGHTS}"
         raise ConfigError(Problem(src, "", f"{ADAPTER_WEIGHTS} missing: {what}", fix))
@@ -216,6 +218,7 @@ def load_peft_model(
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
+    check_adapter_dir(adapter_dir)  # peft would fall back to unpickling adapter_model.bin
     fit_fix = f"Merge into the base model the adapter was trained on ({trained_on or 'see its adapter_config.json'})"
     try:
         base = AutoModelForCausalLM.from_pretrained(

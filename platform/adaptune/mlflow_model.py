@@ -29,19 +29,28 @@ class CausalLMText(PythonModel):
 
         cfg = context.model_config or {}
         artifacts = context.artifacts
-        common = {"trust_remote_code": bool(cfg.get("trust_remote_code", False)), "use_safetensors": True}
+        # Always a bool: transformers asks on the terminal whether to run a model's code when given None.
+        trust = bool(cfg.get("trust_remote_code", False))
+        common = {"trust_remote_code": trust, "use_safetensors": True}
         if "model" in artifacts:
             path = artifacts["model"]
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **common)
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
         else:
+            from pathlib import Path
+
             from peft import PeftModel
 
+            if not (Path(artifacts["adapter"]) / "adapter_model.safetensors").is_file():
+                # peft would fall back to unpickling adapter_model.bin
+                raise FileNotFoundError(f"no adapter_model.safetensors in {artifacts['adapter']} (pickles never load)")
             base = AutoModelForCausalLM.from_pretrained(
                 cfg["base_model"], revision=cfg.get("revision"), dtype=torch.float32, **common
             )
             self.model = PeftModel.from_pretrained(base, artifacts["adapter"])
-            self.tokenizer = AutoTokenizer.from_pretrained(cfg["base_model"], revision=cfg.get("revision"))
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                cfg["base_model"], revision=cfg.get("revision"), trust_remote_code=trust
+            )
         self.model.eval()
 
     def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> list[str]:

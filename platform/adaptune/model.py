@@ -63,6 +63,23 @@ def load_base_model(sweep: SweepConfig, cluster: ClusterProfile, device: torch.d
     return model
 
 
+def remote_code_refusal(source: str, revision: str | None = None) -> str | None:
+    """Which part of the model at `source` ("model" or "tokenizer") transformers will not load without running
+    the Python code the model ships, or None when both load with transformers' own classes. Asked with
+    trust_remote_code=False, so none of that code is imported to find out."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    for part, load in (("model", AutoConfig.from_pretrained), ("tokenizer", AutoTokenizer.from_pretrained)):
+        try:
+            load(source, trust_remote_code=False, revision=revision)
+        except ValueError as e:
+            if "trust_remote_code" in str(e):
+                return part
+        except OSError:
+            pass  # a missing tokenizer is reported on its own
+    return None
+
+
 def add_lora(model: Any, sweep: SweepConfig, target_modules: list[str]) -> Any:
     """Freeze the base and attach a LoRA adapter; returns the peft model."""
     from peft import LoraConfig, get_peft_model

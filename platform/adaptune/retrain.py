@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -26,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adaptune.config import ClusterProfile, SweepConfig, _problems_from_validation, resolve_path
+from adaptune.config import NAME_PATTERN, ClusterProfile, SweepConfig, _problems_from_validation, resolve_path
 from adaptune.data import data_digest, find_data_files, load_records
 from adaptune.errors import ConfigError, DataError, Problem
 
@@ -370,6 +371,7 @@ def run_retrain(
     model = sweep.registered_model_name
     home = resolve_path(cluster.storage_path).resolve() / RETRAIN_DIR / model
     drop_path = newest_drop(data_path) if newest else data_path
+    find_data_files(drop_path, "--data")  # a drop that is not there is refused before the lock is taken
     retrain_id = time.strftime("retrain-%Y%m%d-%H%M%S")
     owner = {"retrain_id": retrain_id, "registered_model": model, "sweep_file": sweep_file, "data": drop_path}
     with RetrainLock(home / LOCK, sweep.retrain.lock_ttl_minutes * 60, owner):
@@ -390,6 +392,7 @@ def _retrain_locked(
         tracking_uri,
         ui_command,
     )
+    from adaptune.validate import check_frozen
 
     sweep, cluster = plan.sweep, plan.cluster
     model, r = sweep.registered_model_name, sweep.retrain
@@ -407,6 +410,9 @@ def _retrain_locked(
             f"{drop_path} (digest {digest[:12]}) was already trained on by {seen.retrain_id}; nothing to do",
             drop,
         )
+    overlap = check_frozen(sweep, plan.sweep_file, training=files)  # before anything reaches MLflow
+    if overlap:
+        raise DataError(overlap)
     drop = snapshot_drop(drop_path, files, digest, sweep, home / "snapshots")
 
     # 2. The training set
@@ -587,6 +593,15 @@ def run_rollback(name: str, cluster_file: str | None, tracking: str | None, over
     from adaptune.driver import registry_access
     from adaptune.tracking import TAG_KIND, experiment_id
 
+    if not re.fullmatch(NAME_PATTERN, name):  # it names a directory under storage_path
+        raise ConfigError(
+            Problem(
+                "command line",
+                "NAME",
+                f"{name!r} is not a registered model name adaptune makes",
+                "Use letters, digits, '.', '_' or '-' (at most 64 characters)",
+            )
+        )
     cluster, uri, mlc = registry_access("rollback", cluster_file, tracking, overrides)
     home = resolve_path(cluster.storage_path).resolve() / RETRAIN_DIR / name
     rollback_id = time.strftime("rollback-%Y%m%d-%H%M%S")

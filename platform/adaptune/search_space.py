@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from adaptune.config import SYNONYMS, SweepConfig
-from adaptune.errors import Problem
+from adaptune.errors import Problem, short_repr
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "qrandint")
 ALPHA_PER_RANK = "multiple_of_rank"  # lora.alpha: {multiple_of_rank: 2} or {multiple_of_rank: {choice: [1, 2]}}
@@ -69,30 +69,31 @@ def _spec(key: str, spec: Any, source: str) -> tuple[str, list[Any], list[Proble
 
     if not isinstance(spec, dict) or len(spec) != 1:
         return bad(
-            f"expected one distribution like {{choice: [...]}} (got {spec!r})", f"Use one of {', '.join(DISTRIBUTIONS)}"
+            f"expected one distribution like {{choice: [...]}} (got {short_repr(spec)})",
+            f"Use one of {', '.join(DISTRIBUTIONS)}",
         )
     ((name, args),) = spec.items()
     if name not in DISTRIBUTIONS:
         close = difflib.get_close_matches(str(name), DISTRIBUTIONS, n=1)
         return bad(
-            f"unknown distribution {name!r}",
+            f"unknown distribution {short_repr(name)}",
             f"Did you mean `{close[0]}`?" if close else f"Use one of {', '.join(DISTRIBUTIONS)}",
         )
     if not isinstance(args, list) or not args:
-        return bad(f"{name} needs a non-empty list (got {args!r})", f"Write {name}: [..]")
+        return bad(f"{name} needs a non-empty list (got {short_repr(args)})", f"Write {name}: [..]")
     if name in ("choice", "grid"):
         return name, args, []
     arity = 3 if name == "qrandint" else 2
     shape = "[low, high, q]" if arity == 3 else "[low, high]"
     if len(args) != arity or not all(isinstance(a, int | float) and not isinstance(a, bool) for a in args):
-        return bad(f"{name} needs {shape} numbers (got {args!r})", f"Write {name}: {shape}")
+        return bad(f"{name} needs {shape} numbers (got {short_repr(args)})", f"Write {name}: {shape}")
     low, high = args[0], args[1]
     if not low < high:
         return bad(f"{name} range is empty or reversed (got low={low}, high={high})", "Put the lower bound first")
     if name == "loguniform" and low <= 0:
         return bad(f"loguniform needs a positive lower bound (got {low})", "Use uniform, or a lower bound > 0")
     if name in ("randint", "qrandint") and not all(isinstance(a, int) for a in args):
-        return bad(f"{name} needs whole numbers (got {args!r})", "Use uniform for real numbers")
+        return bad(f"{name} needs whole numbers (got {short_repr(args)})", "Use uniform for real numbers")
     return name, args, []
 
 
@@ -150,7 +151,7 @@ def check_space(base: SweepConfig, space: dict[str, Any], source: str) -> list[P
                     Problem(
                         source,
                         where,
-                        f"{ALPHA_PER_RANK} factors must be positive numbers (got {args!r})",
+                        f"{ALPHA_PER_RANK} factors must be positive numbers (got {short_repr(args)})",
                         "Use factors like [1, 2, 4]",
                     )
                 )
@@ -169,7 +170,7 @@ def check_space(base: SweepConfig, space: dict[str, Any], source: str) -> list[P
                     Problem(
                         source,
                         where,
-                        f"value {value!r} is not allowed: {msg}",
+                        f"value {short_repr(value)} is not allowed: {msg}",
                         "Change the distribution's values or bounds",
                     )
                 )
