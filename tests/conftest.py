@@ -160,6 +160,21 @@ class Background:
         return self.proc.returncode, self.out.read_text(), self.err.read_text()
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_uris_stay_in_their_test():
+    """`mlflow.set_tracking_uri()` also sets MLFLOW_TRACKING_URI in os.environ, which every later CLI run of the
+    session would inherit (and track to that server instead of its own store): give the variables back after
+    each test."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {n: os.environ.get(n) for n in names}
+    yield
+    for n, v in saved.items():
+        if v is None:
+            os.environ.pop(n, None)
+        else:
+            os.environ[n] = v
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A 2-layer Llama-style model with a tokenizer trained on the demo data, briefly pre-trained."""

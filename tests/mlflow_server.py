@@ -13,25 +13,50 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 PG_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 
 
-@dataclass(frozen=True)
+@dataclass
 class MlflowServer:
-    """A running `mlflow server`: where to reach it and what it owns."""
+    """A running `mlflow server`: where to reach it and what it owns. `stop()` and `start()` take it down and bring
+    it back on the same port, database and artifacts (a tracking-server outage)."""
 
     uri: str  # http://127.0.0.1:<port>, for MLFLOW_TRACKING_URI and the UI
     db: str  # the PostgreSQL database holding its backend store
     log: Path  # the server's combined stdout/stderr
     artifacts: Path  # --artifacts-destination: where proxied artifact uploads land
     pid: int  # the server's process id, also its process group id
+    cmd: list[str] = field(default_factory=list, repr=False)
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    proc: subprocess.Popen | None = field(default=None, repr=False)
 
     def log_tail(self, chars: int = 3000) -> str:
         return _tail(self.log, chars)
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM to its process group, SIGKILL after 30 s)."""
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
+
+    def start(self, timeout: float = 180) -> None:
+        """Start the server (again) with the same command, and wait until it answers."""
+        with self.log.open("a") as out:
+            # Output to a file: a pipe nobody reads would fill up and block the server.
+            self.proc = subprocess.Popen(
+                self.cmd,
+                cwd=self.log.parent,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pid = self.proc.pid
+        _wait_healthy(self.proc, self, timeout)
 
 
 def ensure_postgres(timeout: float = 5) -> None:
@@ -91,17 +116,15 @@ def mlflow_server(workdir: Path, startup_timeout: float = 180) -> Iterator[Mlflo
         ]
         # No internet here: MLflow's usage telemetry would only retry in the background.
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-        with log.open("w") as out:
-            # Output to a file: a pipe nobody reads would fill up and block the server.
-            proc = subprocess.Popen(
-                cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        log.write_text("")
+        server = MlflowServer(
+            uri=f"http://127.0.0.1:{port}", db=db, log=log, artifacts=artifacts, pid=0, cmd=cmd, env=env
+        )
         try:
-            server = MlflowServer(uri=f"http://127.0.0.1:{port}", db=db, log=log, artifacts=artifacts, pid=proc.pid)
-            _wait_healthy(proc, server, startup_timeout)
+            server.start(startup_timeout)
             yield server
         finally:
-            _stop(proc)
+            server.stop()
     finally:
         # FORCE: a client that is still connected (a leaked test process) must not keep the database alive.
         _sql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')

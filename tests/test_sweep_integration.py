@@ -127,7 +127,7 @@ def test_sweep_resumes_after_its_driver_is_killed(ray_cluster, tiny_model, tmp_p
     assert done and partial, {k: (s["step"], committed.get(k, {}).get("step")) for k, s in written.items()}
     finished_before = {k: len(written[k]["history"]) for k in done}
     r = run_cli("sweep", str(sweep), "--cluster", str(cluster), "--resume", timeout=1500)
-    assert r.returncode == 0, r.stderr[-4000:]
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     results = _results(tmp_path)
     assert sorted(t["lora.r"] for t in results["trials"]) == [4, 8, 16, 32]  # each exactly once
     assert all(t["status"] == "finished" for t in results["trials"])
@@ -136,6 +136,17 @@ def test_sweep_resumes_after_its_driver_is_killed(ray_cluster, tiny_model, tmp_p
         assert len(after[k]["history"]) == n and after[k]["restarts"] == []
     for k in partial:  # the interrupted trial continued from its last committed checkpoint
         assert after[k]["step"] == 40 and after[k]["restarts"] == [committed[k]["step"]], after[k]["restarts"]
+    # ... and in MLflow (the embedded store): the resumed sweep found its parent run and each trial's run again.
+    from mlflow import MlflowClient
+
+    mlc = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    exp = mlc.get_experiment_by_name("test")
+    (parent,) = mlc.search_runs(
+        [exp.experiment_id], f"tags.`adaptune.sweep_id` = '{sweep_dir.name}' and tags.`adaptune.kind` = 'sweep'"
+    )
+    children = mlc.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(c.data.tags["adaptune.trial_id"] for c in children) == sorted(t["trial"] for t in results["trials"])
+    assert all(c.info.status == "FINISHED" for c in children) and parent.info.status == "FINISHED"
 
 
 def test_ctrl_c_stops_the_sweep_cleanly_and_it_resumes(ray_cluster, tiny_model, tmp_path):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 from adaptune.architecture import ArchitectureError, target_modules_for
 from adaptune.config import ClusterProfile, SweepConfig, model_source, read_configs, resolve_path
 from adaptune.data import prepare_dataset
-from adaptune.errors import ConfigError, DataError, Problem
+from adaptune.errors import ConfigError, DataError, Problem, StorageError, storage_failure
 from adaptune.search_space import target_candidates
 from adaptune.validate import check_run
 
@@ -145,15 +147,31 @@ def pin_paths(sweep: SweepConfig) -> SweepConfig:
     return sweep.model_copy(update={"model": model})
 
 
+@contextmanager
+def storage_guard(cluster: ClusterProfile, resume: str = "") -> Iterator[None]:
+    """Turn a failure caused by a full, read-only or unwritable storage path (in the driver or, passed on by
+    Ray, in a worker) into one StorageError naming the path and the fix."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as e:
+        found = storage_failure(e, cluster.storage_path, resume)
+        if found is None:
+            raise
+        raise found from e
+
+
 def run_train(sweep_file: str, cluster_file: str | None, overrides: list[str]):
     """`adaptune train`: the sweep's base values as one trial. Returns (manifest, outcome)."""
     from adaptune.trial import run_trial
 
     plan = plan_run(sweep_file, cluster_file, overrides)
-    manifest, inputs, _ = prepare_inputs(plan)
-    connect_ray(plan.cluster)
-    name = time.strftime("train-%Y%m%d-%H%M%S")
-    outcome = run_trial(pin_paths(plan.sweep), plan.cluster, inputs, name, str(plan.sweep_root))
+    with storage_guard(plan.cluster):
+        manifest, inputs, _ = prepare_inputs(plan)
+        connect_ray(plan.cluster)
+        name = time.strftime("train-%Y%m%d-%H%M%S")
+        outcome = run_trial(pin_paths(plan.sweep), plan.cluster, inputs, name, str(plan.sweep_root))
     return manifest, outcome
 
 
@@ -205,45 +223,69 @@ def run_sweep(sweep_file: str, cluster_file: str | None, overrides: list[str], r
 
 def sweep_plan(plan: RunPlan, resume: str | bool = False, parent_tags: dict[str, str] | None = None):
     """The sweep of a checked plan (see `run_sweep`); `parent_tags` go on its MLflow parent run."""
+    # What may still refuse the input (the sweep to resume, every row of the data) comes before Ray is imported
+    if resume:
+        sweep_id = find_sweep(plan.sweep_root, resume if isinstance(resume, str) else None)
+    else:
+        sweep_id = time.strftime("sweep-%Y%m%d-%H%M%S")
+    manifest, inputs, targets = prepare_inputs(plan)
+
     import signal
 
     import ray
 
     from adaptune.registry import register_winner
-    from adaptune.sweep import TRIALS_DIR, SweepOutcome, build_tuner, collect_results, pick_winner, write_results
-    from adaptune.tracking import SweepTracker, ui_command
+    from adaptune.sweep import (
+        TRIALS_DIR,
+        SweepOutcome,
+        build_tuner,
+        collect_results,
+        pick_winner,
+        trial_histories,
+        write_results,
+    )
+    from adaptune.tracking import TRACKING_WAIT_S, SweepTracker, ui_command, wait_for_server
 
-    manifest, inputs, targets = prepare_inputs(plan)
     connect_ray(plan.cluster)
-    if resume:
-        sweep_id = find_sweep(plan.sweep_root, resume if isinstance(resume, str) else None)
-    else:
-        sweep_id = time.strftime("sweep-%Y%m%d-%H%M%S")
     log.info("sweep %s: storage %s", sweep_id, plan.sweep_root / sweep_id)
     tracker = SweepTracker(plan.sweep, plan.cluster, sweep_id, targets, parent_tags)
     tracker.open(manifest, plan.sweep_file, plan.cluster_file, resuming=bool(resume))
-    previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
-    try:
-        tuner = build_tuner(
-            pin_paths(plan.sweep),
-            plan.cluster,
-            inputs,
-            targets,
-            plan.sweep_root,
-            sweep_id,
-            ray.cluster_resources(),
-            restore=bool(resume),
-            callbacks=[tracker.callback()],
-        )
-        grid = tuner.fit()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    rows = collect_results(grid, plan.sweep, plan.sweep_root / sweep_id / TRIALS_DIR)
-    winner = pick_winner(rows, plan.sweep.search)
-    directory = plan.sweep_root / sweep_id
-    interrupted = any(not (r.metrics or {}).get("done") and r.error is None for r in grid)
-    write_results(rows, winner, directory)
-    models = tracker.close(rows, winner, directory, interrupted)
+    resume_hint = f"; resume with: adaptune sweep {plan.sweep_file} --resume {sweep_id}"
+    with storage_guard(plan.cluster, resume_hint):
+        previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+        try:
+            tuner = build_tuner(
+                pin_paths(plan.sweep),
+                plan.cluster,
+                inputs,
+                targets,
+                plan.sweep_root,
+                sweep_id,
+                ray.cluster_resources(),
+                restore=bool(resume),
+                callbacks=[tracker.callback()],
+            )
+            grid = tuner.fit()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        rows = collect_results(grid, plan.sweep, plan.sweep_root / sweep_id / TRIALS_DIR)
+        winner = pick_winner(rows, plan.sweep.search)
+        directory = plan.sweep_root / sweep_id
+        interrupted = any(not (r.metrics or {}).get("done") and r.error is None for r in grid)
+        write_results(rows, winner, directory)
+        if not wait_for_server(tracker.uri, TRACKING_WAIT_S):
+            raise RuntimeError(
+                f"the MLflow server {tracker.uri} did not answer for {TRACKING_WAIT_S} s at the end of sweep "
+                f"{sweep_id}: its results are in "
+                f"{directory / 'results.json'} and its checkpoints on storage. Start the server, then log them with "
+                f"`adaptune sweep {plan.sweep_file} --resume {sweep_id}`"
+            )
+        tracker.backfill(rows, trial_histories(grid))
+        note = tracker.outage_note()
+        if note:
+            log.warning("%s", note)
+            write_results(rows, winner, directory, note)
+        models = tracker.close(rows, winner, directory, interrupted, note)
     registration = None
     if winner is not None and not interrupted and plan.sweep.mlflow.register_winner:
         metric = plan.sweep.search.metric
@@ -270,6 +312,7 @@ def sweep_plan(plan: RunPlan, resume: str | bool = False, parent_tags: dict[str,
         parent_run_id=tracker.parent_id,
         registration=registration,
         ui=ui_command(tracker.uri),
+        tracking_note=note,
     )
     return manifest, outcome
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_INVALID = 2
+MAX_FIELD_CHARS = 1000  # a problem line stays readable whatever the input was
 
 
 @dataclass(frozen=True)
@@ -19,11 +22,31 @@ class Problem:
     fix: str = ""  # how to fix it
 
     def __str__(self) -> str:
-        where = f"{self.source}: {self.key}" if self.key else self.source
-        text = f"{where}: {self.message}"
-        if self.fix:
-            text = f"{text}. {self.fix}"
+        source, key, message, fix = (_one_line(str(x)) for x in (self.source, self.key, self.message, self.fix))
+        where = f"{source}: {key}" if key else source
+        text = f"{where}: {message}"
+        if fix:
+            text = f"{text}. {fix}"
         return text
+
+
+def _one_line(text: str) -> str:
+    """Text from the user's input as one printable line: newlines and control characters (terminal escapes
+    included) shown escaped, cut to MAX_FIELD_CHARS."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= MAX_FIELD_CHARS else f"{text[: MAX_FIELD_CHARS - 3]}..."
+
+
+def short_repr(value: Any) -> str:
+    """repr of a value from the user's input, cut short: long strings and big or deeply nested (or
+    self-referencing) structures are abbreviated rather than expanded."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother, r.maxlong = 3, 80, 80, 40
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = r.maxfrozenset = r.maxdeque = r.maxarray = 8
+    return r.repr(value)
 
 
 class UserInputError(Exception):
@@ -58,3 +81,48 @@ def missing_path_hint(path: str) -> str:
     close = difflib.get_close_matches(p.name, names, n=1)
     seen = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
     return (f"Did you mean {parent / close[0]}? " if close else "") + f"{parent} has: {seen or 'nothing'}"
+
+
+class StorageError(RuntimeError):
+    """The storage path filled up or stopped being writable while a run was writing to it."""
+
+
+NEARLY_FULL_BYTES = 64 * 2**20
+
+
+def storage_failure(e: BaseException, storage: str, resume: str = "") -> StorageError | None:
+    """A StorageError naming `storage` when `e` (or what it wraps: Ray passes worker errors on as text) failed
+    on a full, read-only or unwritable filesystem and the storage path's filesystem is in that state now (a
+    full /tmp elsewhere is not blamed on storage); None for any other failure."""
+    import errno
+    import os
+    import re
+
+    seen, texts = set(), []
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        texts.append(f"[Errno {e.errno}] {e}" if isinstance(e, OSError) else str(e))
+        e = e.__cause__ or e.__context__ or getattr(e, "cause", None)
+    text = "\n".join(texts)
+    codes = {int(c) for c in re.findall(r"\[errno (\d+)\]", text, flags=re.IGNORECASE)}
+    probe = Path(os.path.expanduser(storage)).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        st = os.statvfs(probe)
+    except OSError:
+        return None
+    free = st.f_bavail * st.f_frsize
+    if errno.ENOSPC in codes and free < NEARLY_FULL_BYTES:
+        size = st.f_blocks * st.f_frsize / 2**20
+        what = f"is full (No space left on device; {free / 2**20:.1f} MiB of {size:.0f} MiB free)"
+        fix = "Free space there, or give storage_path a larger volume"
+    elif errno.EDQUOT in codes and str(probe) in text:
+        what, fix = "is over its disk quota", "Raise the quota or free space there"
+    elif errno.EROFS in codes and st.f_flag & os.ST_RDONLY:
+        what, fix = "became read-only (Read-only file system)", "Remount it read-write, or give a writable storage_path"
+    elif errno.EACCES in codes and str(probe) in text:
+        what, fix = "is not writable (Permission denied)", "Fix its permissions, or give a writable storage_path"
+    else:
+        return None
+    return StorageError(f"storage {probe} {what}. {fix}; checkpoints committed before this are kept{resume}")

@@ -94,6 +94,8 @@ def format_sweep(outcome: SweepOutcome) -> str:
         lines.append(
             f"mlflow   {outcome.tracking_uri}: experiment {outcome.experiment_id}, sweep run {outcome.parent_run_id}"
         )
+    if outcome.tracking_note:
+        lines.append(f"tracking {outcome.tracking_note}")
     if outcome.registration is not None:
         reg = outcome.registration
         lines.append(f"registry {reg.name} version {reg.version} ({', '.join('@' + a for a in reg.aliases)})")

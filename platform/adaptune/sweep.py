@@ -192,6 +192,7 @@ class SweepOutcome:
     parent_run_id: str = ""
     registration: Any = None  # adaptune.registry.Registration of the winner, when registered
     ui: str = ""  # how to open the MLflow UI on the runs
+    tracking_note: str | None = None  # tracking-server outages during the sweep and what was logged late
 
 
 def _status(result: Any, max_steps: int) -> tuple[str, str]:
@@ -225,7 +226,7 @@ def collect_results(grid: Any, sweep: SweepConfig, trials_dir: Path) -> list[dic
         last = result.metrics or {}
         status, reason = _status(result, sweep.train.max_steps)
         df = result.metrics_dataframe
-        trial_id = last.get("trial_id") or Path(result.path).name
+        trial_id = _trial_id(result)
         best_value, adapter = None, None
         if df is not None and s.metric in df and status not in (DIVERGED, SKIPPED):
             finite = df[df[s.metric].apply(lambda v: v is not None and math.isfinite(v))]
@@ -256,6 +257,19 @@ def collect_results(grid: Any, sweep: SweepConfig, trials_dir: Path) -> list[dic
     return rows
 
 
+def _trial_id(result: Any) -> str:
+    return (result.metrics or {}).get("trial_id") or Path(result.path).name
+
+
+def trial_histories(grid: Any) -> dict[str, list[dict[str, Any]]]:
+    """Every result each trial reported, in order, from Tune's record of the trial (kept on storage)."""
+    out = {}
+    for result in grid:
+        df = result.metrics_dataframe
+        out[_trial_id(result)] = df.to_dict("records") if df is not None else []
+    return out
+
+
 def pick_winner(rows: list[dict[str, Any]], search: SearchConfig) -> dict[str, Any] | None:
     """The best trial that trained (finished or stopped early) with an adapter."""
     ok = [r for r in rows if r["status"] in (FINISHED, STOPPED_EARLY) and r[search.metric] is not None and r["adapter"]]
@@ -265,8 +279,11 @@ def pick_winner(rows: list[dict[str, Any]], search: SearchConfig) -> dict[str, A
     return pick(ok, key=lambda r: r[search.metric])
 
 
-def write_results(rows: list[dict[str, Any]], winner: dict[str, Any] | None, directory: Path) -> None:
-    """results.csv and results.json beside the sweep's Tune state."""
+def write_results(
+    rows: list[dict[str, Any]], winner: dict[str, Any] | None, directory: Path, tracking_note: str | None = None
+) -> None:
+    """results.csv and results.json (with `tracking_note` when the tracking server had an outage) beside the
+    sweep's Tune state."""
     columns = list(dict.fromkeys(k for r in rows for k in r))
     with (directory / RESULTS_CSV).open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -274,6 +291,14 @@ def write_results(rows: list[dict[str, Any]], winner: dict[str, Any] | None, dir
         for r in rows:
             writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()})
     (directory / RESULTS_JSON).write_text(
-        json.dumps({"written_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "winner": winner, "trials": rows}, indent=2),
+        json.dumps(
+            {
+                "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "winner": winner,
+                **({"tracking_note": tracking_note} if tracking_note else {}),
+                "trials": rows,
+            },
+            indent=2,
+        ),
         encoding="utf-8",
     )

@@ -23,6 +23,7 @@ from typing import Any
 
 from adaptune.config import ClusterProfile, SweepConfig, model_source, resolve_path
 from adaptune.errors import Problem
+from adaptune.redaction import redact_uri, redacted, uri_password
 
 log = logging.getLogger("adaptune")
 
@@ -34,6 +35,7 @@ TAG_STATUS = "adaptune.status"
 TAG_STOPPED_EARLY = "adaptune.stopped_early"
 TAG_REASON = "adaptune.failure_reason"
 TAG_MODEL_ID = "adaptune.adapter_model_id"
+TAG_TRACKING_NOTE = "adaptune.tracking_outage"
 TAG_KIND = "adaptune.kind"  # sweep | trial (| merge, from adaptune.registry)
 PARENT_TAG = "mlflow.parentRunId"
 ADAPTER_MODEL_NAME = "adapter"
@@ -75,16 +77,41 @@ def embedded_artifacts(cluster: ClusterProfile, uri: str) -> str | None:
 
 
 def ui_command(uri: str) -> str:
-    """How a person opens the MLflow UI on this store."""
+    """How a person opens the MLflow UI on this store (any password in the URI masked)."""
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser"
-    return f"mlflow ui --backend-store-uri {uri} --port 5000"
+        return f"open {redact_uri(uri)} in a browser"
+    return f"mlflow ui --backend-store-uri {redact_uri(uri)} --port 5000"
+
+
+CREDENTIALS_FIX = (
+    "Set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment of "
+    "the process that runs adaptune to an account on that server"
+)
 
 
 def check_tracking(cluster: ClusterProfile, source: str) -> list[Problem]:
-    """Whether the tracking store answers, without importing MLflow for a server (one request each)."""
+    """Whether the tracking store answers, without importing MLflow for a server (one request each), with the
+    credentials MLflow's client would send. A password written into the URI is refused: credentials come from
+    the environment only."""
     uri = tracking_uri(cluster)
     key = "mlflow.tracking_uri"
+    shown = redact_uri(uri)
+    if uri_password(uri) is not None:
+        where = "cluster profile" if cluster.mlflow.tracking_uri else "MLFLOW_TRACKING_URI"
+        if uri.startswith(("http://", "https://")):
+            fix = "Remove it from the URI and set " + CREDENTIALS_FIX.removeprefix("Set ")
+        else:
+            fix = "Remove it from the URI and give it to the database driver through the environment (PGPASSWORD "
+            fix += "or ~/.pgpass for PostgreSQL)"
+        return [
+            Problem(
+                source,
+                key,
+                f"{shown} carries a password ({where}); URIs end up in logs, shell histories and job specs, so "
+                "adaptune takes credentials from the environment only",
+                fix,
+            )
+        ]
     if uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
         probe = folder
@@ -106,20 +133,73 @@ def check_tracking(cluster: ClusterProfile, source: str) -> list[Problem]:
         "Start the server (see README: 'A production tracking server'), or fix mlflow.tracking_uri in the "
         "cluster profile / MLFLOW_TRACKING_URI"
     )
+    user, header = tracking_credentials()
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as r:
-            r.read()
-        search = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
-        with urllib.request.urlopen(search, timeout=10) as r:
-            json.loads(r.read())
+        server_request(uri, "/health", header)
+        json.loads(server_request(uri, "/api/2.0/mlflow/experiments/search?max_results=1", header))
     except urllib.error.HTTPError as e:
-        return [Problem(source, key, f"{uri} answered HTTP {e.code} ({e.reason}): not an MLflow tracking server", fix)]
+        if e.code == 401 and header is None:
+            what = f"MLflow tracking server {shown} requires a login (HTTP 401) and no credentials are set"
+            return [Problem(source, key, what, CREDENTIALS_FIX)]
+        if e.code == 401:
+            who = f"user {user!r}" if user else "MLFLOW_TRACKING_TOKEN"
+            what = f"MLflow tracking server {shown} refused the credentials of {who} (HTTP 401)"
+            return [Problem(source, key, what, "Check " + CREDENTIALS_FIX.removeprefix("Set "))]
+        if e.code == 403:
+            return [
+                Problem(
+                    source,
+                    key,
+                    f"MLflow tracking server {shown} does not let {user or 'this token'} search experiments (HTTP 403)",
+                    "Ask an admin of that server for READ permission (or use an account that has it)",
+                )
+            ]
+        what = f"{shown} answered HTTP {e.code} ({e.reason}): not an MLflow tracking server"
+        return [Problem(source, key, what, fix)]
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        return [Problem(source, key, f"MLflow tracking server {uri} is unreachable ({reason})", fix)]
+        return [Problem(source, key, f"MLflow tracking server {shown} is unreachable ({reason})", fix)]
     except ValueError:
-        return [Problem(source, key, f"{uri} did not answer like an MLflow tracking server", fix)]
+        return [Problem(source, key, f"{shown} did not answer like an MLflow tracking server", fix)]
     return []
+
+
+def tracking_credentials() -> tuple[str | None, str | None]:
+    """(user name, Authorization header) that MLflow's client sends a tracking server: basic auth from
+    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (else ~/.mlflow/credentials, as MLflow reads it), else a
+    bearer MLFLOW_TRACKING_TOKEN, else (None, None)."""
+    import base64
+    import configparser
+
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    stored = Path.home() / ".mlflow" / "credentials"
+    if (not user or not password) and stored.is_file():
+        parser = configparser.ConfigParser()
+        parser.read(stored)
+        section = parser["mlflow"] if parser.has_section("mlflow") else {}
+        user = user or section.get("mlflow_tracking_username")
+        password = password or section.get("mlflow_tracking_password")
+    if user and password:
+        return user, "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    return (None, f"Bearer {token}") if token else (None, None)
+
+
+def server_request(uri: str, path: str, authorization: str | None = None, timeout: float = 10) -> bytes:
+    """The body of GET `path` on the tracking server at `uri`, with `authorization` as the Authorization header.
+    A user name in the URI is dropped from the request line (urllib cannot send it there).
+
+    Raises:
+        urllib.error.HTTPError: the server answered with an error status.
+        urllib.error.URLError, OSError: it did not answer.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    base = urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path.rstrip("/"), "", ""))
+    request = urllib.request.Request(base + path, headers={"Authorization": authorization} if authorization else {})
+    with urllib.request.urlopen(request, timeout=timeout) as r:
+        return r.read()
 
 
 def dataset_input(path: str, name: str, digest: str, context: str, rows: int | None = None) -> Any:
@@ -244,6 +324,11 @@ class SweepTracker:
         self.parent_id = ""
         self.children: dict[str, str] = {}  # Ray trial id -> run id
         self.last_step: dict[str, int] = {}  # run id -> last step logged
+        # Tracking-server outages seen while trials ran: [start, end or None] wall times, and the
+        # evaluations that could not be logged live (logged late by `backfill`).
+        self.outages: list[list[float | None]] = []
+        self.missed = 0
+        self.backfilled = 0
 
     # ---- the parent ----
 
@@ -255,10 +340,12 @@ class SweepTracker:
             self.mlc.update_run(found, status="RUNNING")
             for run in self._child_runs():
                 self.children[run.data.tags[TAG_TRIAL]] = run.info.run_id
-            log.info("mlflow: resumed parent run %s (%d trial runs) at %s", found, len(self.children), self.uri)
+            log.info(
+                "mlflow: resumed parent run %s (%d trial runs) at %s", found, len(self.children), redact_uri(self.uri)
+            )
             return found
         if resuming:
-            log.info("mlflow: no parent run for %s found at %s; creating one", self.sweep_id, self.uri)
+            log.info("mlflow: no parent run for %s found at %s; creating one", self.sweep_id, redact_uri(self.uri))
         run = self.mlc.create_run(
             self.experiment_id,
             run_name=self.sweep_id,
@@ -266,7 +353,12 @@ class SweepTracker:
         )
         self.parent_id = run.info.run_id
         self._log_sweep(manifest, sweep_file, cluster_file)
-        log.info("mlflow: parent run %s in experiment %r at %s", self.parent_id, self.sweep.experiment_name, self.uri)
+        log.info(
+            "mlflow: parent run %s in experiment %r at %s",
+            self.parent_id,
+            self.sweep.experiment_name,
+            redact_uri(self.uri),
+        )
         return self.parent_id
 
     def _log_sweep(self, manifest: Any, sweep_file: str, cluster_file: str | None) -> None:
@@ -289,11 +381,12 @@ class SweepTracker:
             "trial.num_workers": self.cluster.trial.num_workers,
         }
         params.update({f"version.{lib}": _version(lib) for lib in LIBRARIES})
-        self.mlc.log_batch(self.parent_id, params=[Param(k, _param(v)) for k, v in params.items()])
+        self.mlc.log_batch(self.parent_id, params=[Param(k, redact_uri(_param(v))) for k, v in params.items()])
         import yaml
 
         for name, section in (("sweep", s), ("cluster", self.cluster), ("search_space", s.search)):
-            text = yaml.safe_dump(section.model_dump(mode="json"), sort_keys=False)
+            # redacted: a tracking URI (or any URI-ish value) with a password in it must not be recorded
+            text = yaml.safe_dump(redacted(section.model_dump(mode="json")), sort_keys=False)
             self.mlc.log_text(self.parent_id, text, f"config/{name}.yaml")
         self.mlc.log_dict(self.parent_id, _manifest_dict(manifest), "data/manifest.json")
         self._log_dataset(manifest)
@@ -323,23 +416,80 @@ class SweepTracker:
                 return {"tracker": None}
 
             def on_trial_start(self, iteration, trials, trial, **info):
-                self._safely(lambda t: t.child(trial.trial_id, trial.config))
+                self._safely(lambda t: t.child(trial.trial_id, trial.config), evaluation=False)
 
             def on_trial_result(self, iteration, trials, trial, result, **info):
-                self._safely(lambda t: t.log_result(t.child(trial.trial_id, trial.config), result))
+                self._safely(lambda t: t.log_result(t.child(trial.trial_id, trial.config), result), evaluation=True)
 
-            def _safely(self, call: Any) -> None:
-                # A tracking server hiccup must not stop trials that cost GPU hours: warn and go on (that
-                # evaluation stays in the trial's checkpoints and the results files). The sweep's end logs
-                # each trial's adapter and status, and fails loudly if MLflow is still gone.
-                if self.tracker is None:
-                    return
-                try:
-                    call(self.tracker)
-                except Exception as e:  # noqa: BLE001 - any client or network error
-                    log.warning("mlflow: could not log to %s (%s); the sweep goes on", self.tracker.uri, e)
+            def _safely(self, call: Any, evaluation: bool) -> None:
+                # A tracking server outage must not stop trials that cost GPU hours, nor stall Tune's event
+                # loop in the client's retries: while the server is down, each event costs one quick probe and
+                # is skipped; the evaluations skipped are logged late from the trials' histories
+                # (`backfill`) and the sweep's result says what happened.
+                if self.tracker is not None:
+                    self.tracker.guarded(call, evaluation)
 
         return MlflowTrials()
+
+    def guarded(self, call: Any, evaluation: bool) -> None:
+        """Run `call(self)` when the tracking server answers a quick probe (the client's own retries would hold
+        Tune's event loop for minutes); otherwise record the outage and the evaluation it cost."""
+        down = bool(self.outages) and self.outages[-1][1] is None
+        if not server_answers(self.uri):
+            if not down:
+                self.outages.append([time.time(), None])
+                log.warning(
+                    "mlflow: %s is unreachable; trials go on, their evaluations are logged later", redact_uri(self.uri)
+                )
+            self.missed += evaluation
+            return
+        if down:
+            self.outages[-1][1] = time.time()
+            log.warning(
+                "mlflow: %s answers again; evaluations missed meanwhile are logged at the end", redact_uri(self.uri)
+            )
+        try:
+            call(self)
+        except Exception as e:  # noqa: BLE001 - any client or server error
+            self.missed += evaluation
+            log.warning("mlflow: could not log to %s (%s); the sweep goes on, logs it later", redact_uri(self.uri), e)
+
+    def backfill(self, rows: list[dict[str, Any]], histories: dict[str, list[dict[str, Any]]]) -> int:
+        """Log every evaluation in the trials' histories that their runs lack (evaluations reported while the
+        server was down; a run the outage kept from being created is created now). Returns how many
+        evaluations were logged late."""
+        from mlflow.entities import Metric
+
+        count = 0
+        for row in rows:
+            history = histories.get(row["trial"], [])
+            run_id = self.child(row["trial"], {k: row[k] for k in self.sweep.search.space if k in row})
+            logged = {m.step for m in self.mlc.get_metric_history(run_id, "eval_loss")}
+            now = int(time.time() * 1000)
+            metrics = []
+            for result in history:
+                step = int(result.get("step") or 0)
+                if step <= 0 or step in logged or result.get("eval_loss") is None:
+                    continue
+                count += 1
+                logged.add(step)
+                metrics += _step_metrics(result, now, step, Metric)
+            for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+                self.mlc.log_batch(run_id, metrics=metrics[i : i + 1000])
+            self.last_step[run_id] = max(logged, default=-1)
+        self.backfilled += count
+        return count
+
+    def outage_note(self) -> str | None:
+        """What the sweep's result says about tracking-server outages, or None when there was none."""
+        if not self.outages and not self.missed:
+            return None
+        seconds = sum((end or time.time()) - start for start, end in self.outages)
+        return (
+            f"MLflow server {redact_uri(self.uri)} was unreachable {len(self.outages)} time(s) during the sweep "
+            f"({seconds:.0f} s in all): {self.missed} evaluation(s) could not be logged live; "
+            f"{self.backfilled} were logged late from the trials' histories"
+        )
 
     def child(self, trial_id: str, config: dict[str, Any]) -> str:
         """The trial's run, created exactly once (keyed by the Ray trial id)."""
@@ -380,21 +530,24 @@ class SweepTracker:
             self.last_step[run_id] = max((m.step for m in history), default=-1)
         if step <= self.last_step[run_id]:
             return
-        now = int(time.time() * 1000)
-        metrics = [
-            Metric(k, float(result[k]), now, step)
-            for k in STEP_METRICS
-            if isinstance(result.get(k), int | float) and math.isfinite(result[k])
-        ]
+        metrics = _step_metrics(result, int(time.time() * 1000), step, Metric)
         if metrics:
             self.mlc.log_batch(run_id, metrics=metrics)
         self.last_step[run_id] = step
 
     # ---- the end ----
 
-    def close(self, rows: list[dict[str, Any]], winner: dict[str, Any] | None, results_dir: Path, interrupted: bool):
+    def close(
+        self,
+        rows: list[dict[str, Any]],
+        winner: dict[str, Any] | None,
+        results_dir: Path,
+        interrupted: bool,
+        note: str | None = None,
+    ):
         """Log each trained trial's adapter as an MLflow model, set every run's final status, and give the parent
-        its plots, results and winner. Returns {trial id: model id} of the logged adapters."""
+        its plots, results, winner and `note` (what happened to tracking). Returns {trial id: model id} of the
+        logged adapters."""
         from adaptune.sweep import RESULTS_CSV, RESULTS_JSON
 
         models = {}
@@ -412,6 +565,8 @@ class SweepTracker:
             self.mlc.log_artifact(self.parent_id, str(results_dir / name), "results")
         self._log_plots(rows)
         metric = self.sweep.search.metric
+        if note:
+            self.mlc.set_tag(self.parent_id, TAG_TRACKING_NOTE, note)
         if winner is not None:
             self.mlc.set_tag(self.parent_id, "adaptune.winner_trial", winner["trial"])
             self.mlc.set_tag(self.parent_id, "adaptune.winner_run_id", self.children[winner["trial"]])
@@ -508,6 +663,46 @@ class SweepTracker:
         return self.mlc.search_runs(
             [self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.parent_id}'", max_results=10000
         )
+
+
+def _step_metrics(result: dict[str, Any], timestamp: int, step: int, metric_cls: Any) -> list[Any]:
+    return [
+        metric_cls(k, float(result[k]), timestamp, step)
+        for k in STEP_METRICS
+        if isinstance(result.get(k), int | float) and not isinstance(result.get(k), bool) and math.isfinite(result[k])
+    ]
+
+
+def server_answers(uri: str, timeout: float = 3.0) -> bool:
+    """Whether the tracking server at `uri` answers at all (any HTTP status counts: an authenticating server
+    that refuses an anonymous probe is up). Stores that are not servers always count as answering."""
+    if not uri.startswith(("http://", "https://")):
+        return True
+    try:
+        server_request(uri, "/health", timeout=timeout)
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError):
+        return False
+    return True
+
+
+TRACKING_WAIT_S = 600  # how long a finished sweep waits for a tracking server that is down
+
+
+def wait_for_server(uri: str, timeout: float, every: float = 5.0) -> bool:
+    """Whether the tracking server answers within `timeout` seconds (a restart), probing every `every` s."""
+    deadline = time.monotonic() + timeout
+    if server_answers(uri):
+        return True
+    log.warning(
+        "mlflow: %s does not answer; waiting up to %.0f s for it to log the sweep's results", redact_uri(uri), timeout
+    )
+    while time.monotonic() < deadline:
+        time.sleep(every)
+        if server_answers(uri):
+            return True
+    return False
 
 
 def text_signature() -> Any:

@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from pathlib import Path
 
-from adaptune.architecture import ArchitectureError, linear_layers, read_model_type, resolve_target_modules
+from adaptune.architecture import (
+    ArchitectureError,
+    custom_code,
+    linear_layers,
+    read_model_type,
+    resolve_target_modules,
+)
 from adaptune.config import ClusterProfile, SweepConfig, resolve_compute_dtype, resolve_path, resolve_precision
 from adaptune.data import find_data_files, find_overlap, load_records
 from adaptune.errors import DataError, Problem, missing_path_hint
@@ -43,7 +50,7 @@ def check_model(sweep: SweepConfig, source: str) -> list[Problem]:
                     missing_path_hint(path) + " (the demo model is built by `adaptune demo-model`)",
                 )
             ]
-        return _check_hub_model(sweep, source)
+        return check_remote_code(sweep, source, None) + _check_hub_model(sweep, source)
     if not local.is_dir():
         return [Problem(source, "model.path", f"{path!r} is a file, not a model directory", "Point at the directory")]
     problems = []
@@ -56,6 +63,7 @@ def check_model(sweep: SweepConfig, source: str) -> list[Problem]:
                 f"Save the tokenizer there (one of {', '.join(TOKENIZER_FILES)})",
             )
         )
+    problems += check_remote_code(sweep, source, local)
     try:
         model_type, layers = read_model_type(local), linear_layers(local)
     except ArchitectureError as e:
@@ -67,6 +75,44 @@ def check_model(sweep: SweepConfig, source: str) -> list[Problem]:
             key = "lora.target_modules" if i == 0 else "search.space.lora.target_modules"
             problems.append(Problem(source, key, str(e), "Pick modules from that list"))
     return problems
+
+
+def check_remote_code(sweep: SweepConfig, source: str, local: Path | None) -> list[Problem]:
+    """Code shipped with a model runs only when `model.trust_remote_code` names that model: a local model whose
+    code transformers would need is refused without it (nothing is run to find out), and a hub model's code is
+    run only from a pinned commit, never from a branch its owners can move."""
+    m = sweep.model
+    if local is None:
+        if m.trust_remote_code and not re.fullmatch(r"[0-9a-f]{40}", m.revision or ""):
+            return [
+                Problem(
+                    source,
+                    "model.revision",
+                    f"model.trust_remote_code runs the Python code of hub model {m.path!r} from revision "
+                    f"{m.revision or 'main'!r}, which its owners can change under you (a supply-chain risk)",
+                    "Pin model.revision to a full commit hash (40 hex characters, from the model's history) after "
+                    "reading that commit's code, or download and review the model and point model.path at it",
+                )
+            ]
+        return []
+    shipped = custom_code(local)
+    if m.trust_remote_code or not shipped:
+        return []
+    from adaptune.model import remote_code_refusal  # imports transformers; only models that ship code get here
+
+    part = remote_code_refusal(str(local))
+    if part is None:
+        return []  # transformers has built-in classes for it; the shipped code is never imported
+    return [
+        Problem(
+            source,
+            "model.trust_remote_code",
+            f"{m.path} loads only by running Python code it ships (transformers has no {part} class of its own "
+            f"for it; the model names {', '.join(shipped)}), and model.trust_remote_code is false",
+            "Read that code; set model.trust_remote_code: true for this model only if you trust its authors, "
+            "or use a model transformers supports natively",
+        )
+    ]
 
 
 def _check_hub_model(sweep: SweepConfig, source: str) -> list[Problem]:
@@ -94,9 +140,11 @@ def _check_hub_model(sweep: SweepConfig, source: str) -> list[Problem]:
 
 
 def check_data(sweep: SweepConfig, source: str) -> list[Problem]:
-    """Each data path names files, and the head of each file has the configured format and columns."""
+    """Each data path names files, the head of each file has the configured format and columns, and no
+    validation or test row asks what a training row asks."""
     problems = []
     d = sweep.data
+    found: dict[str, list[Path]] = {}
     for key, path in (("data.path", d.path), ("data.eval_path", d.eval_path), ("data.test_path", d.test_path)):
         if path is None:
             continue
@@ -108,7 +156,17 @@ def check_data(sweep: SweepConfig, source: str) -> list[Problem]:
                 for p in e.problems
             ]
             continue
-        problems += load_records(files, d, limit=HEAD_ROWS)[1]
+        head_problems = load_records(files, d, limit=HEAD_ROWS)[1]
+        problems += head_problems
+        if not head_problems:
+            found[key] = files
+    if "data.path" in found:
+        for key, what in (("data.eval_path", "A validation set"), ("data.test_path", "A test set")):
+            if key in found:
+                try:
+                    problems += find_overlap(found[key], found["data.path"], d, key, what)
+                except DataError as e:  # a bad row past the head: reading all of the data reports it
+                    problems += e.problems
     return problems + check_frozen(sweep, source)
 
 
@@ -190,7 +248,7 @@ def check_storage(cluster: ClusterProfile, source: str) -> list[Problem]:
         ]
     why = _local_only(path) if nodes > 1 else None
     if why is None:
-        return []
+        return check_storage_space(cluster, source)
     return [
         Problem(
             source,
@@ -200,6 +258,52 @@ def check_storage(cluster: ClusterProfile, source: str) -> list[Problem]:
             "Use a shared filesystem mount present on every node (an absolute path such as /mnt/shared/adaptune-runs)",
         )
     ]
+
+
+def check_storage_space(cluster: ClusterProfile, source: str) -> list[Problem]:
+    """storage_path is (or can be created as) a writable directory with at least `min_free_gb` free."""
+    path = cluster.storage_path
+    p = resolve_path(path).absolute()
+    probe = p
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return [
+            Problem(
+                source, "storage_path", f"{probe} is a file, not a directory (got {path!r})", "Point it at a directory"
+            )
+        ]
+    if not os.access(probe, os.W_OK | os.X_OK):
+        ro = _read_only(probe)
+        why = "is on a read-only filesystem" if ro else "is not writable by this user"
+        return [
+            Problem(
+                source,
+                "storage_path",
+                f"{probe} {why} (got {path!r}): checkpoints, results and the tokenized data are written there",
+                "Give a writable directory (or remount it read-write / fix its permissions)",
+            )
+        ]
+    st = os.statvfs(probe)
+    free_gb = st.f_bavail * st.f_frsize / 2**30
+    if free_gb < cluster.min_free_gb:
+        return [
+            Problem(
+                source,
+                "storage_path",
+                f"{probe} has {free_gb:.2f} GiB free, less than min_free_gb {cluster.min_free_gb:g}: checkpoints "
+                "and the tokenized data would fill it mid-run",
+                "Free space there, use a larger volume, or lower min_free_gb if you know the run is small",
+            )
+        ]
+    return []
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def check_compatibility(sweep: SweepConfig, cluster: ClusterProfile, source: str, cluster_source: str) -> list[Problem]:
@@ -274,6 +378,22 @@ def check_run(
 COMPAT_KEYS = ("quantization.mode", "quantization.quant_storage", "quantization.compute_dtype", "train.precision")
 
 
+def _distinct_valid(sweep: SweepConfig, key: str, values: list) -> list:
+    """The distinct values of a searched key the schema accepts (check_space reports the others): at most a few
+    per key, so the product below stays small however long the lists are."""
+    import json
+
+    distinct = {json.dumps(v, sort_keys=True, default=str): v for v in values}.values()
+    valid = []
+    for v in distinct:
+        try:
+            apply_values(sweep, {key: v})
+        except ValueError:
+            continue
+        valid.append(v)
+    return valid
+
+
 def check_space_compatibility(
     sweep: SweepConfig, cluster: ClusterProfile, source: str, cluster_source: str
 ) -> list[Problem]:
@@ -281,7 +401,8 @@ def check_space_compatibility(
     only some are is fine (those trials are skipped and reported)."""
     import itertools
 
-    searched = {k: v for k in COMPAT_KEYS if (v := finite_values(sweep.search.space, k)) is not None}
+    valid = {k: _distinct_valid(sweep, k, finite_values(sweep.search.space, k) or []) for k in COMPAT_KEYS}
+    searched = {k: v for k, v in valid.items() if v}  # a key with no valid value is check_space's to report
     if not searched:
         return []
     first: list[Problem] = []
