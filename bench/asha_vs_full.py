@@ -17,6 +17,7 @@ import inspect
 import itertools
 import json
 import random
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -31,6 +32,13 @@ SPACE = {
     "lora.target_modules": {"grid": ["attention", "all-linear"]},
     "train.learning_rate": {"grid": [1.0e-3, 4.0e-3]},
 }
+
+# The Markdown goes to stdout, or with --out to a file, which leaves stdout to library and Ray logs.
+OUT = sys.stdout
+
+
+def md(*lines: str) -> None:
+    print(*lines, file=OUT, flush=True)
 
 
 class DriverLoad:
@@ -168,7 +176,11 @@ def main() -> None:
         help="asha: the search comparison (steps and losses, not times); startup: the timings, "
         "which need the machine to themselves",
     )
+    parser.add_argument("--out", help="write the Markdown to this file instead of stdout")
     args = parser.parse_args()
+    global OUT
+    if args.out:
+        OUT = open(args.out, "w", encoding="utf-8")  # noqa: SIM115 - open until the process ends
 
     from adaptune.demo import build_demo_model
 
@@ -184,15 +196,15 @@ def main() -> None:
 def driver_load() -> None:
     """Per sweep: MLflow calls and driver memory, overall and per trial."""
     mb = 2**20
-    print("\n## The sweep driver's load per trial\n")
-    print(
+    md("\n## The sweep driver's load per trial\n")
+    md(
         "| sweep | trials | MLflow tracking calls (per trial) | registry calls | artifact uploads (per trial) | "
         "driver RSS at start, MB | peak, MB |"
     )
-    print("|---|---|---|---|---|---|---|")
+    md("|---|---|---|---|---|---|---|")
     for name, trials, load in DriverLoad.loads:
         c = load.calls
-        print(
+        md(
             f"| {name} | {trials} | {c['tracking']} ({c['tracking'] / trials:.0f}) | {c['registry']} | "
             f"{c['upload']} ({c['upload'] / trials:.1f}) | {load.rss_start / mb:.0f} | {load.rss_peak / mb:.0f} |"
         )
@@ -200,10 +212,10 @@ def driver_load() -> None:
     for _, _, load in DriverLoad.loads:
         for kind, rss in load.actors.items():
             peaks[kind] = max(peaks[kind], rss)
-    print("\n| Ray actor process | peak RSS, MB |")
-    print("|---|---|")
+    md("\n| Ray actor process | peak RSS, MB |")
+    md("|---|---|")
     for kind, rss in sorted(peaks.items(), key=lambda kv: -kv[1]):
-        print(f"| {kind} | {rss / mb:.0f} |")
+        md(f"| {kind} | {rss / mb:.0f} |")
 
 
 def compare_searches(work: Path, model: Path, steps: int, eval_every: int) -> None:
@@ -219,24 +231,24 @@ def compare_searches(work: Path, model: Path, steps: int, eval_every: int) -> No
     }
     steps_full = sum(r["steps"] or 0 for r in full.rows)
     best_full = full.winner["eval_loss"]
-    print(
+    md(
         f"## ASHA vs full search ({len(full.rows)} configurations, {steps} steps each, evaluation every "
         f"{eval_every}; ASHA grace 1 round, reduction factor 3; one trial at a time)\n"
     )
-    print("| search | trials | training steps | share of the full search's steps | best eval_loss | gap | winner |")
-    print("|---|---|---|---|---|---|---|")
-    print(
+    md("| search | trials | training steps | share of the full search's steps | best eval_loss | gap | winner |")
+    md("|---|---|---|---|---|---|---|")
+    md(
         f"| every configuration to the full budget | {len(full.rows)} | {steps_full} | 100% | {best_full:.4f} | | "
         f"{_config(full.winner)} |"
     )
     for name, outcome in searches.items():
         used = sum(r["steps"] or 0 for r in outcome.rows)
         best = outcome.winner["eval_loss"]
-        print(
+        md(
             f"| {name} | {len(outcome.rows)} | {used} | **{100 * used / steps_full:.0f}%** | {best:.4f} | "
             f"**{100 * (best - best_full) / best_full:+.2f}%** | {_config(outcome.winner)} |"
         )
-    print("\nTarget: within 2% of the full search's best eval_loss with at most 40% of its steps.\n")
+    md("\nTarget: within 2% of the full search's best eval_loss with at most 40% of its steps.\n")
 
 
 def _config(row: dict) -> str:
@@ -249,8 +261,8 @@ def startup_by_concurrency(work: Path, model: Path) -> None:
 
     from adaptune.driver import start_local_ray
 
-    print("| trials at once | trials | trial start to first optimizer step, mean s | max s |")
-    print("|---|---|---|---|")
+    md("| trials at once | trials | trial start to first optimizer step, mean s | max s |")
+    md("|---|---|---|---|")
     for n in (1, 2, 4):
         ray.shutdown()
         start_local_ray(num_cpus=2 * n, log_to_driver=False)
@@ -258,8 +270,8 @@ def startup_by_concurrency(work: Path, model: Path) -> None:
             work, f"startup-{n}", model, 5, 5, "none", space={"lora.r": {"grid": [4, 8, 16, 32]}}, concurrent=n
         )
         secs = first_step_seconds(outcome)
-        print(f"| {n} | {len(secs)} | {sum(secs) / len(secs):.1f} | {max(secs):.1f} |")
-    print(
+        md(f"| {n} | {len(secs)} | {sum(secs) / len(secs):.1f} | {max(secs):.1f} |")
+    md(
         "\n(2 physical cores: at 2 and 4 trials at once the workers share the same two cores, so start-up "
         "time measures contention as much as Ray's scheduling.)"
     )

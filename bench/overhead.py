@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +19,13 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "data" / "demo" / "company_faq.jsonl"
+
+# The Markdown goes to stdout, or with --out to a file, which leaves stdout to library and Ray logs.
+OUT = sys.stdout
+
+
+def md(*lines: str) -> None:
+    print(*lines, file=OUT, flush=True)
 
 
 def plain_loop(model_dir: Path, data_dir: Path, steps: int, batch: int, lr: float, threads: int, pad_id: int):
@@ -59,7 +67,11 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", help="write the Markdown to this file instead of stdout")
     args = parser.parse_args()
+    global OUT
+    if args.out:
+        OUT = open(args.out, "w", encoding="utf-8")  # noqa: SIM115 - open until the process ends
 
     from adaptune.demo import build_tiny_model
     from adaptune.demo_data import corpus_text, generate_rows
@@ -122,19 +134,19 @@ def main() -> None:
 
     ratio = steady_adaptune / steady_plain
     params = outcome.final["trainable_params"] / outcome.final["trainable_fraction"]
-    print(
+    md(
         f"## adaptune train vs plain PEFT + torch ({params / 1e6:.1f}M-parameter Llama-style model, "
         f"{args.steps} steps, micro-batch {args.batch}, {int(startup['torch_threads'])} threads, CPU)\n"
     )
-    print("| measure | plain PEFT + torch | adaptune train (1 worker, DeepSpeed ZeRO-2) | ratio |")
-    print("|---|---|---|---|")
-    print(
+    md("| measure | plain PEFT + torch | adaptune train (1 worker, DeepSpeed ZeRO-2) | ratio |")
+    md("|---|---|---|---|")
+    md(
         f"| steady-state step time | {steady_plain * 1000:.1f} ms | {steady_adaptune * 1000:.1f} ms | "
         f"**{ratio:.3f}** (target <= 1.10) |"
     )
-    print(f"| start-up (to first step) | {plain_startup:.1f} s | see breakdown | |")
-    print("\n| adaptune start-up phase | seconds |")
-    print("|---|---|")
+    md(f"| start-up (to first step) | {plain_startup:.1f} s | see breakdown | |")
+    md("\n| adaptune start-up phase | seconds |")
+    md("|---|---|")
     rows = [
         ("config checks + data preparation (tokenize once)", prep_s),
         ("Ray start/connect", ray_s),
@@ -144,8 +156,8 @@ def main() -> None:
         ("DeepSpeed init", startup["deepspeed_init_s"]),
     ]
     for name, seconds in rows:
-        print(f"| {name} | {seconds:.2f} |")
-    print(f"| whole trial (fit() call, including {args.steps} steps and evaluations) | {trial_s:.2f} |")
+        md(f"| {name} | {seconds:.2f} |")
+    md(f"| whole trial (fit() call, including {args.steps} steps and evaluations) | {trial_s:.2f} |")
 
 
 if __name__ == "__main__":
