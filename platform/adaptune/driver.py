@@ -242,6 +242,7 @@ def sweep_plan(plan: RunPlan, resume: str | bool = False, parent_tags: dict[str,
         collect_results,
         pick_winner,
         trial_histories,
+        unfinished_trials,
         write_results,
     )
     from adaptune.tracking import TRACKING_WAIT_S, SweepTracker, ui_command, wait_for_server
@@ -268,10 +269,11 @@ def sweep_plan(plan: RunPlan, resume: str | bool = False, parent_tags: dict[str,
             grid = tuner.fit()
         finally:
             signal.signal(signal.SIGTERM, previous)
-        rows = collect_results(grid, plan.sweep, plan.sweep_root / sweep_id / TRIALS_DIR)
+        unfinished = unfinished_trials(grid)
+        interrupted = bool(unfinished)
+        rows = collect_results(grid, plan.sweep, plan.sweep_root / sweep_id / TRIALS_DIR, unfinished)
         winner = pick_winner(rows, plan.sweep.search)
         directory = plan.sweep_root / sweep_id
-        interrupted = any(not (r.metrics or {}).get("done") and r.error is None for r in grid)
         write_results(rows, winner, directory)
         if not wait_for_server(tracker.uri, TRACKING_WAIT_S):
             raise RuntimeError(

@@ -195,8 +195,18 @@ class SweepOutcome:
     tracking_note: str | None = None  # tracking-server outages during the sweep and what was logged late
 
 
-def _status(result: Any, max_steps: int) -> tuple[str, str]:
-    """(status, reason) of one Tune result."""
+def unfinished_trials(grid: Any) -> set[str]:
+    """Ids of the trials Tune had not ended (still pending or running) when `fit()` returned: the sweep was
+    interrupted. Read from the trials' Tune status, not from the `done` flag of their last result: a trial that
+    ended by returning and was then restored by `--resume` comes back without that flag."""
+    from ray.tune import ExperimentAnalysis
+
+    trials = ExperimentAnalysis(grid.experiment_path).trials
+    return {t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")}
+
+
+def _status(result: Any, max_steps: int, ended: bool) -> tuple[str, str]:
+    """(status, reason) of one Tune result; `ended`: Tune ended the trial (it was not cut off by an interrupt)."""
     if result.error is not None:
         text = str(result.error)
         reason = next(
@@ -208,13 +218,15 @@ def _status(result: Any, max_steps: int) -> tuple[str, str]:
     if last.get("diverged"):
         return DIVERGED, "loss became NaN/inf or exploded; stopped at once"
     if (last.get("step") or 0) < max_steps:
-        # Tune marks the last result of a trial its scheduler stopped `done`; one cut off by the user is not.
-        return (STOPPED_EARLY, "") if last.get("done") else (INTERRUPTED, "")
+        return (STOPPED_EARLY, "") if ended else (INTERRUPTED, "")
     return FINISHED, ""
 
 
-def collect_results(grid: Any, sweep: SweepConfig, trials_dir: Path) -> list[dict[str, Any]]:
+def collect_results(
+    grid: Any, sweep: SweepConfig, trials_dir: Path, unfinished: set[str] | None = None
+) -> list[dict[str, Any]]:
     """One row per trial: id, sampled values, best metric, steps run, wall time, status, adapter path.
+    `unfinished`: the trials an interrupt cut off (`unfinished_trials`).
 
     The adapter is the checkpoint on storage (`trials_dir/<trial id>/`) saved at the trial's best step; the
     path Tune was told is the fallback."""
@@ -224,9 +236,9 @@ def collect_results(grid: Any, sweep: SweepConfig, trials_dir: Path) -> list[dic
     rows = []
     for result in grid:
         last = result.metrics or {}
-        status, reason = _status(result, sweep.train.max_steps)
-        df = result.metrics_dataframe
         trial_id = _trial_id(result)
+        status, reason = _status(result, sweep.train.max_steps, ended=trial_id not in (unfinished or set()))
+        df = result.metrics_dataframe
         best_value, adapter = None, None
         if df is not None and s.metric in df and status not in (DIVERGED, SKIPPED):
             finite = df[df[s.metric].apply(lambda v: v is not None and math.isfinite(v))]

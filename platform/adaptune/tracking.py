@@ -327,7 +327,7 @@ class SweepTracker:
         # Tracking-server outages seen while trials ran: [start, end or None] wall times, and the
         # evaluations that could not be logged live (logged late by `backfill`).
         self.outages: list[list[float | None]] = []
-        self.missed = 0
+        self.missed: set[tuple[str, int]] = set()  # (trial id, step) of each evaluation not logged live
         self.backfilled = 0
 
     # ---- the parent ----
@@ -416,12 +416,14 @@ class SweepTracker:
                 return {"tracker": None}
 
             def on_trial_start(self, iteration, trials, trial, **info):
-                self._safely(lambda t: t.child(trial.trial_id, trial.config), evaluation=False)
+                self._safely(lambda t: t.child(trial.trial_id, trial.config), evaluation=None)
 
             def on_trial_result(self, iteration, trials, trial, result, **info):
-                self._safely(lambda t: t.log_result(t.child(trial.trial_id, trial.config), result), evaluation=True)
+                # keyed by step: a restarted worker group may report an evaluation again
+                step = (trial.trial_id, int(result.get("step") or 0)) if result.get("eval_loss") is not None else None
+                self._safely(lambda t: t.log_result(t.child(trial.trial_id, trial.config), result), evaluation=step)
 
-            def _safely(self, call: Any, evaluation: bool) -> None:
+            def _safely(self, call: Any, evaluation: tuple[str, int] | None) -> None:
                 # A tracking server outage must not stop trials that cost GPU hours, nor stall Tune's event
                 # loop in the client's retries: while the server is down, each event costs one quick probe and
                 # is skipped; the evaluations skipped are logged late from the trials' histories
@@ -431,9 +433,10 @@ class SweepTracker:
 
         return MlflowTrials()
 
-    def guarded(self, call: Any, evaluation: bool) -> None:
+    def guarded(self, call: Any, evaluation: tuple[str, int] | None) -> None:
         """Run `call(self)` when the tracking server answers a quick probe (the client's own retries would hold
-        Tune's event loop for minutes); otherwise record the outage and the evaluation it cost."""
+        Tune's event loop for minutes); otherwise record the outage and the evaluation ((trial id, step), or None
+        for another event) it cost."""
         down = bool(self.outages) and self.outages[-1][1] is None
         if not server_answers(self.uri):
             if not down:
@@ -441,7 +444,8 @@ class SweepTracker:
                 log.warning(
                     "mlflow: %s is unreachable; trials go on, their evaluations are logged later", redact_uri(self.uri)
                 )
-            self.missed += evaluation
+            if evaluation is not None:
+                self.missed.add(evaluation)
             return
         if down:
             self.outages[-1][1] = time.time()
@@ -451,7 +455,8 @@ class SweepTracker:
         try:
             call(self)
         except Exception as e:  # noqa: BLE001 - any client or server error
-            self.missed += evaluation
+            if evaluation is not None:
+                self.missed.add(evaluation)
             log.warning("mlflow: could not log to %s (%s); the sweep goes on, logs it later", redact_uri(self.uri), e)
 
     def backfill(self, rows: list[dict[str, Any]], histories: dict[str, list[dict[str, Any]]]) -> int:
@@ -487,7 +492,7 @@ class SweepTracker:
         seconds = sum((end or time.time()) - start for start, end in self.outages)
         return (
             f"MLflow server {redact_uri(self.uri)} was unreachable {len(self.outages)} time(s) during the sweep "
-            f"({seconds:.0f} s in all): {self.missed} evaluation(s) could not be logged live; "
+            f"({seconds:.0f} s in all): {len(self.missed)} evaluation(s) could not be logged live; "
             f"{self.backfilled} were logged late from the trials' histories"
         )
 
