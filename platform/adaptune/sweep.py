@@ -222,9 +222,7 @@ def _status(result: Any, max_steps: int, ended: bool) -> tuple[str, str]:
     return FINISHED, ""
 
 
-def collect_results(
-    grid: Any, sweep: SweepConfig, trials_dir: Path, unfinished: set[str] | None = None
-) -> list[dict[str, Any]]:
+def collect_results(grid: Any, sweep: SweepConfig, trials_dir: Path, unfinished: set[str]) -> list[dict[str, Any]]:
     """One row per trial: id, sampled values, best metric, steps run, wall time, status, adapter path.
     `unfinished`: the trials an interrupt cut off (`unfinished_trials`).
 
@@ -237,7 +235,7 @@ def collect_results(
     for result in grid:
         last = result.metrics or {}
         trial_id = _trial_id(result)
-        status, reason = _status(result, sweep.train.max_steps, ended=trial_id not in (unfinished or set()))
+        status, reason = _status(result, sweep.train.max_steps, ended=trial_id not in unfinished)
         df = result.metrics_dataframe
         best_value, adapter = None, None
         if df is not None and s.metric in df and status not in (DIVERGED, SKIPPED):
