@@ -25,27 +25,30 @@ MARGIN = 0.1
 
 
 def _aliases(mlc) -> dict[str, str]:
-    return dict(mlc.get_registered_model(MODEL).aliases)
+    return {a: str(v) for a, v in mlc.get_registered_model(MODEL).aliases.items()}
 
 
-@pytest.fixture(scope="module")
-def rounds(ray_cluster, tiny_model, mlflow_server, tmp_path_factory):
-    """All four rounds, one after the other, as a schedule would run them; what each printed and left behind."""
+@pytest.fixture(scope="module", params=["server", "embedded"])
+def rounds(request, ray_cluster, tiny_model, tmp_path_factory):
+    """All four rounds, one after the other, as a schedule would run them; what each printed and left behind.
+    Once against an `mlflow server` on PostgreSQL, once on the embedded SQLite store a new user gets (which
+    hands model versions back as ints)."""
     from mlflow import MlflowClient
 
-    work = tmp_path_factory.mktemp("retrain")
+    work = tmp_path_factory.mktemp(f"retrain-{request.param}")
     cfg = sweep_config(tiny_model, train={"max_steps": 30, "eval_every": 10, "learning_rate": 3e-3})
     cfg["name"] = "retrain-sweep"
     cfg["search"] = {"space": {"lora.r": {"choice": [4, 8]}}, "algorithm": "random", "scheduler": "none"}
     cfg["mlflow"] = {"experiment": "retrain-tests", "registered_model": MODEL}
     cfg["retrain"] = {"frozen_eval_path": str(FROZEN), "margin": MARGIN, "num_samples": 1, "data_mode": "combine"}
     sweep = str(write_yaml(work / "sweep.yaml", cfg))
-    cluster = str(
-        write_yaml(
-            work / "cluster.yaml", {**cluster_config(work / "runs"), "mlflow": {"tracking_uri": mlflow_server.uri}}
-        )
-    )
-    mlc = MlflowClient(tracking_uri=mlflow_server.uri, registry_uri=mlflow_server.uri)
+    if request.param == "server":
+        uri = request.getfixturevalue("mlflow_server").uri
+        profile = {**cluster_config(work / "runs"), "mlflow": {"tracking_uri": uri}}
+    else:
+        uri, profile = f"sqlite:///{(work / 'runs').resolve() / 'mlflow.db'}", cluster_config(work / "runs")
+    cluster = str(write_yaml(work / "cluster.yaml", profile))
+    mlc = MlflowClient(tracking_uri=uri, registry_uri=uri)
     drops = work / "drops"  # the schedule's convention: one dated directory per drop
 
     def retrain(*args: str):
@@ -186,7 +189,7 @@ def test_round4_same_data_again_is_a_no_op(rounds):
     assert "no-op" in out and "already trained on" in out
     assert len(_retrain_runs(rounds["mlc"])) == rounds["runs_before4"]
     assert rounds["aliases4"] == rounds["aliases3"]
-    assert sorted(mv.version for mv in rounds["mlc"].search_model_versions(f"name = '{MODEL}'")) == ["1", "2", "3"]
+    assert sorted(str(mv.version) for mv in rounds["mlc"].search_model_versions(f"name = '{MODEL}'")) == ["1", "2", "3"]
 
 
 def test_rollback_restores_the_previous_champion_and_is_recorded(rounds):

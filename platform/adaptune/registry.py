@@ -35,6 +35,12 @@ class Registration:
     aliases: list[str]
 
 
+def version_str(version: Any) -> str:
+    """A model version as adaptune handles it: text. MLflow's stores disagree on the type (the embedded SQLite
+    store returns ints, a tracking server strings), so every version read from MLflow passes through here."""
+    return str(version)
+
+
 def register_winner(
     mlc: Any,
     name: str,
@@ -57,7 +63,7 @@ def register_winner(
         mlc.create_registered_model(name, description="LoRA adapters registered by adaptune sweeps.")
     for mv in mlc.search_model_versions(f"name = '{name}'"):
         if mv.tags.get(TAG_SWEEP_RUN) == parent_run_id:
-            return Registration(name, mv.version, sorted(mv.aliases))
+            return Registration(name, version_str(mv.version), sorted(mv.aliases))
     mv = mlflow.register_model(
         f"models:/{model_id}",
         name,
@@ -70,13 +76,14 @@ def register_winner(
             TAG_VALUE: f"{value:.6g}",
         },
     )
+    version = version_str(mv.version)
     aliases = [CHALLENGER]
-    mlc.set_registered_model_alias(name, CHALLENGER, mv.version)
+    mlc.set_registered_model_alias(name, CHALLENGER, version)
     if CHAMPION not in mlc.get_registered_model(name).aliases:
-        mlc.set_registered_model_alias(name, CHAMPION, mv.version)
+        mlc.set_registered_model_alias(name, CHAMPION, version)
         aliases.append(CHAMPION)
-    log.info("mlflow: registered %s version %s (%s)", name, mv.version, ", ".join(aliases))
-    return Registration(name, mv.version, aliases)
+    log.info("mlflow: registered %s version %s (%s)", name, version, ", ".join(aliases))
+    return Registration(name, version, aliases)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -107,18 +114,20 @@ def resolve_ref(mlc: Any, ref: str, uri: str) -> ResolvedAdapter:
             raise ConfigError(
                 Problem(uri, ref, f"no registered model {name!r}", f"Registered models: {', '.join(names) or 'none'}")
             ) from None
-        versions = sorted((mv.version for mv in mlc.search_model_versions(f"name = '{name}'")), key=int)
+        found = mlc.search_model_versions(f"name = '{name}'")
+        versions = sorted((version_str(mv.version) for mv in found), key=int)
+        have_aliases = {a: version_str(v) for a, v in model.aliases.items()}
         if alias is not None:
-            if alias not in model.aliases:
-                have = ", ".join(f"@{a} -> version {v}" for a, v in sorted(model.aliases.items())) or "none"
+            if alias not in have_aliases:
+                have = ", ".join(f"@{a} -> version {v}" for a, v in sorted(have_aliases.items())) or "none"
                 raise ConfigError(Problem(uri, ref, f"{name} has no alias {alias!r}", f"Aliases: {have}"))
-            version = model.aliases[alias]
-        elif str(version) not in versions:
+            version = have_aliases[alias]
+        elif str(int(version)) not in versions:  # "01" names version 1
             raise ConfigError(
                 Problem(uri, ref, f"{name} has no version {version}", f"Versions: {', '.join(versions) or 'none'}")
             )
-        mv = mlc.get_model_version(name, str(version))
-        return ResolvedAdapter(ref, name, str(mv.version), _model_uri(mv), mv.run_id)
+        mv = mlc.get_model_version(name, str(int(version)))
+        return ResolvedAdapter(ref, name, version_str(mv.version), _model_uri(mv), mv.run_id)
     try:
         run = mlc.get_run(ref)
     except MlflowException:
@@ -206,7 +215,7 @@ def log_merged(mlc: Any, adapter: ResolvedAdapter, out_dir: Path, report: Any) -
         tags["adaptune.adapter_registered_model"] = adapter.name
     mv = mlflow.register_model(f"models:/{info.model_id}", name, tags=tags)
     log.info("mlflow: registered merged model %s version %s", name, mv.version)
-    return Registration(name, mv.version, [])
+    return Registration(name, version_str(mv.version), [])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -215,7 +224,7 @@ def log_merged(mlc: Any, adapter: ResolvedAdapter, out_dir: Path, report: Any) -
 
 PREVIOUS_CHAMPION = "previous-champion"
 ROLLED_BACK = "rolled-back"
-TAG_DECISION = "adaptune.retrain.decision"  # promoted | kept-champion | first-champion
+TAG_DECISION = "adaptune.retrain.decision"  # promoted | kept-champion | first-champion | failed
 TAG_DECISION_REASON = "adaptune.retrain.reason"
 TAG_FROZEN_LOSS = "adaptune.frozen_eval_loss"
 TAG_RETRAIN_RUN = "adaptune.retrain_run_id"
@@ -226,7 +235,7 @@ def aliases(mlc: Any, name: str) -> dict[str, str]:
     from mlflow.exceptions import MlflowException
 
     try:
-        return dict(mlc.get_registered_model(name).aliases)
+        return {a: version_str(v) for a, v in mlc.get_registered_model(name).aliases.items()}
     except MlflowException:
         return {}
 
@@ -238,6 +247,19 @@ def promote(mlc: Any, name: str, version: str) -> str | None:
         mlc.set_registered_model_alias(name, PREVIOUS_CHAMPION, previous)
     mlc.set_registered_model_alias(name, CHAMPION, version)
     return previous
+
+
+def mark_failed(mlc: Any, name: str, version: str, reason: str, retrain_run_id: str) -> None:
+    """Record on a registered challenger that its retrain failed before deciding (so nobody reads it as still
+    being judged, or as the winner of a round), and take `challenger` off it if the alias still points there."""
+    for key, value in {
+        TAG_DECISION: "failed",
+        TAG_DECISION_REASON: reason[:4000],
+        TAG_RETRAIN_RUN: retrain_run_id,
+    }.items():
+        mlc.set_model_version_tag(name, version, key, value)
+    if aliases(mlc, name).get(CHALLENGER) == version and aliases(mlc, name).get(CHAMPION) != version:
+        mlc.delete_registered_model_alias(name, CHALLENGER)
 
 
 def rollback(mlc: Any, name: str, uri: str) -> tuple[str, str]:

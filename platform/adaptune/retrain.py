@@ -38,6 +38,7 @@ HISTORY = "history.jsonl"
 LOCK = "lock"
 # Decisions
 FIRST_CHAMPION, PROMOTED, KEPT_CHAMPION, NO_OP = "first-champion", "promoted", "kept-champion", "no-op"
+FAILED = "failed"  # the round registered a challenger, then failed before deciding
 
 
 # --------------------------------------------------------------------------------------------------
@@ -382,7 +383,7 @@ def _retrain_locked(
     plan: Any, retrain_id: str, home: Path, drop_path: str, cluster_file: str | None, overrides: list[str]
 ) -> RetrainOutcome:
     from adaptune import registry
-    from adaptune.driver import checked_plan, connect_ray, run_merge, sweep_plan
+    from adaptune.driver import checked_plan, run_merge, sweep_plan
     from adaptune.tracking import (
         TAG_KIND,
         client,
@@ -463,59 +464,19 @@ def _retrain_locked(
             return outcome
         challenger = swept.registration.version
         outcome.challenger = challenger
-
-        # 4. Champion and challenger scored on the frozen set, in one process, by the same code
-        connect_ray(cluster)
-        named = {"challenger": challenger, **({"champion": before} if before not in (None, challenger) else {})}
-        scores = _score(mlc, uri, model, named, home / retrain_id, sweep, cluster)
-        outcome.scores = scores
-        champion_score = scores.get("champion")
-        decision, why = decide(champion_score, scores["challenger"], r.margin)
-        if before == challenger:  # a resumed sweep registered nothing new
-            decision, why = KEPT_CHAMPION, "the challenger is the champion already"
-
-        # 5. Promote, or keep the champion and say why the challenger lost
-        if decision == PROMOTED:
-            registry.promote(mlc, model, challenger)
-        after = registry.aliases(mlc, model).get(registry.CHAMPION)
-        outcome.decision, outcome.message, outcome.champion_after = decision, why, after
-        for key, value in {
-            registry.TAG_DECISION: decision,
-            registry.TAG_DECISION_REASON: why,
-            registry.TAG_FROZEN_LOSS: f"{scores['challenger']:.6g}",
-            registry.TAG_RETRAIN_RUN: run_id,
-        }.items():
-            mlc.set_model_version_tag(model, challenger, key, value)
-        for name, value in scores.items():
-            mlc.log_metric(run_id, f"{name}_frozen_eval_loss", value)
-        if champion_score is not None:
-            mlc.log_metric(run_id, "improvement", champion_score - scores["challenger"])
-        for key, value in {
-            "adaptune.decision": decision,
-            "adaptune.decision_reason": why,
-            "adaptune.challenger_version": challenger,
-            "adaptune.champion_after": after or "",
-            "adaptune.sweep_run_id": swept.parent_run_id,
-        }.items():
-            mlc.set_tag(run_id, key, value)
-        append_history(
-            home / HISTORY,
-            Round(
-                retrain_id,
-                drop,
-                snapshots,
-                before,
-                challenger,
-                decision,
-                after or "",
-                scores,
-                run_id,
-                time.strftime("%Y-%m-%dT%H:%M:%S"),
-            ),
-        )
+        try:
+            _score_and_decide(mlc, uri, outcome, plan, home, swept.parent_run_id)
+        except BaseException as e:
+            # The challenger is registered: the registry must not show it as a version nobody decided on
+            why = f"retrain {retrain_id} failed before deciding: {type(e).__name__}: {e}"
+            registry.mark_failed(mlc, model, challenger, why, run_id)
+            mlc.set_tag(run_id, "adaptune.decision", FAILED)
+            outcome.decision, outcome.message = FAILED, why
+            append_history(home / HISTORY, _round(outcome))
+            raise
 
         # 6. Optionally merge the new champion
-        if r.merge_dir and decision in (PROMOTED, FIRST_CHAMPION):
+        if r.merge_dir and outcome.decision in (PROMOTED, FIRST_CHAMPION):
             cluster_overrides = [o for o in overrides if o.startswith("cluster.")]
             _, report, registration, _ = run_merge(
                 f"{model}@{registry.CHAMPION}", r.merge_dir, cluster_file, uri, cluster_overrides, True, True
@@ -526,6 +487,68 @@ def _retrain_locked(
         return outcome
     finally:
         mlc.set_terminated(run_id, status)
+
+
+def _score_and_decide(mlc: Any, uri: str, outcome: RetrainOutcome, plan: Any, home: Path, sweep_run_id: str) -> None:
+    """Score champion and challenger on the frozen set in one process by the same code, promote the challenger
+    only by the margin, and record the decision on its version, on the retrain run and in the history."""
+    from adaptune import registry
+    from adaptune.driver import connect_ray
+
+    sweep, cluster = plan.sweep, plan.cluster
+    model, challenger, before, run_id = (
+        outcome.registered_model,
+        outcome.challenger,
+        outcome.champion_before,
+        outcome.run_id,
+    )
+    connect_ray(cluster)
+    named = {"challenger": challenger, **({"champion": before} if before not in (None, challenger) else {})}
+    scores = _score(mlc, uri, model, named, home / outcome.retrain_id, sweep, cluster)
+    outcome.scores = scores
+    champion_score = scores.get("champion")
+    decision, why = decide(champion_score, scores["challenger"], sweep.retrain.margin)
+    if before == challenger:  # a resumed sweep registered nothing new
+        decision, why = KEPT_CHAMPION, "the challenger is the champion already"
+    if decision == PROMOTED:
+        registry.promote(mlc, model, challenger)
+    after = registry.aliases(mlc, model).get(registry.CHAMPION)
+    outcome.decision, outcome.message, outcome.champion_after = decision, why, after
+    for key, value in {
+        registry.TAG_DECISION: decision,
+        registry.TAG_DECISION_REASON: why,
+        registry.TAG_FROZEN_LOSS: f"{scores['challenger']:.6g}",
+        registry.TAG_RETRAIN_RUN: run_id,
+    }.items():
+        mlc.set_model_version_tag(model, challenger, key, value)
+    for name, value in scores.items():
+        mlc.log_metric(run_id, f"{name}_frozen_eval_loss", value)
+    if champion_score is not None:
+        mlc.log_metric(run_id, "improvement", champion_score - scores["challenger"])
+    for key, value in {
+        "adaptune.decision": decision,
+        "adaptune.decision_reason": why,
+        "adaptune.challenger_version": challenger,
+        "adaptune.champion_after": after or "",
+        "adaptune.sweep_run_id": sweep_run_id,
+    }.items():
+        mlc.set_tag(run_id, key, value)
+    append_history(home / HISTORY, _round(outcome))
+
+
+def _round(o: RetrainOutcome) -> Round:
+    return Round(
+        o.retrain_id,
+        o.drop,
+        o.snapshots,
+        o.champion_before,
+        o.challenger or "",
+        o.decision,
+        o.champion_after or "",
+        dict(o.scores or {}),
+        o.run_id,
+        time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
 
 
 def _params(
