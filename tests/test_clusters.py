@@ -2,8 +2,9 @@
 config through Ray's own validator, every profile through adaptune's schema, the references between them
 (commands, files, images, capacity, storage), and the storage rule for clusters of more than one node.
 
-Nothing here starts Ray or contacts a cloud: the CRD schemas are files (../shared/schemas/kuberay beside the
-repository) and Ray's launcher validator is a JSON schema plus a few checks."""
+Nothing here starts Ray or contacts a cloud: the CRD schemas are files kept in the repository
+(clusters/kuberay/crds/, with the KubeRay version they came from) and Ray's launcher validator is a JSON schema
+plus a few checks."""
 
 from __future__ import annotations
 
@@ -33,13 +34,13 @@ CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?(,(\d+(-\d+)?)(/\d+)?)*$")
 DOCKERFILE = KUBERAY / "Dockerfile"
 LAUNCHER = CLUSTERS / "aws" / "launcher.yaml"
 K8S_PROFILE, AWS_PROFILE = CLUSTERS / "k8s-gpu.yaml", CLUSTERS / "aws-gpu.yaml"
-CRD_DIR = REPO.parent / "shared" / "schemas" / "kuberay"
+CRD_DIR = KUBERAY / "crds"  # kept in the repository, with the KubeRay version they came from
 CRD_FILES = {
     "RayCluster": "ray.io_rayclusters.yaml",
     "RayJob": "ray.io_rayjobs.yaml",
     "RayCronJob": "ray.io_raycronjobs.yaml",
 }
-SHIPPED_FILES = sorted(p for p in CLUSTERS.rglob("*") if p.is_file())
+SHIPPED_FILES = sorted(p for p in CLUSTERS.rglob("*") if p.is_file() and CRD_DIR not in p.parents)  # CRDs: KubeRay's
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -91,7 +92,7 @@ def _with_defaults(value: Any, schema: dict[str, Any]) -> Any:
 @functools.cache
 def _crd_schema(kind: str, version: str) -> tuple[dict[str, Any], jsonschema.protocols.Validator]:
     path = CRD_DIR / CRD_FILES[kind]
-    assert path.is_file(), f"{path} is missing: clone the shared repository beside this one (../shared)"
+    assert path.is_file(), f"{path} is missing: see clusters/kuberay/crds/README.md"
     crd = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     schema = next(v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"] if v["name"] == version)
     return schema, jsonschema.Draft7Validator(_strict(schema))
