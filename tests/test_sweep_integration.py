@@ -90,6 +90,20 @@ def _committed_states(sweep_dir: Path) -> dict[str, dict]:
     return {name: state for name, state in states.items() if state is not None}
 
 
+def _each_checkpointed_evaluation_is_in_mlflow_once(tmp_path: Path, sweep_dir: Path) -> None:
+    """Every evaluation in a trial's final checkpointed history is in its MLflow run's eval_loss history, once:
+    an evaluation that reached the checkpoint but not Tune before the interrupt was lost from MLflow."""
+    from mlflow import MlflowClient
+
+    mlc = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    exp = mlc.get_experiment_by_name("test")
+    runs = mlc.search_runs([exp.experiment_id], f"tags.`adaptune.sweep_id` = '{sweep_dir.name}'")
+    by_trial = {r.data.tags["adaptune.trial_id"]: r for r in runs if "adaptune.trial_id" in r.data.tags}
+    for trial, state in _trial_states(sweep_dir).items():
+        logged = sorted(m.step for m in mlc.get_metric_history(by_trial[trial].info.run_id, "eval_loss"))
+        assert logged == [h["step"] for h in state["history"]], (trial, logged)
+
+
 def test_sweep_resumes_after_its_driver_is_killed(ray_cluster, tiny_model, tmp_path):
     sweep, cluster = _write(
         tmp_path,
@@ -147,6 +161,7 @@ def test_sweep_resumes_after_its_driver_is_killed(ray_cluster, tiny_model, tmp_p
     children = mlc.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert sorted(c.data.tags["adaptune.trial_id"] for c in children) == sorted(t["trial"] for t in results["trials"])
     assert all(c.info.status == "FINISHED" for c in children) and parent.info.status == "FINISHED"
+    _each_checkpointed_evaluation_is_in_mlflow_once(tmp_path, sweep_dir)
 
 
 def test_ctrl_c_stops_the_sweep_cleanly_and_it_resumes(ray_cluster, tiny_model, tmp_path):
@@ -173,3 +188,4 @@ def test_ctrl_c_stops_the_sweep_cleanly_and_it_resumes(ray_cluster, tiny_model, 
     results = _results(tmp_path)
     assert sorted(t["lora.r"] for t in results["trials"]) == [4, 8]
     assert all(t["status"] == "finished" and t["steps"] == 60 for t in results["trials"])
+    _each_checkpointed_evaluation_is_in_mlflow_once(tmp_path, sweep_dir)

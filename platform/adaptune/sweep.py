@@ -237,19 +237,20 @@ def collect_results(grid: Any, sweep: SweepConfig, trials_dir: Path, unfinished:
         trial_id = _trial_id(result)
         status, reason = _status(result, sweep.train.max_steps, ended=trial_id not in unfinished)
         df = result.metrics_dataframe
+        reported = df.to_dict("records") if df is not None else []
+        evaluations = merge_histories(reported, checkpointed_history(trials_dir / trial_id))
         best_value, adapter = None, None
-        if df is not None and s.metric in df and status not in (DIVERGED, SKIPPED):
-            finite = df[df[s.metric].apply(lambda v: v is not None and math.isfinite(v))]
-            if len(finite):
-                best = finite.loc[finite[s.metric].idxmin() if s.mode == "min" else finite[s.metric].idxmax()]
-                best_value = float(best[s.metric])
-                saved = checkpoints_on_storage(trials_dir / trial_id).get(int(best["step"]))
-                if saved is None and isinstance(best.get("checkpoint_path"), str):
-                    saved = Path(best["checkpoint_path"])
-                if saved is not None and (saved / ADAPTER_DIR).is_dir():
-                    adapter = str(saved / ADAPTER_DIR)
-                else:
-                    log.warning("trial %s: no adapter checkpoint found for its best step %s", trial_id, best["step"])
+        finite = [e for e in evaluations if _finite(e.get(s.metric))]
+        if finite and status not in (DIVERGED, SKIPPED):
+            best = (min if s.mode == "min" else max)(finite, key=lambda e: e[s.metric])
+            best_value = float(best[s.metric])
+            saved = checkpoints_on_storage(trials_dir / trial_id).get(int(best["step"]))
+            if saved is None and isinstance(best.get("checkpoint_path"), str):
+                saved = Path(best["checkpoint_path"])
+            if saved is not None and (saved / ADAPTER_DIR).is_dir():
+                adapter = str(saved / ADAPTER_DIR)
+            else:
+                log.warning("trial %s: no adapter checkpoint found for its best step %s", trial_id, best["step"])
         config = resolve_alpha(dict(result.config or {}), sweep)
         rows.append(
             {
@@ -267,17 +268,46 @@ def collect_results(grid: Any, sweep: SweepConfig, trials_dir: Path, unfinished:
     return rows
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
 def _trial_id(result: Any) -> str:
     return (result.metrics or {}).get("trial_id") or Path(result.path).name
 
 
-def trial_histories(grid: Any) -> dict[str, list[dict[str, Any]]]:
-    """Every result each trial reported, in order, from Tune's record of the trial (kept on storage)."""
+def trial_histories(grid: Any, trials_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every evaluation of each trial, in step order: Tune's record of the trial, completed from the trial's own
+    checkpointed history on storage (`trials_dir/<trial id>/`). An evaluation reaches the checkpoint before it
+    reaches Tune, so a sweep interrupted in between (Ctrl-C while a trial evaluates) and resumed from that
+    checkpoint has the evaluation only there: Tune never hears of it again."""
     out = {}
     for result in grid:
         df = result.metrics_dataframe
-        out[_trial_id(result)] = df.to_dict("records") if df is not None else []
+        trial_id = _trial_id(result)
+        reported = df.to_dict("records") if df is not None else []
+        out[trial_id] = merge_histories(reported, checkpointed_history(trials_dir / trial_id))
     return out
+
+
+def checkpointed_history(run_dir: Path) -> list[dict[str, Any]]:
+    """The evaluations in the trainer state of a trial's latest checkpoint on storage ([] when it has none)."""
+    from adaptune.train_loop import TRAINER_STATE
+
+    by_step = checkpoints_on_storage(run_dir)
+    if not by_step:
+        return []
+    latest = by_step[max(by_step)]
+    state = json.loads((latest / TRAINER_STATE).read_text(encoding="utf-8"))
+    return [{**h, "checkpoint_path": str(by_step.get(h["step"], latest))} for h in state.get("history", [])]
+
+
+def merge_histories(reported: list[dict[str, Any]], checkpointed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tune's results with the checkpointed evaluations Tune lacks, by step (Tune's row wins where both have one:
+    it carries Tune's own columns)."""
+    steps = {int(r.get("step") or 0) for r in reported}
+    merged = [*reported, *(h for h in checkpointed if int(h["step"]) not in steps)]
+    return sorted(merged, key=lambda r: int(r.get("step") or 0))
 
 
 def pick_winner(rows: list[dict[str, Any]], search: SearchConfig) -> dict[str, Any] | None:
