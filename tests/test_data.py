@@ -118,11 +118,27 @@ def test_chat_rows_are_checked(tmp_path):
 
 def test_split_is_deterministic_and_disjoint():
     cfg = DataConfig(path="x", val_fraction=0.1, test_fraction=0.05, split_seed=3)
-    a, b = split_indices(200, cfg), split_indices(200, cfg)
+    keys = [f"q{i}" for i in range(200)]
+    a, b = split_indices(keys, cfg), split_indices(keys, cfg)
     assert a == b
     assert (len(a["train"]), len(a["validation"]), len(a["test"])) == (170, 20, 10)
     assert sorted(a["train"] + a["validation"] + a["test"]) == list(range(200))
-    assert split_indices(200, cfg.model_copy(update={"split_seed": 4})) != a
+    assert split_indices(keys, cfg.model_copy(update={"split_seed": 4})) != a
+
+
+def test_duplicated_rows_stay_on_one_side_of_the_split(tmp_path):
+    """Every row twice: carved at random, most validation prompts would be training prompts too, and eval_loss,
+    ASHA and the winner would measure memorisation."""
+    rows = [r for r in _rows(100) for _ in range(2)]
+    cfg = DataConfig(path=str(_jsonl(tmp_path / "d.jsonl", rows)), val_fraction=0.1, test_fraction=0.1)
+    splits = load_splits(cfg).splits
+    asked = {name: {r["prompt"] for r in split} for name, split in splits.items()}
+    assert len(splits["validation"]) == len(splits["test"]) == 20  # ten prompts, both copies of each
+    assert not asked["train"] & asked["validation"] and not asked["train"] & asked["test"]
+    assert not asked["validation"] & asked["test"]
+    one = [rows[0]] * 5  # a single prompt cannot be split: refused, with the count
+    with pytest.raises(DataError, match=r"the train split is empty \(5 rows in all, 1 distinct prompts\)"):
+        load_splits(DataConfig(path=str(_jsonl(tmp_path / "one.jsonl", one)), val_fraction=0.1))
 
 
 def test_empty_split_is_an_error(tmp_path):
@@ -194,3 +210,39 @@ def test_prepare_once_truncates_packs_and_reuses(tmp_path, tiny_model):
     packed = prepare_dataset(cfg.model_copy(update={"packing": True, "max_seq_length": 128}), str(tiny_model), tmp_path)
     lengths = [len(x) for x in load_from_disk(f"{packed.path}/train")["input_ids"]]
     assert packed.path != m.path and all(n == 128 for n in lengths[:-1])
+
+
+# ---- files exported by common tools ----
+
+
+def test_a_utf8_byte_order_mark_is_accepted_in_jsonl_and_csv(tmp_path):
+    """Excel's "CSV UTF-8" and most Windows exports start with a BOM; it is not part of the first column's name."""
+    bom = b"\xef\xbb\xbf"
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_bytes(bom + b'{"question": "q1?", "answer": "a1."}\n{"question": "q2?", "answer": "a2."}\n')
+    csv_file = tmp_path / "rows.csv"
+    csv_file.write_bytes(bom + b'question,answer\r\nq1?,a1.\r\n"q2, with a comma?","a2\r\non two lines."\r\n')
+    cfg = DataConfig(path=str(tmp_path), columns={"instruction": "question", "output": "answer"})
+    for f in (jsonl, csv_file):
+        records, problems = load_records([f], cfg)
+        assert problems == [] and len(records) == 2, (f, [str(p) for p in problems])
+        assert records[0]["response"] == "a1."
+    assert load_records([csv_file], cfg)[0][1]["response"] == "a2\r\non two lines."
+
+
+def test_a_file_without_a_column_is_named_once_with_its_columns_and_the_key_to_set(tmp_path):
+    bom = b"\xef\xbb\xbf"
+    csv_file = tmp_path / "export.csv"
+    csv_file.write_bytes(bom + b"question,answer\n" + b"".join(b"q%d?,a%d.\n" % (i, i) for i in range(30)))
+    jsonl = _jsonl(tmp_path / "rows.jsonl", [{"question": f"q{i}?", "answer": "a."} for i in range(30)])
+    for f in (csv_file, jsonl):
+        assert _problems([f], DataConfig(path=str(f))) == [
+            f"{f}: data.columns.instruction: no row has the column 'instruction'; its columns are: question, answer. "
+            "Set data.columns.instruction: question, or add a 'instruction' column"
+        ]
+    # Some rows with it, some without: each row that lacks it is named.
+    mixed = _jsonl(tmp_path / "mixed.jsonl", [*_rows(2), {"instruction": "q?"}])
+    assert _problems([mixed], DataConfig(path=str(mixed))) == [
+        f"{mixed}: line 3: missing column 'output' (columns: instruction). Add it or set data.columns.output to the "
+        "right column name"
+    ]

@@ -652,9 +652,9 @@ CASES = [
     Case(
         "data-columns-missing",
         _data_case("rows.jsonl", [{"question": "q", "answer": "a"}]),
-        "line 1",
-        "missing column 'instruction' (columns: question, answer)",
-        "set data.columns.instruction",
+        "data.columns.instruction",
+        "no row has the column 'instruction'; its columns are: question, answer",
+        "Set data.columns.instruction: question",
     ),
     Case(
         "data-row-not-an-object",

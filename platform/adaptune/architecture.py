@@ -66,7 +66,7 @@ def custom_code(model_dir: Path) -> list[str]:
     return sorted(refs)
 
 
-def _safetensors_header(file: Path) -> dict[str, dict]:
+def safetensors_header(file: Path) -> dict[str, dict]:
     with file.open("rb") as f:
         head = f.read(8)
         if len(head) < 8:
@@ -98,7 +98,7 @@ def linear_layers(model_dir: Path) -> list[str]:
         raise ArchitectureError(f"no *.safetensors weights in {model_dir}")
     names = set()
     for file in files:
-        for tensor, info in _safetensors_header(file).items():
+        for tensor, info in safetensors_header(file).items():
             shape = info.get("shape")
             if not tensor.endswith(".weight") or not isinstance(shape, list) or len(shape) != 2:
                 continue

@@ -15,7 +15,7 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ DATA_SUFFIXES = (".jsonl", ".csv", ".parquet")
 CHAT_ROLES = ("system", "user", "assistant")
 MAX_LINE_BYTES = 16 * 1024 * 1024  # a longer line is refused rather than read into memory
 MAX_PROBLEMS = 20
+UTF8_BOM = b"\xef\xbb\xbf"  # a byte-order mark some tools write at the start of UTF-8 files
 IGNORE_INDEX = -100
 
 # A ChatML-style template used when the tokenizer has none.
@@ -124,6 +125,8 @@ def _read_lines(file: Path) -> Iterator[tuple[int, str]]:
                         "Split it into rows, one per line",
                     )
                 )
+            if lineno == 1 and raw.startswith(UTF8_BOM):  # Excel's "CSV UTF-8", most Windows exports
+                raw = raw[len(UTF8_BOM) :]
             try:
                 yield lineno, raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -214,12 +217,51 @@ def _nonempty_str(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
+class MissingColumn(DataError):
+    """A row lacks a column the format needs; `load_records` reports a whole file lacking it once."""
+
+    def __init__(self, file: str, where: str, column: str, key: str, columns: list[str]):
+        self.column, self.key, self.columns = column, key, columns
+        super().__init__(
+            Problem(
+                file,
+                where,
+                f"missing column {column!r} (columns: {', '.join(columns) or 'none'})",
+                f"Add it or set data.columns.{key} to the right column name",
+            )
+        )
+
+    def whole_file(self, file: str) -> Problem:
+        """The one problem for a file none of whose rows has the column."""
+        import difflib
+
+        close = difflib.get_close_matches(self.column, self.columns, n=1, cutoff=0.3)
+        hint = f"data.columns.{self.key}: {close[0]}" if close else f"data.columns.{self.key} to one of them"
+        return Problem(
+            file,
+            f"data.columns.{self.key}",
+            f"no row has the column {self.column!r}; its columns are: {', '.join(self.columns) or 'none'}",
+            f"Set {hint}, or add a {self.column!r} column",
+        )
+
+
+def required_columns(cfg: DataConfig) -> dict[str, str]:
+    """Column name -> its `data.columns` key, for the columns every row of the format must have."""
+    c = cfg.columns
+    if cfg.format == "instruction":
+        return {c.instruction: "instruction", c.output: "output"}
+    return {c.messages: "messages"} if cfg.format == "chat" else {c.text: "text"}
+
+
 def normalize_row(row: Any, cfg: DataConfig, file: str, where: str) -> dict[str, Any]:
     """Turn one raw row into the record the tokenizer step uses, or raise a one-line DataError."""
     c = cfg.columns
 
     def fail(message: str, fix: str) -> DataError:
         return DataError(Problem(file, where, message, fix))
+
+    def missing(column: str, key: str) -> MissingColumn:
+        return MissingColumn(file, where, column, key, [str(k) for k in row])
 
     if not isinstance(row, dict):
         raise fail(f"expected an object with columns, got {type(row).__name__}", "Write one object per row")
@@ -231,10 +273,7 @@ def normalize_row(row: Any, cfg: DataConfig, file: str, where: str) -> dict[str,
     if cfg.format == "instruction":
         for col, key in ((c.instruction, "instruction"), (c.output, "output")):
             if col not in row:
-                raise fail(
-                    f"missing column {col!r} (columns: {', '.join(map(str, row)) or 'none'})",
-                    f"Add it or set data.columns.{key} to the right column name",
-                )
+                raise missing(col, key)
         if not _nonempty_str(row[c.instruction]):
             raise fail(f"empty or non-text {c.instruction!r}", "Give every row an instruction")
         if not _nonempty_str(row[c.output]):
@@ -252,10 +291,7 @@ def normalize_row(row: Any, cfg: DataConfig, file: str, where: str) -> dict[str,
     if cfg.format == "chat":
         messages = row.get(c.messages)
         if messages is None:
-            raise fail(
-                f"missing column {c.messages!r} (columns: {', '.join(map(str, row)) or 'none'})",
-                "Add it or set data.columns.messages to the right column name",
-            )
+            raise missing(c.messages, "messages")
         if isinstance(messages, str):  # CSV cells hold JSON text
             try:
                 messages = json.loads(messages)
@@ -276,13 +312,10 @@ def normalize_row(row: Any, cfg: DataConfig, file: str, where: str) -> dict[str,
             clean.append({"role": m["role"], "content": m["content"]})
         if not any(m["role"] == "assistant" and m["content"].strip() for m in clean):
             raise fail("no non-empty assistant message (empty response)", "Add the assistant's answer")
-        return {"messages": clean}
+        return {"messages": clean, "where": f"{file}: {where}"}  # the template may still refuse it: named
     text = row.get(c.text)
     if text is None:
-        raise fail(
-            f"missing column {c.text!r} (columns: {', '.join(map(str, row)) or 'none'})",
-            "Add it or set data.columns.text to the right column name",
-        )
+        raise missing(c.text, "text")
     if not _nonempty_str(text):
         raise fail(f"empty {c.text!r}", "Remove the row or fill it")
     return {"text": text}
@@ -298,20 +331,47 @@ def load_records(
     records: list[dict[str, Any]] = []
     problems: list[Problem] = []
     for file in files:
+        # A row lacking a required column is named where it is; a file none of whose rows has it, once. Until
+        # a row has it, the rows that lack it wait (the first few of them) to see which of the two this is.
+        waiting: list[MissingColumn] = []
+        none_has_it = True
+        uniform = file.suffix in (".csv", ".parquet")  # every row has the header's columns
         try:
             for where, row in read_rows(file, limit):
                 try:
-                    records.append(normalize_row(row, cfg, str(file), where))
-                except DataError as e:
+                    record = normalize_row(row, cfg, str(file), where)
+                except MissingColumn as e:
+                    if none_has_it:
+                        waiting = waiting if len(waiting) >= MAX_PROBLEMS else [*waiting, e]
+                        if uniform:
+                            break
+                        continue
                     problems.extend(e.problems)
-                    if len(problems) >= MAX_PROBLEMS:
-                        problems.append(
-                            Problem(str(file), "", "too many problems, stopped reading", "Fix the ones above first")
-                        )
-                        return records, problems
+                except DataError as e:
+                    none_has_it = _flush(waiting, problems)
+                    problems.extend(e.problems)
+                else:
+                    none_has_it = _flush(waiting, problems)
+                    records.append(record)
+                if len(problems) >= MAX_PROBLEMS:
+                    problems.append(
+                        Problem(str(file), "", "too many problems, stopped reading", "Fix the ones above first")
+                    )
+                    return records, problems
         except DataError as e:
             problems.extend(e.problems)
+        if none_has_it and len({e.column for e in waiting}) == 1:
+            problems.append(waiting[0].whole_file(str(file)))
+        else:
+            _flush(waiting, problems)
     return records, problems
+
+
+def _flush(waiting: list[MissingColumn], problems: list[Problem]) -> bool:
+    """Name each waiting row that lacks a column (some row had it after all). Returns False: a row has it."""
+    problems.extend(p for e in waiting for p in e.problems)
+    waiting.clear()
+    return False
 
 
 def prompt_key(record: dict[str, Any]) -> str:
@@ -381,9 +441,15 @@ def data_digest(files: list[Path]) -> str:
     return h.hexdigest()
 
 
-def split_indices(n: int, cfg: DataConfig) -> dict[str, list[int]]:
-    """Deterministic train/validation/test row indices for `n` rows from `cfg.split_seed`."""
-    order = list(range(n))
+def split_indices(keys: list[str], cfg: DataConfig) -> dict[str, list[int]]:
+    """Deterministic train/validation/test row indices from `cfg.split_seed`, for rows whose prompts are `keys`
+    (`prompt_key`). Rows that ask the same thing stay on one side: the prompts are shuffled and dealt out, so
+    a duplicated row can never be a validation or test row whose answer was trained on."""
+    n = len(keys)
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    order = list(groups.values())
     random.Random(cfg.split_seed).shuffle(order)
 
     def take(fraction: float, external: str | None) -> int:
@@ -391,13 +457,12 @@ def split_indices(n: int, cfg: DataConfig) -> dict[str, list[int]]:
             return 0
         return max(1, round(n * fraction))
 
-    n_test = take(cfg.test_fraction, cfg.test_path)
-    n_val = take(cfg.val_fraction, cfg.eval_path)
-    return {
-        "test": sorted(order[:n_test]),
-        "validation": sorted(order[n_test : n_test + n_val]),
-        "train": sorted(order[n_test + n_val :]),
-    }
+    wanted = {"test": take(cfg.test_fraction, cfg.test_path), "validation": take(cfg.val_fraction, cfg.eval_path)}
+    out: dict[str, list[int]] = {"test": [], "validation": [], "train": []}
+    for rows in order:
+        split = next((k for k, want in wanted.items() if len(out[k]) < want), "train")
+        out[split] += rows
+    return {k: sorted(v) for k, v in out.items()}
 
 
 @dataclass
@@ -427,7 +492,7 @@ def load_splits(cfg: DataConfig) -> SplitRecords:
     if problems:
         raise DataError(problems)
     rows = loaded["train"]
-    idx = split_indices(len(rows), cfg)
+    idx = split_indices([prompt_key(r) for r in rows], cfg)
     splits = {k: [rows[i] for i in v] for k, v in idx.items()}
     if cfg.eval_path:
         splits["validation"] = loaded["eval"]
@@ -438,7 +503,9 @@ def load_splits(cfg: DataConfig) -> SplitRecords:
         ("validation", "data.val_fraction", "Set data.val_fraction > 0 or data.eval_path"),
     ):
         if not splits[name]:
-            raise DataError(Problem(cfg.path, key, f"the {name} split is empty ({len(rows)} rows in all)", fix))
+            distinct = len({prompt_key(r) for r in rows})
+            counts = f"{len(rows)} rows in all" + (f", {distinct} distinct prompts" if distinct < len(rows) else "")
+            raise DataError(Problem(cfg.path, key, f"the {name} split is empty ({counts})", fix))
     if cfg.test_fraction > 0 and not cfg.test_path and not splits["test"]:
         raise DataError(Problem(cfg.path, "data.test_fraction", "the test split is empty", "Add rows"))
     return SplitRecords(
@@ -453,32 +520,66 @@ def load_splits(cfg: DataConfig) -> SplitRecords:
 # --------------------------------------------------------------------------------------------------
 
 
-def chat_segments(messages: list[dict[str, str]], tokenizer: Any) -> list[tuple[str, bool]]:
-    """Split a rendered conversation into (text, is_response) pieces using the tokenizer's chat template.
+Render = Callable[[list[dict[str, str]], bool], str]  # (messages, add_generation_prompt) -> text
+
+
+def tokenizer_render(tokenizer: Any) -> Render:
+    """The tokenizer's chat template as a `Render`."""
+    return lambda messages, prompt: tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=prompt
+    )
+
+
+def chat_segments(
+    messages: list[dict[str, str]], render: Render, mask_prompt: bool = True, where: str = ""
+) -> list[tuple[str, bool]]:
+    """Split a rendered conversation into (text, is_response) pieces using the chat template.
 
     Each assistant message's text (after the generation prompt) is a response piece; everything else is
-    prompt. Relies on the template rendering a prefix of a conversation as a prefix of its text.
+    prompt. Relies on the template rendering a prefix of a conversation as a prefix of its text; without
+    prompt masking the whole conversation is one piece, and that is not needed. `where` ("file: line 3")
+    names the row in the one-line error for a template that refuses the conversation.
     """
-    render = tokenizer.apply_chat_template
+    file, _, line = where.rpartition(": ")
+
+    def rendered(part: list[dict[str, str]], prompt: bool = False) -> str:
+        try:
+            return render(part, prompt)
+        except Exception as e:  # jinja's TemplateError from raise_exception(), or the template's own bug
+            message = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise DataError(
+                Problem(
+                    file or "chat template",
+                    line,
+                    f"the chat template refuses this conversation ({message})",
+                    "Fix the row to the shape the template accepts (many require user and assistant turns to "
+                    "alternate, starting with user, a system message only first), or remove it",
+                )
+            ) from None
+
+    if not mask_prompt:
+        return [(rendered(messages), True)]
     pieces: list[tuple[str, bool]] = []
     done = ""
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        prompt = render(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
-        full = render(messages[: i + 1], tokenize=False)
+        prompt = rendered(messages[:i], True) if i else ""
+        full = rendered(messages[: i + 1])
         if not prompt.startswith(done) or not full.startswith(prompt):
             raise DataError(
                 Problem(
-                    "chat template",
-                    "data.mask_prompt",
-                    "the tokenizer's chat template does not render conversations prefix by prefix",
-                    "Set data.mask_prompt=false to train on whole conversations",
+                    file or "chat template",
+                    line or "data.mask_prompt",
+                    "the tokenizer's chat template does not render this conversation prefix by prefix, so its "
+                    "responses cannot be told from its prompts",
+                    "Set data.mask_prompt=false to train on whole conversations, or use a template that renders "
+                    "each turn after the previous ones",
                 )
             )
         pieces += [(prompt[len(done) :], False), (full[len(prompt) :], True)]
         done = full
-    rest = render(messages, tokenize=False)[len(done) :]
+    rest = rendered(messages)[len(done) :]
     if rest:
         pieces.append((rest, False))
     return [(t, r) for t, r in pieces if t]
@@ -494,7 +595,8 @@ def tokenize_record(record: dict[str, Any], tokenizer: Any, cfg: DataConfig) -> 
         pieces = [(record["prompt"], False), (record["response"], True)]
         special_first = True
     else:
-        pieces = chat_segments(record["messages"], tokenizer)
+        render = tokenizer_render(tokenizer)
+        pieces = chat_segments(record["messages"], render, cfg.mask_prompt, record.get("where", ""))
         special_first = False  # chat templates write their own BOS
     ids: list[int] = []
     labels: list[int] = []
@@ -576,14 +678,23 @@ def load_tokenizer(model_path: str, trust_remote_code: bool = False, revision: s
     """The base model's tokenizer, with a pad token and a chat template (the fallback when it has none)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(
-        model_source(model_path), trust_remote_code=trust_remote_code, revision=revision
-    )
+    from adaptune.tokenizer_files import loaded_tokenizer_problems
+
+    source = model_source(model_path)
+    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
+    # The same agreement `validate` checks from the files, on what transformers loaded (a tokenizer saved
+    # without tokenizer.json included), before anything is tokenized with it
+    problems = loaded_tokenizer_problems(model_path, Path(source) if Path(source).is_dir() else None, tok)
+    if problems:
+        raise DataError(problems)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if not getattr(tok, "chat_template", None):
         tok.chat_template = FALLBACK_CHAT_TEMPLATE
     return tok
+
+
+SPLIT_RULE = "by-prompt"  # rows with the same prompt on one side; part of the key, so older copies re-prepare
 
 
 def preparation_key(records: SplitRecords, cfg: DataConfig, tokenizer_id: str) -> str:
@@ -593,6 +704,7 @@ def preparation_key(records: SplitRecords, cfg: DataConfig, tokenizer_id: str) -
             "digests": records.digests,
             "data": cfg.model_dump(exclude={"path", "eval_path", "test_path"}),
             "tokenizer": tokenizer_id,
+            "split": SPLIT_RULE,
         },
         sort_keys=True,
     )
@@ -600,8 +712,20 @@ def preparation_key(records: SplitRecords, cfg: DataConfig, tokenizer_id: str) -
 
 
 def _tokenizer_id(tokenizer: Any) -> str:
-    """A digest of the tokenizer's vocabulary and chat template, so a changed tokenizer re-prepares."""
-    h = hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
+    """A digest of everything about the tokenizer that changes the tokens prepared with it, so a changed
+    tokenizer re-prepares: the whole fast tokenizer (vocabulary, merges, normalizer, pre-tokenizer,
+    post-processor with its bos/eos rule, added tokens), the special tokens and their ids (eos is appended to
+    every example, pad is the manifest's pad id), the flags that add bos/eos, and the chat template."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h = hashlib.sha256(
+        backend.to_str().encode() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()
+    )
+    special = {
+        name: [str(getattr(tokenizer, name, None)), getattr(tokenizer, f"{name}_id", None)]
+        for name in ("bos_token", "eos_token", "pad_token", "unk_token")
+    }
+    flags = {k: getattr(tokenizer, k, None) for k in ("add_bos_token", "add_eos_token")}
+    h.update(json.dumps({"special": special, "flags": flags}, sort_keys=True, default=str).encode())
     h.update(str(tokenizer.chat_template).encode())
     return h.hexdigest()[:16]
 

@@ -17,7 +17,7 @@ from adaptune.config import ClusterProfile, SweepConfig, model_source, read_conf
 from adaptune.data import prepare_dataset
 from adaptune.errors import ConfigError, DataError, Problem, StorageError, storage_failure
 from adaptune.search_space import target_candidates
-from adaptune.validate import check_run
+from adaptune.validate import MOSTLY_TRUNCATED, check_run
 
 log = logging.getLogger("adaptune")
 WORKER_GROUP_START_TIMEOUT_S = 600
@@ -52,9 +52,13 @@ def checked_plan(
     problems: list[Problem] | None = None,
 ) -> RunPlan:
     """A plan for configs already loaded, after every pre-flight check (raises ConfigError)."""
-    problems = [*(problems or []), *check_run(sweep, cluster, sweep_file, cluster_file)]
+    found = [*(problems or []), *check_run(sweep, cluster, sweep_file, cluster_file)]
+    problems = [p for p in found if not p.warning]
     if problems or sweep is None or cluster is None:
         raise ConfigError(problems)
+    for p in found:
+        if p.warning:
+            log.warning("warning: %s", p)
     storage = resolve_path(cluster.storage_path)
     return RunPlan(sweep, cluster, sweep_file, cluster_file, storage.resolve() / sweep.name)
 
@@ -81,6 +85,15 @@ def prepare_inputs(plan: RunPlan):
         time.perf_counter() - started,
         manifest.path,
     )
+    truncated, examples = manifest.truncated.get("train", 0), manifest.examples["train"]
+    if truncated > MOSTLY_TRUNCATED * examples:
+        log.warning(
+            "warning: %d of %d training examples were longer than data.max_seq_length=%d and were cut: raise it "
+            "or shorten the rows",
+            truncated,
+            examples,
+            sweep.data.max_seq_length,
+        )
     need = cluster.trial.num_workers * sweep.train.micro_batch_size
     if manifest.examples["train"] < need:
         raise DataError(
@@ -282,7 +295,7 @@ def sweep_plan(plan: RunPlan, resume: str | bool = False, parent_tags: dict[str,
                 f"{directory / 'results.json'} and its checkpoints on storage. Start the server, then log them with "
                 f"`adaptune sweep {plan.sweep_file} --resume {sweep_id}`"
             )
-        tracker.backfill(rows, trial_histories(grid))
+        tracker.backfill(rows, trial_histories(grid, plan.sweep_root / sweep_id / TRIALS_DIR))
         note = tracker.outage_note()
         if note:
             log.warning("%s", note)

@@ -20,6 +20,7 @@ class Problem:
     key: str  # dotted config key, or "row 12" / "line 3" for data
     message: str  # what is wrong, with the bad value
     fix: str = ""  # how to fix it
+    warning: bool = False  # worth saying before the run, but the run can go on
 
     def __str__(self) -> str:
         source, key, message, fix = (_one_line(str(x)) for x in (self.source, self.key, self.message, self.fix))

@@ -16,9 +16,10 @@ from adaptune.architecture import (
     resolve_target_modules,
 )
 from adaptune.config import ClusterProfile, SweepConfig, resolve_compute_dtype, resolve_path, resolve_precision
-from adaptune.data import find_data_files, find_overlap, load_records
+from adaptune.data import chat_segments, find_data_files, find_overlap, load_records, prompt_key, split_indices
 from adaptune.errors import DataError, Problem, missing_path_hint
 from adaptune.search_space import apply_values, check_search, finite_values, target_candidates
+from adaptune.tokenizer_files import read_tokenizer_files, tokenizer_problems
 
 HEAD_ROWS = 100
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
@@ -64,6 +65,7 @@ def check_model(sweep: SweepConfig, source: str) -> list[Problem]:
             )
         )
     problems += check_remote_code(sweep, source, local)
+    problems += tokenizer_problems(source, local)
     try:
         model_type, layers = read_model_type(local), linear_layers(local)
     except ArchitectureError as e:
@@ -372,7 +374,124 @@ def check_run(
         problems += check_compatibility(sweep, cluster, sweep_file, cluster_source) or check_space_compatibility(
             sweep, cluster, sweep_file, cluster_source
         )
+        if not problems:  # tokenizing the head is only worth it for data and a model that are otherwise fine
+            problems += check_examples(sweep, cluster, sweep_file)
     return problems
+
+
+MOSTLY_TRUNCATED = 0.5  # above this share of truncated examples, validate and the run say so
+
+
+def check_examples(sweep: SweepConfig, cluster: ClusterProfile, source: str) -> list[Problem]:
+    """What tokenizing the head of the data shows, as the run would tokenize it (the tokenizer files through
+    the `tokenizers` library, chat rows through the real template): a template that refuses a conversation or
+    does not render it prefix by prefix (the first such row, by file and line), examples longer than
+    max_seq_length (a warning when most are), and fewer training examples than one batch across the workers.
+    A model without a local tokenizer.json is checked when the run loads it."""
+    d, model_dir = sweep.data, resolve_path(sweep.model.path)
+    if not (model_dir / "tokenizer.json").is_file():
+        return []
+    files = find_data_files(d.path, "data.path")
+    heads = [load_records([f], d, limit=HEAD_ROWS) for f in files]
+    head = [r for records, _ in heads for r in records]
+    if any(problems for _, problems in heads) or not head:
+        return []  # check_data reported them
+    from tokenizers import Tokenizer  # the Rust tokenizer alone: no torch, no transformers
+
+    tok, facts = Tokenizer.from_file(str(model_dir / "tokenizer.json")), read_tokenizer_files(model_dir)
+    special = {name: text for name, (text, _) in facts.special.items()} if facts else {}
+    render = _template_render(facts.chat_template if facts else None, special) if d.format == "chat" else None
+
+    def count(text: str, first: bool) -> int:
+        return len(tok.encode(text, add_special_tokens=first).ids)
+
+    lengths, prompts = [], []  # tokens per example, and of its prompt (what masking leaves no loss on)
+    for record in head:
+        if "text" in record:
+            lengths.append(count(record["text"], True) + 1)
+            prompts.append(0)
+        elif "prompt" in record:
+            prompt = count(record["prompt"], True)
+            lengths.append(prompt + count(record["response"], False) + 1)
+            prompts.append(prompt if d.mask_prompt else 0)
+        else:
+            try:
+                pieces = chat_segments(record["messages"], render, d.mask_prompt, record["where"])
+            except DataError as e:
+                return list(e.problems)  # the first offending row: the others likely share its cause
+            sizes = [(count(text, False), is_response) for text, is_response in pieces]
+            lengths.append(sum(n for n, _ in sizes))
+            prompts.append(next((sum(n for n, _ in sizes[:i]) for i, (_, r) in enumerate(sizes) if r), 0))
+    found = []
+    if not d.packing:
+        truncated = sum(n > d.max_seq_length for n in lengths)
+        if all(p >= d.max_seq_length for p in prompts) and d.mask_prompt:
+            return [
+                Problem(
+                    source,
+                    "data.max_seq_length",
+                    f"every prompt of the first {len(head)} rows fills max_seq_length={d.max_seq_length}: no "
+                    "response token is left to learn from",
+                    "Raise data.max_seq_length",
+                )
+            ]
+        if truncated > MOSTLY_TRUNCATED * len(lengths):
+            longest = sorted(lengths)[len(lengths) // 2]
+            found.append(
+                Problem(
+                    source,
+                    "data.max_seq_length",
+                    f"{truncated} of the first {len(lengths)} examples are longer than max_seq_length="
+                    f"{d.max_seq_length} tokens and will be cut (half are longer than {longest}), losing their ends",
+                    f"Raise data.max_seq_length (to about {max(lengths)} to keep them whole), or shorten the rows",
+                    warning=True,
+                )
+            )
+    complete = all(len(records) < HEAD_ROWS for records, _ in heads)
+    return found + _check_batch(sweep, cluster, source, files, head, complete)
+
+
+def _check_batch(
+    sweep: SweepConfig, cluster: ClusterProfile, source: str, files: list[Path], head: list[dict], complete: bool
+) -> list[Problem]:
+    """Fewer training examples than one batch across the workers. The head is all of the data when every file
+    ended before HEAD_ROWS (`complete`); otherwise the data is read in full only when a batch could be larger
+    than the head's training share."""
+    need = cluster.trial.num_workers * sweep.train.micro_batch_size
+    rows = head
+    if not complete:
+        if need <= HEAD_ROWS // 2:
+            return []
+        rows = load_records(files, sweep.data)[0]
+    train = len(split_indices([prompt_key(r) for r in rows], sweep.data)["train"])
+    if train >= need:
+        return []
+    return [
+        Problem(
+            source,
+            "train.micro_batch_size",
+            f"the train split has {train} examples, fewer than one batch across {cluster.trial.num_workers} "
+            f"workers ({cluster.trial.num_workers} x micro_batch_size {sweep.train.micro_batch_size} = {need})",
+            "Add data, or lower train.micro_batch_size or trial.num_workers",
+        )
+    ]
+
+
+def _template_render(template: str | None, special: dict[str, str]):
+    """The chat template as the run renders it: transformers' own renderer (its chat-template module imports
+    jinja2, not torch), with the tokenizer's special tokens as template variables; the built-in fallback when
+    the tokenizer has no template."""
+    from transformers.utils.chat_template_utils import render_jinja_template  # no torch: see the docstring
+
+    from adaptune.data import FALLBACK_CHAT_TEMPLATE
+
+    chosen = template or FALLBACK_CHAT_TEMPLATE
+
+    def render(messages: list[dict[str, str]], prompt: bool) -> str:
+        out, _ = render_jinja_template([messages], chat_template=chosen, add_generation_prompt=prompt, **special)
+        return out[0]
+
+    return render
 
 
 COMPAT_KEYS = ("quantization.mode", "quantization.quant_storage", "quantization.compute_dtype", "train.precision")
