@@ -128,6 +128,7 @@ def test_validate_checks_the_search_space_against_model_and_cluster(tmp_path, ti
 
     some_ok = validate({"space": {"quantization.mode": {"choice": ["none", "8bit"]}}})
     assert some_ok.returncode == 0, some_ok.stderr  # the 8-bit trials are skipped and reported at run time
+    assert "ZeRO-3, quantization none/8bit (searched);" in some_ok.stdout  # what the space samples, not the base
     r = validate({"space": {"quantization.mode": {"choice": ["8bit"]}}})
     assert r.returncode == 2
     assert r.stderr.strip() == (

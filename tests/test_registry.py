@@ -30,8 +30,9 @@ def store(tmp_path):
 def _winner(mlc, experiment: str, sweep_run: str) -> registry.Registration:
     run = mlc.create_run(experiment)
     model = mlc.create_logged_model(experiment, source_run_id=run.info.run_id, name="adapter")
+    base = {"base_model": "org/base", "base_model_ref": "hub:org/base@main"}
     return registry.register_winner(
-        mlc, NAME, model.model_id, sweep_run, run.info.run_id, "d" * 64, "/models/base", "eval_loss", 1.25
+        mlc, NAME, model.model_id, sweep_run, run.info.run_id, "d" * 64, base, "eval_loss", 1.25
     )
 
 
@@ -84,3 +85,36 @@ def test_a_failed_retrain_leaves_its_challenger_marked(store):
     assert tags[registry.TAG_DECISION_REASON].endswith("RuntimeError: boom")
     assert tags[registry.TAG_RETRAIN_RUN] == "run-1"
     assert registry.aliases(mlc, NAME) == {"champion": "1"}  # no undecided @challenger left behind
+
+
+def test_the_base_model_is_recorded_as_a_reference_another_machine_resolves(store, tiny_model, tmp_path):
+    """A base under the storage root is found under another machine's storage root; a hub base is its id and
+    revision; a local base elsewhere keeps its path, and a different model found there is refused."""
+    import shutil
+
+    _, mlc, experiment = store
+    here, there = tmp_path / "storage-here", tmp_path / "storage-there"
+    shutil.copytree(tiny_model, here / "models" / "base")
+    ref = registry.base_reference(str(here / "models" / "base"), None, here)
+    assert ref["base_model_ref"] == "storage:models/base" and len(ref["base_model_fingerprint"]) == 64
+    run = mlc.create_run(experiment)
+    model = mlc.create_logged_model(experiment, source_run_id=run.info.run_id, name="adapter")
+    version = registry.register_winner(mlc, NAME, model.model_id, "s", run.info.run_id, "d" * 64, ref, "eval_loss", 1.0)
+    tags = mlc.get_model_version(NAME, version.version).tags
+    assert tags[registry.TAG_BASE] == "storage:models/base"
+    assert tags[registry.TAG_BASE_FINGERPRINT] == ref["base_model_fingerprint"]
+
+    # The machine that merges mounts the same storage elsewhere; the training machine's path is gone.
+    shutil.copytree(here / "models", there / "models")
+    shutil.rmtree(here)
+    assert registry.resolve_base(ref, there, "m/1") == str(there / "models" / "base")
+    (there / "models" / "base" / "config.json").write_text('{"model_type": "llama", "hidden_size": 64}')
+    with pytest.raises(ConfigError, match="is not the model the adapter was trained on"):
+        registry.resolve_base(ref, there, "m/1")
+    shutil.rmtree(there)
+    with pytest.raises(ConfigError, match=r"base model storage:models/base is not on this machine \(looked in"):
+        registry.resolve_base(ref, there, "m/1")
+
+    hub = registry.base_reference("org/base-7b", "a" * 40, here)
+    assert hub == {"base_model": "org/base-7b", "base_model_ref": f"hub:org/base-7b@{'a' * 40}"}
+    assert registry.resolve_base(hub, there, "m/1") == "org/base-7b"

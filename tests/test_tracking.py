@@ -49,3 +49,19 @@ def test_an_evaluation_only_the_checkpoint_has_reaches_mlflow_once(tmp_path):
     assert tracker.backfill(rows, histories) == 0  # once
     logged = tracker.mlc.get_metric_history(run_id, "eval_loss")
     assert sorted((m.step, round(m.value, 6)) for m in logged) == [(10, 2.9), (20, 2.8), (30, 2.7)]
+
+
+def test_the_printed_mlflow_ui_command_works_for_a_store_path_with_spaces(tmp_path):
+    import shlex
+
+    from mlflow import MlflowClient
+
+    from adaptune.tracking import tracking_uri, ui_command
+
+    store = tmp_path / "company runs" / "q4 sweep"
+    uri = tracking_uri(ClusterProfile(storage_path=str(store)))
+    store.mkdir(parents=True)
+    command = ui_command(uri)
+    words = shlex.split(command)  # what a shell makes of it
+    assert words[:2] == ["mlflow", "ui"] and words[2:4] == ["--backend-store-uri", uri]
+    assert MlflowClient(tracking_uri=words[3]).search_experiments()  # the store opens at that URI

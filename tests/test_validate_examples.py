@@ -120,3 +120,34 @@ def test_fewer_training_examples_than_one_batch_is_refused_by_validate(tiny_mode
         "trial.num_workers"
     )
     assert _check(tmp_path, tiny_model, {"path": str(data)}, micro_batch_size=8) == []
+
+
+def test_a_rank_above_the_adapted_layers_dimensions_is_refused(tiny_model, tmp_path):
+    """The tiny model's k_proj/v_proj are 64x128 (two KV heads of 32): rank 96 cannot be reached there."""
+    cfg = sweep_config(tiny_model, lora={"r": 96, "alpha": 192})
+    cfg["search"] = {"space": {"lora.r": {"choice": [8, 128]}}}
+    sweep = write_yaml(tmp_path / "s.yaml", cfg)
+    s, c, problems = read_configs(sweep, write_yaml(tmp_path / "c.yaml", cluster_config(tmp_path / "runs")))
+    lines = [str(p) for p in check_run(s, c, str(sweep), "c.yaml")]
+    assert [line.split(": ")[1] for line in lines] == ["lora.r", "search.space.lora.r"]
+    assert "rank 96 is above min(in, out) = 64 of the adapted layer model.layers.0.self_attn.k_proj (64x128" in lines[0]
+    assert lines[0].endswith("Use lora.r <= 64, or adapt larger layers") and "rank 128 is above" in lines[1]
+
+
+def test_a_bare_name_that_adapts_attention_and_mlp_is_named(tmp_path):
+    """GPT-2's `c_proj` is the attention output and the MLP's down projection: `validate` says both are adapted."""
+    from adaptune.demo import build_tiny_model
+
+    from .conftest import DEMO_DATA
+
+    texts = [json.loads(line)["output"] for line in DEMO_DATA.read_text(encoding="utf-8").splitlines()[:200]]
+    gpt2 = build_tiny_model(tmp_path / "gpt2", texts, arch="gpt2", hidden_size=64, vocab_size=512)
+    cfg = sweep_config(gpt2, lora={"r": 8, "alpha": 16, "target_modules": ["c_attn", "c_proj"]})
+    sweep = write_yaml(tmp_path / "s.yaml", cfg)
+    r = run_cli("validate", str(sweep), "--cluster", str(write_yaml(tmp_path / "c.yaml", cluster_config(tmp_path))))
+    assert r.returncode == 0, r.stderr
+    assert (
+        f"adaptune: warning: {sweep}: lora.target_modules: 'c_proj' matches layers of 2 kinds (attn.c_proj, "
+        "mlp.c_proj): all of them are adapted. Write 'attn.c_proj' or 'mlp.c_proj' to adapt only one kind"
+    ) in r.stderr
+    assert "'c_attn' matches" not in r.stderr

@@ -86,6 +86,11 @@ def safetensors_header(file: Path) -> dict[str, dict]:
 
 def linear_layers(model_dir: Path) -> list[str]:
     """Full names of the modules holding 2-D weights (linear / Conv1D layers), without embeddings and head."""
+    return sorted(linear_layer_shapes(model_dir))
+
+
+def linear_layer_shapes(model_dir: Path) -> dict[str, list[int]]:
+    """`linear_layers` with each weight's shape (from the safetensors headers)."""
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         pickled = sorted(p.name for p in model_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)
@@ -96,7 +101,7 @@ def linear_layers(model_dir: Path) -> list[str]:
                 "AutoModelForCausalLM.from_pretrained(...).save_pretrained(dir, safe_serialization=True)"
             )
         raise ArchitectureError(f"no *.safetensors weights in {model_dir}")
-    names = set()
+    shapes: dict[str, list[int]] = {}
     for file in files:
         for tensor, info in safetensors_header(file).items():
             shape = info.get("shape")
@@ -105,8 +110,24 @@ def linear_layers(model_dir: Path) -> list[str]:
             module = tensor.removesuffix(".weight")
             if any(part.startswith(_NOT_TARGETS) for part in module.split(".")):
                 continue
-            names.add(module)
-    return sorted(names)
+            shapes[module] = [int(d) for d in shape]
+    return shapes
+
+
+def matched_layers(targets: list[str], layers: list[str]) -> list[str]:
+    """The layers that peft adapts for these target suffixes."""
+    return [m for m in layers if any(_matches(t, m) for t in targets)]
+
+
+def ambiguous_targets(targets: list[str], layers: list[str]) -> dict[str, list[str]]:
+    """Bare names that match layers of more than one kind (GPT-2's `c_proj` is in attention and in the MLP):
+    target -> the distinct parent-qualified names it adapts."""
+    out = {}
+    for t in targets:
+        kinds = sorted({".".join(m.split(".")[-2:]) for m in layers if _matches(t, m)})
+        if len(kinds) > 1:
+            out[t] = kinds
+    return out
 
 
 def _matches(target: str, module: str) -> bool:
@@ -143,6 +164,19 @@ def resolve_target_modules(target: str | list[str], model_type: str, layers: lis
 def _leaf_names(layers: list[str]) -> list[str]:
     """Distinct layer names with their parent (`self_attn.q_proj`), as a user would write them."""
     return sorted({".".join(m.split(".")[-2:]) for m in layers})
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """A cheap identity of a saved model: sha256 over its config.json and each safetensors file's name, size and
+    header (the tensors' names, shapes, dtypes and offsets), not its gigabytes of weights. Two copies of one
+    model agree; a different model, or the same one re-saved in another dtype, does not."""
+    import hashlib
+
+    h = hashlib.sha256((model_dir / "config.json").read_bytes() if (model_dir / "config.json").is_file() else b"")
+    for file in sorted(model_dir.glob("*.safetensors")):
+        h.update(f"{file.name}:{file.stat().st_size}:".encode())
+        h.update(json.dumps(safetensors_header(file), sort_keys=True).encode())
+    return h.hexdigest()
 
 
 def model_directory(source: str, revision: str | None = None) -> Path:

@@ -86,12 +86,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from adaptune.driver import plan_run
+    from adaptune.search_space import finite_values
     from adaptune.tracking import tracking_uri
 
     plan = plan_run(args.sweep, args.cluster, args.overrides)
+    searched = finite_values(plan.sweep.search.space, "quantization.mode")
+    modes = "/".join(dict.fromkeys(map(str, searched))) + " (searched)" if searched else plan.sweep.quantization.mode
     _say(
         f"{args.sweep}: ok ({plan.sweep.name}: {plan.cluster.trial.num_workers} workers per trial, "
-        f"ZeRO-{plan.cluster.deepspeed.zero_stage}, quantization {plan.sweep.quantization.mode}; "
+        f"ZeRO-{plan.cluster.deepspeed.zero_stage}, quantization {modes}; "
         f"MLflow {tracking_uri(plan.cluster)})"
     )
     return EXIT_OK

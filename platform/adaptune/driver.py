@@ -311,7 +311,7 @@ def sweep_plan(plan: RunPlan, resume: str | bool = False, parent_tags: dict[str,
             tracker.parent_id,
             tracker.children[winner["trial"]],
             manifest.digest,
-            model_source(plan.sweep.model.path),
+            tracker.base,
             metric,
             winner[metric],
         )
@@ -351,17 +351,17 @@ def run_merge(
     import tempfile
 
     from adaptune.merge import merge_adapter
-    from adaptune.registry import download_adapter, log_merged, resolve_ref
+    from adaptune.registry import download_adapter, log_merged, resolve_base, resolve_ref
     from adaptune.tracking import ui_command
 
-    _, uri, mlc = registry_access("merge", cluster_file, tracking, overrides)
+    cluster, uri, mlc = registry_access("merge", cluster_file, tracking, overrides)
     adapter = resolve_ref(mlc, ref, uri)
     log.info("merge: %s -> %s (run %s) at %s", ref, adapter.model_uri, adapter.run_id, uri)
     with tempfile.TemporaryDirectory(prefix="adaptune-merge-") as tmp:
         adapter_dir, config = download_adapter(adapter, Path(tmp))
         report = merge_adapter(
             adapter_dir,
-            config["base_model"],
+            resolve_base(config, resolve_path(cluster.storage_path), ref),
             Path(out),
             revision=config.get("revision"),
             trust_remote_code=bool(config.get("trust_remote_code")),

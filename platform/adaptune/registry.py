@@ -21,7 +21,8 @@ MERGED_SUFFIX = "-merged"
 TAG_SWEEP_RUN = "adaptune.sweep_run_id"
 TAG_TRIAL_RUN = "adaptune.trial_run_id"
 TAG_DIGEST = "adaptune.dataset_digest"
-TAG_BASE = "adaptune.base_model"
+TAG_BASE = "adaptune.base_model"  # hub:<id>@<revision> | storage:<path under storage_path> | path:<absolute path>
+TAG_BASE_FINGERPRINT = "adaptune.base_model_fingerprint"  # architecture.model_fingerprint of a local base
 TAG_METRIC = "adaptune.metric"
 TAG_VALUE = "adaptune.metric_value"
 TAG_ADAPTER_VERSION = "adaptune.adapter_version"
@@ -48,12 +49,13 @@ def register_winner(
     parent_run_id: str,
     trial_run_id: str,
     digest: str,
-    base: str,
+    base: dict[str, str],
     metric: str,
     value: float,
 ) -> Registration:
     """Register the winning adapter as a new version of `name`, alias `challenger`, and `champion` if the model
-    has none yet. A resumed sweep that already registered its winner gets that version back."""
+    has none yet, tagged with the base model it needs (`base_reference`). A resumed sweep that already
+    registered its winner gets that version back."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -71,7 +73,8 @@ def register_winner(
             TAG_SWEEP_RUN: parent_run_id,
             TAG_TRIAL_RUN: trial_run_id,
             TAG_DIGEST: digest,
-            TAG_BASE: base,
+            TAG_BASE: base["base_model_ref"],
+            **({TAG_BASE_FINGERPRINT: base["base_model_fingerprint"]} if "base_model_fingerprint" in base else {}),
             TAG_METRIC: metric,
             TAG_VALUE: f"{value:.6g}",
         },
@@ -84,6 +87,69 @@ def register_winner(
         aliases.append(CHAMPION)
     log.info("mlflow: registered %s version %s (%s)", name, version, ", ".join(aliases))
     return Registration(name, version, aliases)
+
+
+# --------------------------------------------------------------------------------------------------
+# The base model an adapter needs, as a reference another machine can resolve
+# --------------------------------------------------------------------------------------------------
+
+
+def base_reference(model_path: str, revision: str | None, storage_root: Path) -> dict[str, str]:
+    """How a registered adapter names its base model: a hub id with its revision; a local model under the
+    storage root by its path there (every node and the machine that merges reach the same storage); any other
+    local model by its absolute path. A local base also gets its fingerprint, so a copy found elsewhere can be
+    checked to be the same model."""
+    from adaptune.architecture import model_fingerprint
+    from adaptune.config import model_source
+
+    source = model_source(model_path)
+    local = Path(source)
+    if not local.is_dir():
+        return {"base_model": source, "base_model_ref": f"hub:{source}@{revision or 'main'}"}
+    root = storage_root.resolve()
+    ref = f"storage:{local.relative_to(root)}" if root in local.parents else f"path:{local}"
+    return {"base_model": source, "base_model_ref": ref, "base_model_fingerprint": model_fingerprint(local)}
+
+
+def resolve_base(config: dict[str, Any], storage_root: Path, source: str) -> str:
+    """The base model to load on this machine for an adapter's model config (see `base_reference`): a base under
+    the storage root is looked up under this machine's storage root first, then at the path it had where it was
+    trained. A local base found must have the recorded fingerprint.
+
+    Raises:
+        ConfigError: the base is nowhere to be found here, or a different model is at its path.
+    """
+    from adaptune.architecture import model_fingerprint
+
+    ref = str(config.get("base_model_ref") or "")
+    kind, _, where = ref.partition(":")
+    if kind == "hub" or (not ref and not Path(config["base_model"]).is_absolute()):
+        return str(config["base_model"])
+    tried = ([str(storage_root.resolve() / where)] if kind == "storage" else []) + [str(config["base_model"])]
+    found = next((p for p in tried if Path(p, "config.json").is_file()), None)
+    if found is None:
+        raise ConfigError(
+            Problem(
+                source,
+                "base model",
+                f"the adapter's base model {ref or config['base_model']} is not on this machine (looked in "
+                f"{', '.join(tried)})",
+                "Copy the base model to one of those paths (a base under storage_path is found under this "
+                "machine's storage_path), or run the merge where it was trained",
+            )
+        )
+    want = config.get("base_model_fingerprint")
+    if want and model_fingerprint(Path(found)) != want:
+        raise ConfigError(
+            Problem(
+                source,
+                "base model",
+                f"{found} is not the model the adapter was trained on (its config and weights differ from the "
+                "fingerprint recorded at training)",
+                "Put the training base model there, or merge where it was trained",
+            )
+        )
+    return found
 
 
 # --------------------------------------------------------------------------------------------------

@@ -98,7 +98,8 @@ def format_sweep(outcome: SweepOutcome) -> str:
         lines.append(f"tracking {outcome.tracking_note}")
     if outcome.registration is not None:
         reg = outcome.registration
-        lines.append(f"registry {reg.name} version {reg.version} ({', '.join('@' + a for a in reg.aliases)})")
+        held = f" ({', '.join('@' + a for a in reg.aliases)})" if reg.aliases else ""  # a resumed sweep's may be none
+        lines.append(f"registry {reg.name} version {reg.version}{held}")
     if outcome.ui:
         lines.append(f"ui       {outcome.ui}")
     return "\n".join(lines)

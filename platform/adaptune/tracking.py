@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import subprocess
 import time
 import urllib.error
@@ -80,7 +81,7 @@ def ui_command(uri: str) -> str:
     """How a person opens the MLflow UI on this store (any password in the URI masked)."""
     if uri.startswith(("http://", "https://")):
         return f"open {redact_uri(uri)} in a browser"
-    return f"mlflow ui --backend-store-uri {redact_uri(uri)} --port 5000"
+    return f"mlflow ui --backend-store-uri {shlex.quote(redact_uri(uri))} --port 5000"  # paths with spaces
 
 
 CREDENTIALS_FIX = (
@@ -318,6 +319,9 @@ class SweepTracker:
     ):
         self.sweep, self.cluster, self.sweep_id, self.targets = sweep, cluster, sweep_id, targets
         self.parent_tags = parent_tags or {}  # e.g. the retrain run this sweep is nested under
+        from adaptune.registry import base_reference
+
+        self.base = base_reference(sweep.model.path, sweep.model.revision, resolve_path(cluster.storage_path))
         self.uri = tracking_uri(cluster)
         self.mlc = client(self.uri)
         self.experiment_id = experiment_id(self.mlc, sweep.experiment_name, embedded_artifacts(cluster, self.uri))
@@ -600,7 +604,7 @@ class SweepTracker:
                 python_model=str(MLFLOW_MODEL_CODE),
                 artifacts={"adapter": str(adapter)},
                 model_config={
-                    "base_model": model_source(self.sweep.model.path),
+                    **self.base,  # base_model, and the reference another machine resolves (registry.resolve_base)
                     "revision": self.sweep.model.revision,
                     "trust_remote_code": self.sweep.model.trust_remote_code,
                 },

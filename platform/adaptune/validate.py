@@ -10,8 +10,11 @@ from pathlib import Path
 
 from adaptune.architecture import (
     ArchitectureError,
+    ambiguous_targets,
     custom_code,
+    linear_layer_shapes,
     linear_layers,
+    matched_layers,
     read_model_type,
     resolve_target_modules,
 )
@@ -67,16 +70,56 @@ def check_model(sweep: SweepConfig, source: str) -> list[Problem]:
     problems += check_remote_code(sweep, source, local)
     problems += tokenizer_problems(source, local)
     try:
-        model_type, layers = read_model_type(local), linear_layers(local)
+        model_type, shapes = read_model_type(local), linear_layer_shapes(local)
     except ArchitectureError as e:
         return [*problems, Problem(source, "model.path", str(e), "Point at a saved Hugging Face model")]
+    layers = sorted(shapes)
+    ranks = [("lora.r", sweep.lora.r)] + [
+        ("search.space.lora.r", r) for r in finite_values(sweep.search.space, "lora.r") or [] if isinstance(r, int)
+    ]
     for i, target in enumerate(target_candidates(sweep)):
+        key = "lora.target_modules" if i == 0 else "search.space.lora.target_modules"
         try:
-            resolve_target_modules(target, model_type, layers)
+            targets = resolve_target_modules(target, model_type, layers)
         except ArchitectureError as e:
-            key = "lora.target_modules" if i == 0 else "search.space.lora.target_modules"
             problems.append(Problem(source, key, str(e), "Pick modules from that list"))
+            continue
+        problems += _rank_problems(source, ranks, matched_layers(targets, layers), shapes, target)
+        if isinstance(target, list):
+            for name, kinds in ambiguous_targets(targets, layers).items():
+                problems.append(
+                    Problem(
+                        source,
+                        key,
+                        f"{name!r} matches layers of {len(kinds)} kinds ({', '.join(kinds)}): all of them are adapted",
+                        f"Write {' or '.join(repr(k) for k in kinds)} to adapt only one kind",
+                        warning=True,
+                    )
+                )
     return problems
+
+
+def _rank_problems(
+    source: str, ranks: list[tuple[str, int]], matched: list[str], shapes: dict[str, list[int]], target: object
+) -> list[Problem]:
+    """A LoRA rank above min(in, out) of an adapted layer cannot be reached by B @ A (rank <= min(d, k)): the
+    extra parameters only cost memory and make alpha/r scale the update down for nothing."""
+    if not matched:
+        return []
+    smallest = min(matched, key=lambda m: min(shapes[m]))
+    limit = min(shapes[smallest])
+    shape = "x".join(map(str, shapes[smallest]))
+    return [
+        Problem(
+            source,
+            key,
+            f"rank {r} is above min(in, out) = {limit} of the adapted layer {smallest} ({shape}; target_modules "
+            f"{target}): a LoRA update B @ A cannot have a higher rank, the extra parameters would be wasted",
+            f"Use lora.r <= {limit}, or adapt larger layers",
+        )
+        for key, r in dict.fromkeys(ranks)
+        if r > limit
+    ]
 
 
 def check_remote_code(sweep: SweepConfig, source: str, local: Path | None) -> list[Problem]:
