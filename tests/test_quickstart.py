@@ -76,6 +76,18 @@ def test_quickstart_script_sweeps_registers_and_merges_on_the_embedded_default(t
 
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     assert merged.config.model_type == "llama"
+    # A version by number on the embedded store (MLflow's SQLite store returns versions as ints).
+    by_version = subprocess.run(
+        [".venv/bin/adaptune", "merge", "quickstart/1", "--out", str(tmp_path / "v1"), "--no-register"]
+        + [f"cluster.storage_path={tmp_path}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert by_version.returncode == 0, by_version.stderr[-3000:]
+    assert "merged   quickstart/1 (quickstart version 1)" in by_version.stdout
     from mlflow import MlflowClient
 
     mlc = MlflowClient(tracking_uri=store, registry_uri=store)

@@ -571,7 +571,7 @@ def test_nothing_mlflow_records_for_a_sweep_holds_a_secret(auth_server, plain_mo
         tracker.parent_id,
         run_id,
         manifest.digest,
-        str(plain_model),
+        tracker.base,
         "eval_loss",
         1.5,
     )
