@@ -245,14 +245,6 @@ class MissingColumn(DataError):
         )
 
 
-def required_columns(cfg: DataConfig) -> dict[str, str]:
-    """Column name -> its `data.columns` key, for the columns every row of the format must have."""
-    c = cfg.columns
-    if cfg.format == "instruction":
-        return {c.instruction: "instruction", c.output: "output"}
-    return {c.messages: "messages"} if cfg.format == "chat" else {c.text: "text"}
-
-
 def normalize_row(row: Any, cfg: DataConfig, file: str, where: str) -> dict[str, Any]:
     """Turn one raw row into the record the tokenizer step uses, or raise a one-line DataError."""
     c = cfg.columns

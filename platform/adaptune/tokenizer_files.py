@@ -118,7 +118,7 @@ def model_token_ids(model_dir: Path) -> dict[str, list[int]]:
 
 def agreement_problems(
     source: str,
-    model_dir: Path,
+    model_dir: Path | None,
     size: int,
     special: dict[str, tuple[str, int | None]],
     rows: int | None,
@@ -126,7 +126,7 @@ def agreement_problems(
 ) -> list[Problem]:
     """The problems of a tokenizer of `size` tokens with these special tokens against a model with `rows`
     embedding rows and these config ids. One line each, naming the model directory and the fix."""
-    where = f"model.path ({model_dir})"
+    where = f"model.path ({model_dir})" if model_dir is not None else "model.path"
     problems = []
     if rows is not None and size > rows:
         problems.append(
@@ -205,4 +205,4 @@ def loaded_tokenizer_problems(source: str, model_dir: Path | None, tokenizer: An
             special[name] = (str(text), tokenizer.convert_tokens_to_ids(str(text)))
     rows = embedding_rows(model_dir) if model_dir is not None else None
     ids = model_token_ids(model_dir) if model_dir is not None else {}
-    return agreement_problems(source, model_dir or Path("."), len(tokenizer), special, rows, ids)
+    return agreement_problems(source, model_dir, len(tokenizer), special, rows, ids)

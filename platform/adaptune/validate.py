@@ -417,7 +417,7 @@ def check_run(
         problems += check_compatibility(sweep, cluster, sweep_file, cluster_source) or check_space_compatibility(
             sweep, cluster, sweep_file, cluster_source
         )
-        if not problems:  # tokenizing the head is only worth it for data and a model that are otherwise fine
+        if all(p.warning for p in problems):  # tokenizing the head is worth it only when nothing else is wrong
             problems += check_examples(sweep, cluster, sweep_file)
     return problems
 
