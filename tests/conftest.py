@@ -173,6 +173,14 @@ def _mlflow_uris_stay_in_their_test():
             os.environ.pop(n, None)
         else:
             os.environ[n] = v
+    # ... and MLflow's own module-level URIs, which outlive the variables: a registry URI set by one test (an
+    # embedded store) would take a later test's `mlflow.register_model` to that store instead of its server.
+    if "mlflow" in sys.modules:
+        from mlflow.tracking._model_registry import utils as registry_utils
+        from mlflow.tracking._tracking_service import utils as tracking_utils
+
+        registry_utils._registry_uri = None
+        tracking_utils._tracking_uri = None
 
 
 @pytest.fixture(scope="session")

@@ -150,7 +150,7 @@ def test_moving_champion_makes_merge_merge_that_version(sweep_run, mlflow_server
     assert f"{MODEL} version {v2.version}" in r.stdout and "largest logit difference" in r.stdout
 
     merged_versions = mlc.search_model_versions(f"name = '{MODEL}-merged'")
-    assert [m.tags["adaptune.adapter_version"] for m in merged_versions] == [v2.version]
+    assert [m.tags["adaptune.adapter_version"] for m in merged_versions] == [str(v2.version)]
     assert sorted(p.suffix for p in out.glob("*.safetensors")) and not list(out.glob("*.bin"))
 
     # The merged model, loaded with plain transformers, is base + the champion's adapter (not version 1's).

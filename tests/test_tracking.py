@@ -65,3 +65,9 @@ def test_the_printed_mlflow_ui_command_works_for_a_store_path_with_spaces(tmp_pa
     words = shlex.split(command)  # what a shell makes of it
     assert words[:2] == ["mlflow", "ui"] and words[2:4] == ["--backend-store-uri", uri]
     assert MlflowClient(tracking_uri=words[3]).search_experiments()  # the store opens at that URI
+
+
+def test_steps_a_stopped_trial_ran_past_its_last_report_are_not_part_of_its_record():
+    """ASHA stopped the trial after its step-10 report; its workers had time to evaluate and checkpoint step 20."""
+    merged = merge_histories([_evaluation(10)], [_evaluation(10), _evaluation(20)])
+    assert [h["step"] for h in merged] == [10]

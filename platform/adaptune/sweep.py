@@ -304,9 +304,11 @@ def checkpointed_history(run_dir: Path) -> list[dict[str, Any]]:
 
 def merge_histories(reported: list[dict[str, Any]], checkpointed: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Tune's results with the checkpointed evaluations Tune lacks, by step (Tune's row wins where both have one:
-    it carries Tune's own columns)."""
+    it carries Tune's own columns). Only evaluations up to the last step Tune heard of count: past it lie the
+    steps a trial's workers ran after ASHA had already stopped the trial, which are not part of its record."""
     steps = {int(r.get("step") or 0) for r in reported}
-    merged = [*reported, *(h for h in checkpointed if int(h["step"]) not in steps)]
+    last = max(steps, default=0)
+    merged = [*reported, *(h for h in checkpointed if int(h["step"]) not in steps and int(h["step"]) <= last)]
     return sorted(merged, key=lambda r: int(r.get("step") or 0))
 
 
