@@ -37,6 +37,10 @@ def _reload_and_compare(tiny_model: Path, adapter: Path, quantization=None, atol
 
     kwargs = {"quantization_config": quantization, "device_map": {"": "cpu"}} if quantization else {}
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32, **kwargs)
+    if quantization:
+        from adaptune.model import keep_4bit_weights_exact
+
+        keep_4bit_weights_exact(base)  # the fp32 path training took, not bitsandbytes' bf16 CPU inference kernel
     model = PeftModel.from_pretrained(base, str(adapter)).eval()
     probe = load_file(str(adapter.parent / "probe.safetensors"))
     with torch.no_grad():

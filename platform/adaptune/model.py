@@ -60,6 +60,22 @@ def load_base_model(sweep: SweepConfig, cluster: ClusterProfile, device: torch.d
             kwargs["device_map"] = {"": str(device or "cpu")}
     model = AutoModelForCausalLM.from_pretrained(model_source(sweep.model.path), **kwargs)
     model.config.use_cache = False
+    if qcfg is not None:
+        keep_4bit_weights_exact(model)
+    return model
+
+
+def keep_4bit_weights_exact(model: Any) -> Any:
+    """Turn off bitsandbytes' CPU inference repacking of 4-bit weights.
+
+    On CPUs with AVX512-BF16, a `Linear4bit`'s first forward in eval mode converts its NF4 weight, in place,
+    into a packed format for a bf16 kernel (bitsandbytes >= 0.48): its outputs move by about 3e-2 against the
+    fp32 dequantize-and-matmul that training uses, and after an evaluation the trial would go on training on
+    top of the repacked weights (which a plain peft reload never reproduces). With it off, evaluation, the probe
+    and a reload all compute what training computes. GPUs never take that path."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
     return model
 
 
