@@ -39,20 +39,19 @@ def test_quickstart_script_sweeps_registers_and_merges_on_the_embedded_default(t
     workers' CPUs, with a stale record of another cluster on the machine."""
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "MLFLOW_TRACKING_URI")}
     env["MERGED_DIR"] = str(tmp_path / "merged")
-    r = subprocess.run(
-        [
-            "bash",
-            "scripts/quickstart.sh",
-            "search.num_samples=2",
-            "train.max_steps=20",
-            "train.eval_every=10",
-            f"cluster.storage_path={tmp_path}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+
+    def run(*command: str, timeout: float) -> subprocess.CompletedProcess:
+        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+
+    storage = f"cluster.storage_path={tmp_path}"
+    r = run(
+        "bash",
+        "scripts/quickstart.sh",
+        "search.num_samples=2",
+        "train.max_steps=20",
+        "train.eval_every=10",
+        storage,
         timeout=1200,
-        env=env,
     )
     assert r.returncode == 0, r.stderr[-4000:]
     assert "search_spaces/quickstart.yaml: ok" in r.stdout
@@ -77,14 +76,15 @@ def test_quickstart_script_sweeps_registers_and_merges_on_the_embedded_default(t
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     assert merged.config.model_type == "llama"
     # A version by number on the embedded store (MLflow's SQLite store returns versions as ints).
-    by_version = subprocess.run(
-        [".venv/bin/adaptune", "merge", "quickstart/1", "--out", str(tmp_path / "v1"), "--no-register"]
-        + [f"cluster.storage_path={tmp_path}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    by_version = run(
+        ".venv/bin/adaptune",
+        "merge",
+        "quickstart/1",
+        "--out",
+        str(tmp_path / "v1"),
+        "--no-register",
+        storage,
         timeout=600,
-        env=env,
     )
     assert by_version.returncode == 0, by_version.stderr[-3000:]
     assert "merged   quickstart/1 (quickstart version 1)" in by_version.stdout

@@ -324,7 +324,8 @@ def mark_failed(mlc: Any, name: str, version: str, reason: str, retrain_run_id: 
         TAG_RETRAIN_RUN: retrain_run_id,
     }.items():
         mlc.set_model_version_tag(name, version, key, value)
-    if aliases(mlc, name).get(CHALLENGER) == version and aliases(mlc, name).get(CHAMPION) != version:
+    held = aliases(mlc, name)
+    if held.get(CHALLENGER) == version and held.get(CHAMPION) != version:
         mlc.delete_registered_model_alias(name, CHALLENGER)
 
 
