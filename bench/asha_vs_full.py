@@ -127,7 +127,7 @@ def run(
     concurrent: int | None = None,
     points: list[dict] | None = None,
 ):
-    from adaptune.driver import run_sweep
+    from adaptune.driver.run import run_sweep
 
     cfg = yaml.safe_load((REPO / "search_spaces" / "quickstart.yaml").read_text())
     cfg.update(name=name)
@@ -182,7 +182,7 @@ def main() -> None:
     if args.out:
         OUT = open(args.out, "w", encoding="utf-8")  # noqa: SIM115 - open until the process ends
 
-    from adaptune.demo import build_demo_model
+    from adaptune.demo.build import build_demo_model
 
     work = Path(tempfile.mkdtemp(prefix="adaptune-bench-asha-"))
     model = build_demo_model(work / "model")
@@ -259,7 +259,7 @@ def startup_by_concurrency(work: Path, model: Path) -> None:
     """n trials at once on a local Ray with 2n logical CPUs: trial start to first optimizer step."""
     import ray
 
-    from adaptune.driver import start_local_ray
+    from adaptune.driver.run import start_local_ray
 
     md("| trials at once | trials | trial start to first optimizer step, mean s | max s |")
     md("|---|---|---|---|")

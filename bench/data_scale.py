@@ -44,7 +44,7 @@ def _prepare(sweep: str, cluster: str) -> dict:
     import datasets  # noqa: F401 - imported inside prepare_dataset; a one-off cost per process, not per row
     import transformers  # noqa: F401
 
-    from adaptune.driver import plan_run, prepare_inputs
+    from adaptune.driver.run import plan_run, prepare_inputs
 
     imports = time.perf_counter() - started
     started = time.perf_counter()
@@ -71,7 +71,7 @@ def _trial_access(data_dir: str, batch: int, seed: int) -> dict:
     import torch
     from datasets import load_from_disk
 
-    from adaptune.train_loop import collate, train_batches
+    from adaptune.worker.train_loop import collate, train_batches
 
     imports = time.perf_counter() - started
     rss0 = _rss()
@@ -116,7 +116,7 @@ def fresh(call: str, *args) -> dict:
 
 def write_rows(path: Path, n: int) -> float:
     """n distinct demo FAQ rows as JSONL; returns the seconds spent generating them (not part of any figure)."""
-    from adaptune.demo_data import generate_rows, write_jsonl
+    from adaptune.demo.rows import generate_rows, write_jsonl
 
     started = time.perf_counter()
     write_jsonl(generate_rows(n), path)
@@ -140,8 +140,8 @@ def main() -> None:
         print(json.dumps(fn(*rest) if fn is _prepare else fn(rest[0], int(rest[1]), int(rest[2]))))
         return
 
-    from adaptune.demo import build_tiny_model
-    from adaptune.demo_data import corpus_text, generate_rows
+    from adaptune.demo.build import build_tiny_model
+    from adaptune.demo.rows import corpus_text, generate_rows
 
     sizes = [int(s) for s in args.sizes.split(",")]
     work = Path(tempfile.mkdtemp(prefix="adaptune-bench-data-"))

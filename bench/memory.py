@@ -89,8 +89,8 @@ def _mapped_rss(smaps: str, suffix: str) -> int:
 
 
 def build_model(out: Path, hidden: int, layers: int) -> Path:
-    from adaptune.demo import build_tiny_model
-    from adaptune.demo_data import corpus_text, generate_rows
+    from adaptune.demo.build import build_tiny_model
+    from adaptune.demo.rows import corpus_text, generate_rows
 
     return build_tiny_model(out, corpus_text(generate_rows(400)), hidden_size=hidden, layers=layers, vocab_size=4096)
 
@@ -142,7 +142,7 @@ def loaded_bytes(model) -> dict[str, int]:
 def load_both_ways(model: Path, steps: int) -> dict[str, dict]:
     """Load the base the way a trial's worker does (`adaptune.model.load_base_model`) in each mode."""
     from adaptune.config import ClusterProfile, SweepConfig
-    from adaptune.model import load_base_model
+    from adaptune.worker.model import load_base_model
 
     out = {}
     for mode in ("none", "4bit"):
@@ -165,9 +165,9 @@ def load_both_ways(model: Path, steps: int) -> dict[str, dict]:
 def trainable_by_rank(model: Path, steps: int) -> list[tuple[int, str, int, int]]:
     """(rank, target set, trainable, total) from peft's own count on the fp32 base, LoRA attached as adaptune
     attaches it."""
-    from adaptune.architecture import target_modules_for
     from adaptune.config import ClusterProfile, SweepConfig
-    from adaptune.model import add_lora, load_base_model, trainable_parameters
+    from adaptune.preflight.architecture import target_modules_for
+    from adaptune.worker.model import add_lora, load_base_model, trainable_parameters
 
     rows = []
     for target in ("attention", "all-linear"):

@@ -129,7 +129,7 @@ def logger(uri: str, experiment_id: str, index: int, steps: int, artifact: str, 
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
-    from adaptune.tracking import STEP_METRICS
+    from adaptune.records import STEP_METRICS
 
     client = MlflowClient(uri)
     out = {"index": index, "run_id": None, "errors": [], "latency": collections.defaultdict(list)}
@@ -173,7 +173,7 @@ def logger(uri: str, experiment_id: str, index: int, steps: int, artifact: str, 
 def load(setup: Setup, work: Path, loggers: int, steps: int, artifact_mb: int) -> dict:
     from mlflow import MlflowClient
 
-    from adaptune.tracking import STEP_METRICS
+    from adaptune.records import STEP_METRICS
 
     workdir = Path(tempfile.mkdtemp(prefix=f"{setup.backend}-{loggers}-", dir=work))
     artifact = work / "adapter_model.safetensors"
@@ -242,7 +242,7 @@ def main() -> None:
     if args.out:
         OUT = open(args.out, "w", encoding="utf-8")  # noqa: SIM115 - open until the process ends
 
-    from adaptune.tracking import STEP_METRICS
+    from adaptune.records import STEP_METRICS
 
     # No internet here: MLflow's usage telemetry would only retry in the background (and count as retries).
     os.environ.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")

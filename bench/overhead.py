@@ -35,7 +35,7 @@ def plain_loop(model_dir: Path, data_dir: Path, steps: int, batch: int, lr: floa
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from adaptune.train_loop import collate, train_batches
+    from adaptune.worker.train_loop import collate, train_batches
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
@@ -73,10 +73,10 @@ def main() -> None:
     if args.out:
         OUT = open(args.out, "w", encoding="utf-8")  # noqa: SIM115 - open until the process ends
 
-    from adaptune.demo import build_tiny_model
-    from adaptune.demo_data import corpus_text, generate_rows
-    from adaptune.driver import connect_ray, pin_paths, plan_run, prepare_inputs
-    from adaptune.trial import run_trial
+    from adaptune.demo.build import build_tiny_model
+    from adaptune.demo.rows import corpus_text, generate_rows
+    from adaptune.driver.run import connect_ray, pin_paths, plan_run, prepare_inputs
+    from adaptune.driver.trial import run_trial
 
     work = Path(tempfile.mkdtemp(prefix="adaptune-bench-"))
     model_dir = build_tiny_model(

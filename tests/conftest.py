@@ -186,7 +186,7 @@ def _mlflow_uris_stay_in_their_test():
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A 2-layer Llama-style model with a tokenizer trained on the demo data, briefly pre-trained."""
-    from adaptune.demo import build_demo_model
+    from adaptune.demo.build import build_demo_model
 
     return build_demo_model(tmp_path_factory.mktemp("tiny") / "model", DEMO_DATA, pretrain_steps=150)
 
@@ -206,7 +206,7 @@ def ray_cluster(tmp_path_factory):
     through RAY_ADDRESS; `ray start` enables token auth, so clients run with RAY_AUTH_MODE=token.
     """
     port = free_port()
-    from adaptune.driver import WORKER_GROUP_START_TIMEOUT_S
+    from adaptune.driver.run import WORKER_GROUP_START_TIMEOUT_S
 
     env = ray_env(RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=str(WORKER_GROUP_START_TIMEOUT_S))
     log = tmp_path_factory.mktemp("ray") / "ray-start.log"

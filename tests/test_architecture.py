@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from adaptune.architecture import ArchitectureError, linear_layers, read_model_type, resolve_target_modules
-from adaptune.demo import build_tiny_model
+from adaptune.demo.build import build_tiny_model
+from adaptune.preflight.architecture import ArchitectureError, linear_layers, read_model_type, resolve_target_modules
 
 CORPUS = ["the router has four ports", "reset it with a paperclip", "warranty lasts two years"] * 20
 

@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from adaptune.config import ClusterProfile, read_configs
-from adaptune.sweep import concurrency
-from adaptune.validate import check_resources, check_run, check_storage
+from adaptune.driver.sweep import concurrency
+from adaptune.preflight.validate import check_resources, check_run, check_storage
 
 from .conftest import REPO
 

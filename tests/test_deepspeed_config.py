@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from adaptune.config import ClusterProfile, SweepConfig
-from adaptune.deepspeed_config import build_deepspeed_config
+from adaptune.worker.deepspeed_config import build_deepspeed_config
 
 
 def _configs(stage: int, use_gpu: bool = False, **ds):

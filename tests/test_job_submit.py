@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from adaptune.driver import WORKER_GROUP_START_TIMEOUT_S
+from adaptune.driver.run import WORKER_GROUP_START_TIMEOUT_S
 
 from .conftest import RAY, REPO, free_port, ray_env, stop_ray, sweep_config, write_yaml
 

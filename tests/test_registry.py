@@ -7,12 +7,12 @@ failed on it with `sequence item 0: expected str instance, int found` before ver
 
 from __future__ import annotations
 
-import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from adaptune import registry
+from adaptune import names
 from adaptune.errors import ConfigError
+from adaptune.tracking import models, registry
 
 NAME = "support-bot"
 
@@ -22,8 +22,6 @@ def store(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlc = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = mlc.create_experiment("e", artifact_location=(tmp_path / "artifacts").as_uri())
-    mlflow.set_tracking_uri(uri)  # register_winner registers through mlflow's module API
-    mlflow.set_registry_uri(uri)
     return uri, mlc, experiment
 
 
@@ -81,9 +79,9 @@ def test_a_failed_retrain_leaves_its_challenger_marked(store):
     registry.mark_failed(mlc, NAME, challenger, "retrain r1 failed before deciding: RuntimeError: boom", "run-1")
 
     tags = mlc.get_model_version(NAME, challenger).tags
-    assert tags[registry.TAG_DECISION] == "failed"
-    assert tags[registry.TAG_DECISION_REASON].endswith("RuntimeError: boom")
-    assert tags[registry.TAG_RETRAIN_RUN] == "run-1"
+    assert tags[names.TAG_RETRAIN_DECISION] == "failed"
+    assert tags[names.TAG_RETRAIN_REASON].endswith("RuntimeError: boom")
+    assert tags[names.TAG_RETRAIN_RUN] == "run-1"
     assert registry.aliases(mlc, NAME) == {"champion": "1"}  # no undecided @challenger left behind
 
 
@@ -95,26 +93,26 @@ def test_the_base_model_is_recorded_as_a_reference_another_machine_resolves(stor
     _, mlc, experiment = store
     here, there = tmp_path / "storage-here", tmp_path / "storage-there"
     shutil.copytree(tiny_model, here / "models" / "base")
-    ref = registry.base_reference(str(here / "models" / "base"), None, here)
+    ref = models.base_reference(str(here / "models" / "base"), None, here)
     assert ref["base_model_ref"] == "storage:models/base" and len(ref["base_model_fingerprint"]) == 64
     run = mlc.create_run(experiment)
     model = mlc.create_logged_model(experiment, source_run_id=run.info.run_id, name="adapter")
     version = registry.register_winner(mlc, NAME, model.model_id, "s", run.info.run_id, "d" * 64, ref, "eval_loss", 1.0)
     tags = mlc.get_model_version(NAME, version.version).tags
-    assert tags[registry.TAG_BASE] == "storage:models/base"
-    assert tags[registry.TAG_BASE_FINGERPRINT] == ref["base_model_fingerprint"]
+    assert tags[names.TAG_BASE] == "storage:models/base"
+    assert tags[names.TAG_BASE_FINGERPRINT] == ref["base_model_fingerprint"]
 
     # The machine that merges mounts the same storage elsewhere; the training machine's path is gone.
     shutil.copytree(here / "models", there / "models")
     shutil.rmtree(here)
-    assert registry.resolve_base(ref, there, "m/1") == str(there / "models" / "base")
+    assert models.resolve_base(ref, there, "m/1") == str(there / "models" / "base")
     (there / "models" / "base" / "config.json").write_text('{"model_type": "llama", "hidden_size": 64}')
     with pytest.raises(ConfigError, match="is not the model the adapter was trained on"):
-        registry.resolve_base(ref, there, "m/1")
+        models.resolve_base(ref, there, "m/1")
     shutil.rmtree(there)
     with pytest.raises(ConfigError, match=r"base model storage:models/base is not on this machine \(looked in"):
-        registry.resolve_base(ref, there, "m/1")
+        models.resolve_base(ref, there, "m/1")
 
-    hub = registry.base_reference("org/base-7b", "a" * 40, here)
+    hub = models.base_reference("org/base-7b", "a" * 40, here)
     assert hub == {"base_model": "org/base-7b", "base_model_ref": f"hub:org/base-7b@{'a' * 40}"}
-    assert registry.resolve_base(hub, there, "m/1") == "org/base-7b"
+    assert models.resolve_base(hub, there, "m/1") == "org/base-7b"

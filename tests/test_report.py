@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from adaptune.registry import Registration
-from adaptune.report import format_sweep
-from adaptune.sweep import SweepOutcome
+from adaptune.driver.report import format_sweep
+from adaptune.records import SweepOutcome
+from adaptune.tracking.registry import Registration
 
 
 def _outcome(aliases: list[str]) -> SweepOutcome:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from adaptune.demo_data import generate_rows, write_jsonl
+from adaptune.demo.rows import generate_rows, write_jsonl
 
 from .conftest import DEMO_DATA, REPO, Background, cluster_config, run_cli, sweep_config, write_yaml
 

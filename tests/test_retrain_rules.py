@@ -13,19 +13,16 @@ from pathlib import Path
 import pytest
 
 from adaptune.config import SweepConfig
-from adaptune.demo_data import generate_rows, write_jsonl
+from adaptune.demo.rows import generate_rows, write_jsonl
 from adaptune.errors import DataError
-from adaptune.retrain import (
-    FIRST_CHAMPION,
-    KEPT_CHAMPION,
-    PROMOTED,
+from adaptune.names import FIRST_CHAMPION, KEPT_CHAMPION, PROMOTED
+from adaptune.retrain.rules import champion_point, decide
+from adaptune.retrain.state import (
     RetrainBusy,
     RetrainLock,
     Round,
     append_history,
-    champion_point,
     champion_snapshots,
-    decide,
     newest_drop,
     read_drop,
     read_history,
@@ -81,7 +78,7 @@ def test_a_killed_retrain_leaves_a_lock_that_expires(tmp_path):
     path = tmp_path / "lock"
     code = (
         "import sys, time; sys.path.insert(0, sys.argv[2]);"
-        "from adaptune.retrain import RetrainLock;"
+        "from adaptune.retrain.round import RetrainLock;"
         "RetrainLock(__import__('pathlib').Path(sys.argv[1]), 1.5, {'retrain_id': 'retrain-killed', "
         "'registered_model': 'bot'}).acquire(); print('locked', flush=True); time.sleep(60)"
     )

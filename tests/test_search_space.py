@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from adaptune.config import SweepConfig
-from adaptune.search_space import (
+from adaptune.preflight.search_space import (
     build_param_space,
     check_search,
     check_space,
@@ -161,7 +161,7 @@ def test_search_section_metric_points_and_algorithm():
 
 
 def test_optuna_tpe_suggests_within_the_space_and_learns_from_results():
-    from adaptune.sweep import build_search_alg
+    from adaptune.driver.sweep import build_search_alg
 
     search = BASE.search.model_copy(
         update={
@@ -191,7 +191,7 @@ def test_optuna_tpe_suggests_within_the_space_and_learns_from_results():
 
 def test_concurrency_follows_the_profile_capacity_else_what_ray_reports():
     from adaptune.config import ClusterProfile, SearchConfig
-    from adaptune.sweep import concurrency
+    from adaptune.driver.sweep import concurrency
 
     gpu_trial = {"num_workers": 2, "use_gpu": True, "cpus_per_worker": 8, "gpus_per_worker": 1}
     # An autoscaling GPU cluster that has scaled to zero workers: the profile's capacity decides.

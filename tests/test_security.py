@@ -120,7 +120,7 @@ class Payload:
 @pytest.fixture(scope="module")
 def plain_model(tmp_path_factory) -> Path:
     """A tiny random Llama-style model and tokenizer (adaptune's demo builder, no pre-training)."""
-    from adaptune.demo import build_tiny_model
+    from adaptune.demo.build import build_tiny_model
 
     texts = [json.loads(line)["instruction"] for line in DEMO_DATA.read_text(encoding="utf-8").splitlines()]
     return build_tiny_model(tmp_path_factory.mktemp("plain") / "model", texts, hidden_size=32, vocab_size=512)
@@ -170,7 +170,7 @@ def test_a_model_s_own_code_really_runs_when_trusted(plain_model, tmp_path):
 def test_shipped_code_of_a_built_in_architecture_is_ignored_and_transformers_class_loads(plain_model, tmp_path):
     from adaptune.config import ClusterProfile, SweepConfig
     from adaptune.data import load_tokenizer
-    from adaptune.model import load_base_model
+    from adaptune.worker.model import load_base_model
 
     model, marker = code_model(plain_model, tmp_path, "llama")
     sweep, cluster = _run_files(tmp_path, model)
@@ -185,7 +185,7 @@ def test_shipped_code_of_a_built_in_architecture_is_ignored_and_transformers_cla
 def test_a_model_that_needs_its_own_code_is_refused_with_one_line_and_nothing_runs(plain_model, tmp_path):
     from adaptune.config import ClusterProfile, SweepConfig
     from adaptune.data import load_tokenizer
-    from adaptune.model import load_base_model
+    from adaptune.worker.model import load_base_model
 
     for model_type, tokenizer_code in (("adaptune_evil", False), ("llama", True)):
         model, marker = code_model(plain_model, tmp_path, model_type, tokenizer_code)
@@ -241,7 +241,7 @@ def test_pickled_weights_are_never_unpickled(plain_model, tmp_path):
     from adaptune.config import ClusterProfile, SweepConfig
     from adaptune.errors import ConfigError
     from adaptune.merge import load_peft_model, merge_adapter
-    from adaptune.model import load_base_model
+    from adaptune.worker.model import load_base_model
 
     marker = tmp_path / "marker"
     payload = pickle.dumps(Payload(marker))
@@ -520,10 +520,10 @@ def test_nothing_mlflow_records_for_a_sweep_holds_a_secret(auth_server, plain_mo
 
     from adaptune.config import ClusterProfile, SweepConfig
     from adaptune.data import prepare_dataset
-    from adaptune.model import add_lora, load_base_model, save_adapter
-    from adaptune.registry import register_winner
-    from adaptune.sweep import write_results
-    from adaptune.tracking import SweepTracker
+    from adaptune.driver.sweep import write_results
+    from adaptune.tracking.registry import register_winner
+    from adaptune.tracking.runs import SweepTracker
+    from adaptune.worker.model import add_lora, load_base_model, save_adapter
 
     hf_token = "hf_" + secrets.token_hex(16)
     for name, value in {

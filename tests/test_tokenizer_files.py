@@ -14,8 +14,8 @@ import pytest
 from adaptune.config import DataConfig, SweepConfig
 from adaptune.data import prepare_dataset
 from adaptune.errors import DataError
-from adaptune.tokenizer_files import embedding_rows, read_tokenizer_files, tokenizer_problems
-from adaptune.validate import check_model
+from adaptune.preflight.tokenizer_files import embedding_rows, read_tokenizer_files, tokenizer_problems
+from adaptune.preflight.validate import check_model
 
 from .conftest import DEMO_DATA
 

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 from adaptune.config import ClusterProfile, SweepConfig
-from adaptune.sweep import checkpointed_history, merge_histories
-from adaptune.tracking import SweepTracker
-from adaptune.train_loop import TRAINER_STATE
+from adaptune.driver.sweep import checkpointed_history, merge_histories
+from adaptune.names import TRAINER_STATE
+from adaptune.tracking.runs import SweepTracker
 
 
 def _evaluation(step: int) -> dict:
@@ -56,7 +56,7 @@ def test_the_printed_mlflow_ui_command_works_for_a_store_path_with_spaces(tmp_pa
 
     from mlflow import MlflowClient
 
-    from adaptune.tracking import tracking_uri, ui_command
+    from adaptune.tracking.server import tracking_uri, ui_command
 
     store = tmp_path / "company runs" / "q4 sweep"
     uri = tracking_uri(ClusterProfile(storage_path=str(store)))

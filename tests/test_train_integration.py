@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from adaptune.search_space import REPORTED_METRICS
+from adaptune.records import REPORTED_METRICS
 
 from .conftest import Background, alive_actors, cluster_config, committed_state, run_cli, sweep_config, write_yaml
 
@@ -38,7 +38,7 @@ def _reload_and_compare(tiny_model: Path, adapter: Path, quantization=None, atol
     kwargs = {"quantization_config": quantization, "device_map": {"": "cpu"}} if quantization else {}
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32, **kwargs)
     if quantization:
-        from adaptune.model import keep_4bit_weights_exact
+        from adaptune.worker.model import keep_4bit_weights_exact
 
         keep_4bit_weights_exact(base)  # the fp32 path training took, not bitsandbytes' bf16 CPU inference kernel
     model = PeftModel.from_pretrained(base, str(adapter)).eval()

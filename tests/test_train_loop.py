@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from adaptune.config import TrainConfig
-from adaptune.train_loop import divergence, lr_multiplier, train_batches
+from adaptune.worker.train_loop import divergence, lr_multiplier, train_batches
 
 
 def test_schedule_warms_up_from_a_nonzero_rate_then_decays():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from adaptune.config import ClusterProfile, SweepConfig
-from adaptune.trial import TrialInputs, TrialSkipped, launch_training
+from adaptune.driver.trial import TrialSkipped, launch_training
+from adaptune.records import PreparedRun
 
 BASE = SweepConfig.model_validate({"name": "t", "model": {"path": "m"}, "data": {"path": "d"}})
 
@@ -14,10 +15,9 @@ def _launch(sampled, zero_stage=3):
     cluster = ClusterProfile.model_validate({"deepspeed": {"zero_stage": zero_stage}})
     launch_training(
         sampled,
-        sweep=BASE.model_dump(mode="json"),
-        cluster=cluster.model_dump(mode="json"),
-        inputs=TrialInputs("d", [], 0),
-        targets={},
+        sweep=BASE,
+        cluster=cluster,
+        prepared=PreparedRun("d", 0, {}),
         trials_path="unused",
     )
 

@@ -14,7 +14,7 @@ import pytest
 from adaptune.config import read_configs
 from adaptune.data import prepare_dataset
 from adaptune.errors import DataError
-from adaptune.validate import check_run
+from adaptune.preflight.validate import check_run
 
 from .conftest import cluster_config, run_cli, sweep_config, write_yaml
 
@@ -136,7 +136,7 @@ def test_a_rank_above_the_adapted_layers_dimensions_is_refused(tiny_model, tmp_p
 
 def test_a_bare_name_that_adapts_attention_and_mlp_is_named(tmp_path):
     """GPT-2's `c_proj` is the attention output and the MLP's down projection: `validate` says both are adapted."""
-    from adaptune.demo import build_tiny_model
+    from adaptune.demo.build import build_tiny_model
 
     from .conftest import DEMO_DATA
 

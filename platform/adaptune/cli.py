@@ -8,8 +8,16 @@ import logging
 import sys
 import traceback
 
+from adaptune.demo.build import build_demo_model
+from adaptune.driver.report import format_retrain, format_sweep, format_trial
+from adaptune.driver.run import plan_run, run_merge, run_sweep, run_train
 from adaptune.errors import EXIT_INVALID, EXIT_OK, EXIT_RUNTIME, UserInputError
+from adaptune.names import MODEL_CONFIG
+from adaptune.preflight.reference import config_reference
+from adaptune.preflight.search_space import finite_values
 from adaptune.redaction import install_log_redaction, redact
+from adaptune.retrain.round import RetrainBusy, run_retrain, run_rollback
+from adaptune.tracking.server import tracking_uri
 
 log = logging.getLogger("adaptune")
 
@@ -85,9 +93,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from adaptune.driver import plan_run
-    from adaptune.search_space import finite_values
-    from adaptune.tracking import tracking_uri
 
     plan = plan_run(args.sweep, args.cluster, args.overrides)
     searched = finite_values(plan.sweep.search.space, "quantization.mode")
@@ -101,19 +106,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from adaptune.driver import run_train
-    from adaptune.report import format_trial
 
-    manifest, outcome = run_train(args.sweep, args.cluster, args.overrides)
-    _say(format_trial(manifest, outcome))
+    result = run_train(args.sweep, args.cluster, args.overrides)
+    _say(format_trial(result.manifest, result.outcome))
     return EXIT_OK
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from adaptune.driver import run_sweep
-    from adaptune.report import format_sweep
 
-    _, outcome = run_sweep(args.sweep, args.cluster, args.overrides, resume=args.resume)
+    outcome = run_sweep(args.sweep, args.cluster, args.overrides, resume=args.resume)
     _say(format_sweep(outcome))
     if outcome.interrupted:
         again = " ".join(
@@ -132,11 +133,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from adaptune.driver import run_merge
 
-    adapter, report, registration, ui = run_merge(
+    merged = run_merge(
         args.ref, args.out, args.cluster, args.tracking_uri, args.overrides, args.overwrite, not args.no_register
     )
+    adapter, report, registration = merged.adapter, merged.report, merged.registration
     source = f"{adapter.name} version {adapter.version}" if adapter.version else f"run {adapter.run_id}"
     _say(f"merged   {args.ref} ({source}) into its base model -> {report.out_dir}")
     _say(
@@ -145,13 +146,11 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     )
     if registration is not None:
         _say(f"registry {registration.name} version {registration.version}")
-    _say(f"ui       {ui}")
+    _say(f"ui       {merged.ui}")
     return EXIT_OK
 
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
-    from adaptune.report import format_retrain, format_sweep
-    from adaptune.retrain import RetrainBusy, run_retrain
 
     try:
         outcome = run_retrain(args.sweep, args.cluster, args.data, args.overrides, newest=args.newest_drop)
@@ -165,27 +164,24 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from adaptune.retrain import RetrainBusy, run_rollback
 
     try:
-        demoted, restored, run_id, uri = run_rollback(
-            args.name, args.cluster, args.tracking_uri, args.overrides, args.reason
-        )
+        done = run_rollback(args.name, args.cluster, args.tracking_uri, args.overrides, args.reason)
     except RetrainBusy as e:
         _say(f"adaptune: rollback refused: {e}", err=True)
         return EXIT_RUNTIME
-    _say(f"rollback {args.name}: @champion {demoted} -> {restored}; version {demoted} keeps @rolled-back")
-    _say(f"mlflow   rollback run {run_id} at {uri}")
+    _say(
+        f"rollback {args.name}: @champion {done.demoted} -> {done.restored}; version {done.demoted} keeps @rolled-back"
+    )
+    _say(f"mlflow   rollback run {done.run_id} at {done.uri}")
     return EXIT_OK
 
 
 def _cmd_demo_model(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from adaptune.demo import build_demo_model
-
     out = Path(args.out)
-    if (out / "config.json").is_file() and not args.force:
+    if (out / MODEL_CONFIG).is_file() and not args.force:
         _say(f"demo model already at {out} (use --force to rebuild)")
         return EXIT_OK
     build_demo_model(out, Path(args.data))
@@ -194,7 +190,6 @@ def _cmd_demo_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_reference(_: argparse.Namespace) -> int:
-    from adaptune.reference import config_reference
 
     print(config_reference(), end="")  # the schema: nothing to mask
     return EXIT_OK

@@ -22,6 +22,7 @@ from typing import Any
 
 from adaptune.config import DataConfig, model_source, resolve_path
 from adaptune.errors import DataError, Problem, missing_path_hint
+from adaptune.preflight.tokenizer_files import loaded_tokenizer_problems
 
 DATA_SUFFIXES = (".jsonl", ".csv", ".parquet")
 CHAT_ROLES = ("system", "user", "assistant")
@@ -669,8 +670,6 @@ def _pack(examples: list[tuple[list[int], list[int]]], block: int) -> list[tuple
 def load_tokenizer(model_path: str, trust_remote_code: bool = False, revision: str | None = None) -> Any:
     """The base model's tokenizer, with a pad token and a chat template (the fallback when it has none)."""
     from transformers import AutoTokenizer
-
-    from adaptune.tokenizer_files import loaded_tokenizer_problems
 
     source = model_source(model_path)
     tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adaptune.architecture import PICKLE_SUFFIXES
 from adaptune.config import model_source, resolve_path
+from adaptune.data import load_tokenizer
 from adaptune.errors import ConfigError, Problem, missing_path_hint
+from adaptune.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS, TOKENIZER_FILES
+from adaptune.preflight.architecture import PICKLE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +27,6 @@ DEFAULT_PROMPTS = (
     "Question: How do I reset my password?\nAnswer:",
     "The quick brown fox jumps over the lazy dog.",
 )
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
 @dataclass(frozen=True)
@@ -197,9 +196,8 @@ def _check_out_dir(out_dir: Path, overwrite: bool, sources: list[Path]) -> None:
 
 def _load_tokenizer(adapter_dir: Path, base_model: str, revision: str | None, trust_remote_code: bool) -> Any:
     """The adapter's own tokenizer if it saved one, else the base model's, as training loaded it."""
-    from adaptune.data import load_tokenizer
 
-    if any((adapter_dir / f).is_file() for f in _TOKENIZER_FILES):
+    if any((adapter_dir / f).is_file() for f in TOKENIZER_FILES):
         return load_tokenizer(str(adapter_dir), trust_remote_code=trust_remote_code)
     try:
         return load_tokenizer(base_model, trust_remote_code=trust_remote_code, revision=revision)

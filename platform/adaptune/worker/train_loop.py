@@ -1,5 +1,8 @@
 """What runs on each Ray Train worker: one DeepSpeed rank training a LoRA adapter on the prepared data,
-evaluating every `eval_every` steps, and reporting metrics with an adapter-only checkpoint."""
+evaluating every `eval_every` steps, and reporting an `Evaluation` with an adapter-only checkpoint.
+
+`train_fn_per_worker` reads top to bottom: join the group, load the data, build the model, resume, build the
+engine, then step, evaluate and report until `train.max_steps`."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import resource
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,13 +22,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from adaptune.config import ClusterProfile, SweepConfig, TrainConfig
+from adaptune.config import TrainConfig
 from adaptune.data import IGNORE_INDEX
-from adaptune.deepspeed_config import build_deepspeed_config
+from adaptune.names import ADAPTER_DIR, PROBE_FILE, TRAINER_STATE
+from adaptune.records import Evaluation, TrialSpec
+from adaptune.worker.deepspeed_config import build_deepspeed_config
+from adaptune.worker.model import add_lora, load_adapter_weights, load_base_model, save_adapter, trainable_parameters
 
-TRAINER_STATE = "trainer_state.json"
-ADAPTER_DIR = "adapter"
-PROBE_FILE = "probe.safetensors"
 PROBE_TOKENS = 32  # the probe is the first validation example, cut to this many tokens
 PROBE_POSITIONS = 4  # logits kept for its last positions: small even for a 128k vocabulary
 
@@ -162,8 +166,6 @@ def _report(
     from ray.train import Checkpoint
     from safetensors.torch import save_file
 
-    from adaptune.model import save_adapter
-
     state_dict = _adapter_state_dict(peft_model, zero3, rank)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
@@ -175,12 +177,14 @@ def _report(
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def _report_divergence(state: dict[str, Any], rank: int) -> None:
-    """The last report of a diverged trial: the worst possible score and a state-only checkpoint saying why."""
+def _report_divergence(state: dict[str, Any], search: Any, rank: int) -> None:
+    """The last report of a diverged trial: the worst possible score (of eval_loss and of `search.metric`) and
+    a state-only checkpoint saying why."""
     import ray.train
     from ray.train import Checkpoint
 
-    metrics = {"step": state["diverged"]["step"], "eval_loss": float("inf"), "diverged": 1}
+    worst = float("inf") if search.mode == "min" else float("-inf")
+    metrics = {"step": state["diverged"]["step"], "eval_loss": float("inf"), search.metric: worst, "diverged": 1}
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
@@ -189,100 +193,152 @@ def _report_divergence(state: dict[str, Any], rank: int) -> None:
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
+@dataclass(frozen=True)
+class Rank:
+    """This worker's place in the group."""
+
+    rank: int
+    world: int
+    device: torch.device
+    zero3: bool
+    pad_id: int
+
+
+@dataclass
+class Model:
+    """The frozen base with its LoRA adapter, and what the trainer state records about it."""
+
+    peft: Any
+    trainable: int
+    total: int
+    quantized_layers: int
+    hf_ds_config: Any  # transformers' ZeRO-3 hook: must stay alive while the model lives
+
+
 def train_fn_per_worker(config: dict[str, Any]) -> None:
-    """The Ray Train worker entrypoint. `config` holds the resolved sweep and cluster (as dicts), the prepared
-    data directory, the resolved LoRA target modules and the pad token id."""
-    startup = {"worker_start_s": time.time() - config["launched_at"]}  # trainer.fit() to this process running
-    sweep = SweepConfig.model_validate(config["sweep"])
-    cluster = ClusterProfile.model_validate(config["cluster"])
-    t = sweep.train
+    """The Ray Train worker entrypoint; `config["spec"]` is the trial's `TrialSpec`."""
+    spec: TrialSpec = config["spec"]
+    startup = {"worker_start_s": time.time() - spec.launched_at}  # trainer.fit() to this process running
+    me = join_group(spec)
+    train_ds, val_ds = load_data(spec, startup)
+    model = build_model(spec, me, startup)
+    state = resume(spec, model)
+    engine = build_engine(spec, me, model, state, startup)
+    train(spec, me, engine, model, state, train_ds, val_ds)
+
+
+def join_group(spec: TrialSpec) -> Rank:
+    """This worker's rank; DeepSpeed adopts the process group Ray Train set up (ZeRO-3 model loading needs it)."""
     # DeepSpeed picks its accelerator on first import: CPU workers must say so before that.
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if cluster.trial.use_gpu else "cpu")
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if spec.cluster.trial.use_gpu else "cpu")
     import deepspeed
-    import ray
     import ray.train
     import ray.train.torch
-    from datasets import load_from_disk
-
-    from adaptune.model import add_lora, load_adapter_weights, load_base_model, trainable_parameters
 
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    # Ray Train set up torch.distributed; DeepSpeed adopts that process group (ZeRO-3 model loading needs it).
-    deepspeed.init_distributed(dist_backend="nccl" if cluster.trial.use_gpu else "gloo")
-    device = ray.train.torch.get_device()
-    zero3 = cluster.deepspeed.zero_stage == 3
-    pad_id = int(config["pad_token_id"])
+    deepspeed.init_distributed(dist_backend="nccl" if spec.cluster.trial.use_gpu else "gloo")
+    return Rank(
+        ctx.get_world_rank(),
+        ctx.get_world_size(),
+        ray.train.torch.get_device(),
+        spec.cluster.deepspeed.zero_stage == 3,
+        int(spec.pad_token_id),
+    )
 
-    # ---- data: the tokenized copy prepared once by the driver, memory-mapped ----
+
+def load_data(spec: TrialSpec, startup: dict[str, float]) -> tuple[Any, Any]:
+    """The train and validation splits of the tokenized copy the driver prepared once, memory-mapped."""
+    from datasets import load_from_disk
+
     mark = time.perf_counter()
-    data_dir = Path(config["data_dir"])
-    train_ds = load_from_disk(str(data_dir / "train"))
-    val_ds = load_from_disk(str(data_dir / "validation"))
+    data_dir = Path(spec.data_dir)
+    train_ds, val_ds = load_from_disk(str(data_dir / "train")), load_from_disk(str(data_dir / "validation"))
     startup["data_load_s"] = time.perf_counter() - mark
+    return train_ds, val_ds
 
-    # ---- model: frozen base (+ quantization) with a LoRA adapter ----
-    ds_config = build_deepspeed_config(sweep, cluster, world)
+
+def build_model(spec: TrialSpec, me: Rank, startup: dict[str, float]) -> Model:
+    """The frozen base (quantized when asked) with a LoRA adapter on the resolved target modules."""
+
+    sweep, cluster = spec.sweep, spec.cluster
     hf_ds_config = None
-    if zero3:
+    if me.zero3:
         from transformers.integrations import HfDeepSpeedConfig
 
-        hf_ds_config = HfDeepSpeedConfig(ds_config)  # noqa: F841 - must stay alive while the model loads
-    torch.manual_seed(t.seed)
+        hf_ds_config = HfDeepSpeedConfig(build_deepspeed_config(sweep, cluster, me.world))
+    torch.manual_seed(sweep.train.seed)
     mark = time.perf_counter()
-    model = load_base_model(sweep, cluster, device)
-    if sweep.quantization.mode == "none" and not zero3:
-        model.to(device)
-    peft_model = add_lora(model, sweep, config["target_modules"])
+    base = load_base_model(sweep, cluster, me.device)
+    if sweep.quantization.mode == "none" and not me.zero3:
+        base.to(me.device)
+    peft_model = add_lora(base, sweep, spec.target_modules)
     trainable, total = trainable_parameters(peft_model)
     startup["model_load_s"] = time.perf_counter() - mark
     quantized = sum(type(m).__module__.startswith("bitsandbytes") for m in peft_model.modules())  # not peft's wrappers
+    return Model(peft_model, trainable, total, quantized, hf_ds_config)
 
-    # ---- resume from the last adapter checkpoint after a worker loss ----
-    state: dict[str, Any] = {
-        "step": 0,
-        "history": [],
-        "restarts": [],
-        "target_modules": config["target_modules"],
-        "quantized_layers": quantized,
-        "base_eval_loss": None,
-    }
+
+def resume(spec: TrialSpec, model: Model) -> dict[str, Any]:
+    """The trainer state to continue from: the last adapter checkpoint after a worker loss, else a fresh one."""
+    import ray.train
+
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            load_adapter_weights(peft_model, Path(d) / ADAPTER_DIR)
-            state = json.loads((Path(d) / TRAINER_STATE).read_text(encoding="utf-8"))
-        state["restarts"].append(state["step"])
+    if checkpoint is None:
+        return {
+            "step": 0,
+            "history": [],
+            "restarts": [],
+            "target_modules": spec.target_modules,
+            "quantized_layers": model.quantized_layers,
+            "base_eval_loss": None,
+        }
+    with checkpoint.as_directory() as d:
+        load_adapter_weights(model.peft, Path(d) / ADAPTER_DIR)
+        state = json.loads((Path(d) / TRAINER_STATE).read_text(encoding="utf-8"))
+    state["restarts"].append(state["step"])
+    return state
 
-    # ---- DeepSpeed engine; the schedule continues from the resumed step ----
+
+def build_engine(spec: TrialSpec, me: Rank, model: Model, state: dict[str, Any], startup: dict[str, float]) -> Any:
+    """The DeepSpeed engine over the adapter's parameters, its schedule continuing from the resumed step."""
+    import deepspeed
+    import ray
+
     mark = time.perf_counter()
     engine, _, _, _ = deepspeed.initialize(
-        model=peft_model,
-        model_parameters=[p for p in peft_model.parameters() if p.requires_grad],
-        config=ds_config,
-        lr_scheduler=partial(_scheduler, t=t, start=state["step"]),
+        model=model.peft,
+        model_parameters=[p for p in model.peft.parameters() if p.requires_grad],
+        config=build_deepspeed_config(spec.sweep, spec.cluster, me.world),
+        lr_scheduler=partial(_scheduler, t=spec.sweep.train, start=state["step"]),
     )
     engine.train()
     startup["deepspeed_init_s"] = time.perf_counter() - mark
     startup["torch_threads"] = torch.get_num_threads()
     state.setdefault("startup", []).append(startup)  # one entry per (re)start of the workers
-    nodes: list[Any] = [None] * world
+    nodes: list[Any] = [None] * me.world
     dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
     state["nodes"] = nodes  # the Ray node of each rank, in rank order (latest start)
-    if state["base_eval_loss"] is None:  # the untouched base model, the bar every trial must clear
-        state["base_eval_loss"] = _evaluate(engine, val_ds, rank, world, t.eval_batch_size, pad_id, device)
+    return engine
 
-    # ---- the loop ----
+
+def train(
+    spec: TrialSpec, me: Rank, engine: Any, model: Model, state: dict[str, Any], train_ds: Any, val_ds: Any
+) -> None:
+    """Step until `train.max_steps`, evaluating and reporting every `eval_every` steps and at the end; a
+    diverged loss ends the trial at once."""
+    t = spec.sweep.train
+    if state["base_eval_loss"] is None:  # the untouched base model, the bar every trial must clear
+        state["base_eval_loss"] = _evaluate(engine, val_ds, me.rank, me.world, t.eval_batch_size, me.pad_id, me.device)
     gas = t.gradient_accumulation_steps
     step = state["step"]
-    batches = train_batches(len(train_ds), rank, world, t.micro_batch_size, t.seed, start=step * gas)
-    window = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, tokens, steps since report
+    batches = train_batches(len(train_ds), me.rank, me.world, t.micro_batch_size, t.seed, start=step * gas)
+    window = torch.zeros(3, dtype=torch.float64, device=me.device)  # loss sum, tokens, steps since report
     window_time = 0.0
     while step < t.max_steps:
         started = time.perf_counter()
-        step_stats = torch.zeros(3, dtype=torch.float64, device=device)  # loss, tokens, non-finite
+        step_stats = torch.zeros(3, dtype=torch.float64, device=me.device)  # loss, tokens, non-finite
         for _ in range(gas):
-            batch = collate(train_ds[next(batches)], pad_id, device)
+            batch = collate(train_ds[next(batches)], me.pad_id, me.device)
             loss = engine(**batch).loss
             engine.backward(loss)
             engine.step()
@@ -292,7 +348,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         step_stats[0] = torch.nan_to_num(step_stats[0], nan=0.0, posinf=0.0, neginf=0.0)
         dist.all_reduce(step_stats)
         step += 1
-        reason = divergence(step_stats[2].item() > 0, (step_stats[0] / world).item(), state["base_eval_loss"])
+        reason = divergence(step_stats[2].item() > 0, (step_stats[0] / me.world).item(), state["base_eval_loss"])
         if reason:
             # Stop at once, without raising: Ray Train would retry a raised error, and diverge again.
             state["diverged"] = {
@@ -300,32 +356,33 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
                 "reason": f"{reason} at step {step} (learning_rate="
                 f"{t.learning_rate:g}); lower train.learning_rate or raise train.warmup_ratio",
             }
-            _report_divergence(state, rank)
+            _report_divergence(state, spec.sweep.search, me.rank)
             return
         window += torch.stack(
-            [step_stats[0] / world, step_stats[1], torch.ones((), dtype=torch.float64, device=device)]
+            [step_stats[0] / me.world, step_stats[1], torch.ones((), dtype=torch.float64, device=me.device)]
         )
         window_time += time.perf_counter() - started
         if step % t.eval_every == 0 or step == t.max_steps:
-            eval_loss = _evaluate(engine, val_ds, rank, world, t.eval_batch_size, pad_id, device)
-            metrics = {
-                "step": step,
-                "train_loss": (window[0] / window[2]).item(),
-                "eval_loss": eval_loss,
-                "perplexity": math.exp(min(eval_loss, 50.0)),
-                "base_eval_loss": state["base_eval_loss"],
-                "tokens_per_s": (window[1] / window_time).item(),
-                "step_time_s": window_time / window[2].item(),
-                "learning_rate": t.learning_rate * lr_multiplier(step - 1, t),
-                "peak_memory_mb": _peak_memory_mb(device),
-                "trainable_params": trainable,
-                "trainable_fraction": trainable / total,
-                "epoch": step * gas * t.micro_batch_size * world / len(train_ds),
-                "diverged": 0,
-            }
+            eval_loss = _evaluate(engine, val_ds, me.rank, me.world, t.eval_batch_size, me.pad_id, me.device)
+            evaluation = Evaluation(
+                step=step,
+                train_loss=(window[0] / window[2]).item(),
+                eval_loss=eval_loss,
+                perplexity=math.exp(min(eval_loss, 50.0)),
+                base_eval_loss=state["base_eval_loss"],
+                tokens_per_s=(window[1] / window_time).item(),
+                step_time_s=window_time / window[2].item(),
+                learning_rate=t.learning_rate * lr_multiplier(step - 1, t),
+                peak_memory_mb=_peak_memory_mb(me.device),
+                trainable_params=model.trainable,
+                trainable_fraction=model.trainable / model.total,
+                epoch=step * gas * t.micro_batch_size * me.world / len(train_ds),
+                diverged=0,
+            )
+            metrics = evaluation.report()
             state["step"] = step
             state["history"].append(metrics)
-            _report(metrics, peft_model, state, _probe(engine, val_ds, device), rank, zero3)
+            _report(metrics, model.peft, state, _probe(engine, val_ds, me.device), me.rank, me.zero3)
             window.zero_()
             window_time = 0.0
 

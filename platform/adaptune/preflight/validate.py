@@ -8,7 +8,19 @@ import os
 import re
 from pathlib import Path
 
-from adaptune.architecture import (
+from adaptune.config import ClusterProfile, SweepConfig, resolve_path
+from adaptune.data import (
+    FALLBACK_CHAT_TEMPLATE,
+    chat_segments,
+    find_data_files,
+    find_overlap,
+    load_records,
+    prompt_key,
+    split_indices,
+)
+from adaptune.errors import DataError, Problem, missing_path_hint
+from adaptune.names import TOKENIZER_FILES
+from adaptune.preflight.architecture import (
     ArchitectureError,
     ambiguous_targets,
     custom_code,
@@ -18,14 +30,12 @@ from adaptune.architecture import (
     read_model_type,
     resolve_target_modules,
 )
-from adaptune.config import ClusterProfile, SweepConfig, resolve_compute_dtype, resolve_path, resolve_precision
-from adaptune.data import chat_segments, find_data_files, find_overlap, load_records, prompt_key, split_indices
-from adaptune.errors import DataError, Problem, missing_path_hint
-from adaptune.search_space import apply_values, check_search, finite_values, target_candidates
-from adaptune.tokenizer_files import read_tokenizer_files, tokenizer_problems
+from adaptune.preflight.rules import check_compatibility, check_space_compatibility
+from adaptune.preflight.search_space import check_search, finite_values, target_candidates
+from adaptune.preflight.tokenizer_files import read_tokenizer_files, tokenizer_problems
+from adaptune.tracking.server import check_tracking  # the server is asked over HTTP: no MLflow import
 
 HEAD_ROWS = 100
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
 def local_gpu_count() -> int:
@@ -143,7 +153,7 @@ def check_remote_code(sweep: SweepConfig, source: str, local: Path | None) -> li
     shipped = custom_code(local)
     if m.trust_remote_code or not shipped:
         return []
-    from adaptune.model import remote_code_refusal  # imports transformers; only models that ship code get here
+    from adaptune.worker.model import remote_code_refusal  # imports transformers; only models that ship code get here
 
     part = remote_code_refusal(str(local))
     if part is None:
@@ -351,52 +361,6 @@ def _read_only(path: Path) -> bool:
         return False
 
 
-def check_compatibility(sweep: SweepConfig, cluster: ClusterProfile, source: str, cluster_source: str) -> list[Problem]:
-    """Combinations of settings that cannot train together."""
-    q, zero = sweep.quantization, cluster.deepspeed.zero_stage
-    problems = []
-    if q.mode == "8bit" and zero == 3:
-        problems.append(
-            Problem(
-                source,
-                "quantization.mode",
-                "8-bit quantization cannot be sharded by ZeRO-3 (got 8bit with zero_stage 3)",
-                "Use quantization.mode=4bit, or deepspeed.zero_stage <= 2",
-            )
-        )
-    if q.mode == "4bit" and zero == 3:
-        compute = resolve_compute_dtype(sweep, cluster)
-        if q.quant_storage not in ("auto", compute):
-            problems.append(
-                Problem(
-                    source,
-                    "quantization.quant_storage",
-                    f"QLoRA under ZeRO-3 needs quant_storage equal to the compute dtype {compute} "
-                    f"(got {q.quant_storage})",
-                    f"Set quantization.quant_storage={compute} or auto",
-                )
-            )
-    if q.mode != "none" and cluster.deepspeed.offload_params:
-        problems.append(
-            Problem(
-                cluster_source,
-                "deepspeed.offload_params",
-                "quantized weights cannot be offloaded by ZeRO-3",
-                "Set offload_params: false",
-            )
-        )
-    if resolve_precision(sweep, cluster) == "fp16" and not cluster.trial.use_gpu:
-        problems.append(
-            Problem(
-                source,
-                "train.precision",
-                "fp16 training needs GPUs (got fp16 on CPU workers)",
-                "Use train.precision=fp32 or bf16 on CPU",
-            )
-        )
-    return problems
-
-
 def check_run(
     sweep: SweepConfig | None, cluster: ClusterProfile | None, sweep_file: str, cluster_file: str | None
 ) -> list[Problem]:
@@ -406,8 +370,6 @@ def check_run(
     if sweep is not None:
         problems += check_model(sweep, sweep_file) + check_data(sweep, sweep_file) + check_search(sweep, sweep_file)
     if cluster is not None:
-        from adaptune.tracking import check_tracking
-
         problems += (
             check_resources(cluster, cluster_source)
             + check_storage(cluster, cluster_source)
@@ -526,8 +488,6 @@ def _template_render(template: str | None, special: dict[str, str]):
     the tokenizer has no template."""
     from transformers.utils.chat_template_utils import render_jinja_template  # no torch: see the docstring
 
-    from adaptune.data import FALLBACK_CHAT_TEMPLATE
-
     chosen = template or FALLBACK_CHAT_TEMPLATE
 
     def render(messages: list[dict[str, str]], prompt: bool) -> str:
@@ -535,55 +495,3 @@ def _template_render(template: str | None, special: dict[str, str]):
         return out[0]
 
     return render
-
-
-COMPAT_KEYS = ("quantization.mode", "quantization.quant_storage", "quantization.compute_dtype", "train.precision")
-
-
-def _distinct_valid(sweep: SweepConfig, key: str, values: list) -> list:
-    """The distinct values of a searched key the schema accepts (check_space reports the others): at most a few
-    per key, so the product below stays small however long the lists are."""
-    import json
-
-    distinct = {json.dumps(v, sort_keys=True, default=str): v for v in values}.values()
-    valid = []
-    for v in distinct:
-        try:
-            apply_values(sweep, {key: v})
-        except ValueError:
-            continue
-        valid.append(v)
-    return valid
-
-
-def check_space_compatibility(
-    sweep: SweepConfig, cluster: ClusterProfile, source: str, cluster_source: str
-) -> list[Problem]:
-    """A space whose every combination of the settings that must agree is incompatible is an error; one where
-    only some are is fine (those trials are skipped and reported)."""
-    import itertools
-
-    valid = {k: _distinct_valid(sweep, k, finite_values(sweep.search.space, k) or []) for k in COMPAT_KEYS}
-    searched = {k: v for k, v in valid.items() if v}  # a key with no valid value is check_space's to report
-    if not searched:
-        return []
-    first: list[Problem] = []
-    for combo in itertools.product(*searched.values()):
-        try:
-            candidate = apply_values(sweep, dict(zip(searched, combo, strict=True)))
-        except ValueError:
-            continue
-        found = check_compatibility(candidate, cluster, source, cluster_source)
-        if not found:
-            return []
-        first = first or found
-    keys = ", ".join(searched)
-    return [
-        Problem(
-            source,
-            "search.space",
-            f"every combination of {keys} is incompatible with this cluster: "
-            f"{first[0].message if first else 'none is valid'}",
-            "Widen the space or change the cluster",
-        )
-    ]

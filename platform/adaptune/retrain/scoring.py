@@ -13,6 +13,7 @@ from typing import Any
 from adaptune.config import SweepConfig
 from adaptune.data import IGNORE_INDEX, find_data_files, load_records, load_tokenizer, tokenize_record
 from adaptune.errors import DataError, Problem
+from adaptune.merge import check_adapter_dir, load_peft_model
 
 FROZEN_KEY = "retrain.frozen_eval_path"
 
@@ -66,8 +67,6 @@ def score_adapter(
     """Token-weighted mean NLL of the adapter's responses on `examples`, base model in fp32, eval mode."""
     import torch
     import torch.nn.functional as F
-
-    from adaptune.merge import check_adapter_dir, load_peft_model
 
     trained_on = check_adapter_dir(adapter_dir).get("base_model_name_or_path")
     model = load_peft_model(adapter_dir, base_model, revision, trust_remote_code, trained_on).to(device)

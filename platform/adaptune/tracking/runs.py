@@ -11,196 +11,50 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shlex
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import warnings
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from adaptune.config import ClusterProfile, SweepConfig, model_source, resolve_path
-from adaptune.errors import Problem
-from adaptune.redaction import redact_uri, redacted, uri_password
+from adaptune.names import (
+    ADAPTER_MODEL_NAME,
+    DIVERGED,
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    KIND_SWEEP,
+    KIND_TRIAL,
+    RESULTS_CSV,
+    RESULTS_JSON,
+    SKIPPED,
+    STOPPED_EARLY,
+    TAG_GIT_COMMIT,
+    TAG_GIT_DIRTY,
+    TAG_KIND,
+    TAG_MODEL_ID,
+    TAG_PARENT,
+    TAG_REASON,
+    TAG_STATUS,
+    TAG_STOPPED_EARLY,
+    TAG_SWEEP,
+    TAG_TRACKING_NOTE,
+    TAG_TRIAL,
+    TAG_WINNER_RUN,
+    TAG_WINNER_TRIAL,
+    target_key,
+)
+from adaptune.preflight.search_space import apply_values, resolve_alpha
+from adaptune.records import STEP_METRICS
+from adaptune.redaction import redact_uri, redacted
+from adaptune.tracking.models import base_reference, log_text_model, version
+from adaptune.tracking.server import embedded_artifacts, server_answers, tracking_uri
+from adaptune.tracking.store import client, experiment_id
 
 log = logging.getLogger("adaptune")
 
-EMBEDDED_DB = "mlflow.db"
-EMBEDDED_ARTIFACTS = "mlartifacts"
-TAG_SWEEP = "adaptune.sweep_id"
-TAG_TRIAL = "adaptune.trial_id"
-TAG_STATUS = "adaptune.status"
-TAG_STOPPED_EARLY = "adaptune.stopped_early"
-TAG_REASON = "adaptune.failure_reason"
-TAG_MODEL_ID = "adaptune.adapter_model_id"
-TAG_TRACKING_NOTE = "adaptune.tracking_outage"
-TAG_KIND = "adaptune.kind"  # sweep | trial (| merge, from adaptune.registry)
-PARENT_TAG = "mlflow.parentRunId"
-ADAPTER_MODEL_NAME = "adapter"
-# Metrics logged at every evaluation, under the names the trainer reports them.
-STEP_METRICS = (
-    "eval_loss",
-    "perplexity",
-    "train_loss",
-    "tokens_per_s",
-    "peak_memory_mb",
-    "learning_rate",
-    "step_time_s",
-    "epoch",
-    "trainable_params",
-    "trainable_fraction",
-)
 LIBRARIES = ("adaptune", "torch", "ray", "deepspeed", "transformers", "peft", "bitsandbytes", "datasets", "mlflow")
-MLFLOW_MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
-
-
-# --------------------------------------------------------------------------------------------------
-# The tracking server: which one, and is it there
-# --------------------------------------------------------------------------------------------------
-
-
-def tracking_uri(cluster: ClusterProfile) -> str:
-    """The profile's tracking URI, else MLFLOW_TRACKING_URI, else the embedded SQLite store under storage."""
-    uri = cluster.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{resolve_path(cluster.storage_path).resolve() / EMBEDDED_DB}"
-
-
-def embedded_artifacts(cluster: ClusterProfile, uri: str) -> str | None:
-    """Artifact root for experiments created in the embedded store (a predictable folder beside it)."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri.removeprefix("sqlite:///")).parent / EMBEDDED_ARTIFACTS).as_uri()
-    return None
-
-
-def ui_command(uri: str) -> str:
-    """How a person opens the MLflow UI on this store (any password in the URI masked)."""
-    if uri.startswith(("http://", "https://")):
-        return f"open {redact_uri(uri)} in a browser"
-    return f"mlflow ui --backend-store-uri {shlex.quote(redact_uri(uri))} --port 5000"  # paths with spaces
-
-
-CREDENTIALS_FIX = (
-    "Set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment of "
-    "the process that runs adaptune to an account on that server"
-)
-
-
-def check_tracking(cluster: ClusterProfile, source: str) -> list[Problem]:
-    """Whether the tracking store answers, without importing MLflow for a server (one request each), with the
-    credentials MLflow's client would send. A password written into the URI is refused: credentials come from
-    the environment only."""
-    uri = tracking_uri(cluster)
-    key = "mlflow.tracking_uri"
-    shown = redact_uri(uri)
-    if uri_password(uri) is not None:
-        where = "cluster profile" if cluster.mlflow.tracking_uri else "MLFLOW_TRACKING_URI"
-        if uri.startswith(("http://", "https://")):
-            fix = "Remove it from the URI and set " + CREDENTIALS_FIX.removeprefix("Set ")
-        else:
-            fix = "Remove it from the URI and give it to the database driver through the environment (PGPASSWORD "
-            fix += "or ~/.pgpass for PostgreSQL)"
-        return [
-            Problem(
-                source,
-                key,
-                f"{shown} carries a password ({where}); URIs end up in logs, shell histories and job specs, so "
-                "adaptune takes credentials from the environment only",
-                fix,
-            )
-        ]
-    if uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).parent
-        probe = folder
-        while not probe.exists():
-            probe = probe.parent
-        if not os.access(probe, os.W_OK):
-            return [
-                Problem(
-                    source,
-                    key,
-                    f"cannot create the MLflow store {uri}: {probe} is not writable",
-                    "Set storage_path to a writable folder, or mlflow.tracking_uri to a server",
-                )
-            ]
-        return []
-    if not uri.startswith(("http://", "https://")):
-        return []  # another kind of store (a database URI, databricks): MLflow reports on first use
-    fix = (
-        "Start the server (see README: 'A production tracking server'), or fix mlflow.tracking_uri in the "
-        "cluster profile / MLFLOW_TRACKING_URI"
-    )
-    user, header = tracking_credentials()
-    try:
-        server_request(uri, "/health", header)
-        json.loads(server_request(uri, "/api/2.0/mlflow/experiments/search?max_results=1", header))
-    except urllib.error.HTTPError as e:
-        if e.code == 401 and header is None:
-            what = f"MLflow tracking server {shown} requires a login (HTTP 401) and no credentials are set"
-            return [Problem(source, key, what, CREDENTIALS_FIX)]
-        if e.code == 401:
-            who = f"user {user!r}" if user else "MLFLOW_TRACKING_TOKEN"
-            what = f"MLflow tracking server {shown} refused the credentials of {who} (HTTP 401)"
-            return [Problem(source, key, what, "Check " + CREDENTIALS_FIX.removeprefix("Set "))]
-        if e.code == 403:
-            return [
-                Problem(
-                    source,
-                    key,
-                    f"MLflow tracking server {shown} does not let {user or 'this token'} search experiments (HTTP 403)",
-                    "Ask an admin of that server for READ permission (or use an account that has it)",
-                )
-            ]
-        what = f"{shown} answered HTTP {e.code} ({e.reason}): not an MLflow tracking server"
-        return [Problem(source, key, what, fix)]
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        return [Problem(source, key, f"MLflow tracking server {shown} is unreachable ({reason})", fix)]
-    except ValueError:
-        return [Problem(source, key, f"{shown} did not answer like an MLflow tracking server", fix)]
-    return []
-
-
-def tracking_credentials() -> tuple[str | None, str | None]:
-    """(user name, Authorization header) that MLflow's client sends a tracking server: basic auth from
-    MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (else ~/.mlflow/credentials, as MLflow reads it), else a
-    bearer MLFLOW_TRACKING_TOKEN, else (None, None)."""
-    import base64
-    import configparser
-
-    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    stored = Path.home() / ".mlflow" / "credentials"
-    if (not user or not password) and stored.is_file():
-        parser = configparser.ConfigParser()
-        parser.read(stored)
-        section = parser["mlflow"] if parser.has_section("mlflow") else {}
-        user = user or section.get("mlflow_tracking_username")
-        password = password or section.get("mlflow_tracking_password")
-    if user and password:
-        return user, "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    return (None, f"Bearer {token}") if token else (None, None)
-
-
-def server_request(uri: str, path: str, authorization: str | None = None, timeout: float = 10) -> bytes:
-    """The body of GET `path` on the tracking server at `uri`, with `authorization` as the Authorization header.
-    A user name in the URI is dropped from the request line (urllib cannot send it there).
-
-    Raises:
-        urllib.error.HTTPError: the server answered with an error status.
-        urllib.error.URLError, OSError: it did not answer.
-    """
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    base = urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path.rstrip("/"), "", ""))
-    request = urllib.request.Request(base + path, headers={"Authorization": authorization} if authorization else {})
-    with urllib.request.urlopen(request, timeout=timeout) as r:
-        return r.read()
 
 
 def dataset_input(path: str, name: str, digest: str, context: str, rows: int | None = None) -> Any:
@@ -222,22 +76,6 @@ def dataset_input(path: str, name: str, digest: str, context: str, rows: int | N
         profile=json.dumps({"num_rows": rows}) if rows is not None else None,
     )
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
-
-
-def client(uri: str) -> Any:
-    import mlflow
-    from mlflow import MlflowClient
-
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def experiment_id(mlc: Any, name: str, artifact_location: str | None) -> str:
-    found = mlc.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    return mlc.create_experiment(name, artifact_location=artifact_location)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,9 +106,6 @@ def trial_params(
     `trial.num_workers`). A combination the schema refuses is recorded as sampled."""
     from pydantic import ValidationError
 
-    from adaptune.search_space import apply_values, resolve_alpha
-    from adaptune.trial import target_key
-
     values = resolve_alpha(dict(config), base)
     params = {k: _param(v) for k, v in values.items()}
     try:
@@ -289,8 +124,6 @@ def trial_params(
 
 def run_status(status: str) -> tuple[str, dict[str, str]]:
     """MLflow run status and tags for an adaptune trial status."""
-    from adaptune.sweep import DIVERGED, FAILED, FINISHED, INTERRUPTED, SKIPPED, STOPPED_EARLY
-
     if status == FINISHED:
         return "FINISHED", {TAG_STATUS: status}
     if status == STOPPED_EARLY:
@@ -319,14 +152,13 @@ class SweepTracker:
     ):
         self.sweep, self.cluster, self.sweep_id, self.targets = sweep, cluster, sweep_id, targets
         self.parent_tags = parent_tags or {}  # e.g. the retrain run this sweep is nested under
-        from adaptune.registry import base_reference
-
         self.base = base_reference(sweep.model.path, sweep.model.revision, resolve_path(cluster.storage_path))
         self.uri = tracking_uri(cluster)
         self.mlc = client(self.uri)
         self.experiment_id = experiment_id(self.mlc, sweep.experiment_name, embedded_artifacts(cluster, self.uri))
         self.parent_id = ""
         self.children: dict[str, str] = {}  # Ray trial id -> run id
+        self.models: dict[str, str] = {}  # Ray trial id -> model id of its logged adapter (after `close`)
         self.last_step: dict[str, int] = {}  # run id -> last step logged
         # Tracking-server outages seen while trials ran: [start, end or None] wall times, and the
         # evaluations that could not be logged live (logged late by `backfill`).
@@ -338,7 +170,7 @@ class SweepTracker:
 
     def open(self, manifest: Any, sweep_file: str, cluster_file: str | None, resuming: bool) -> str:
         """Create the sweep's parent run (or, resuming, find it and mark it running again)."""
-        found = self._find({TAG_SWEEP: self.sweep_id, TAG_KIND: "sweep"}, parent=None)  # trial runs carry the id too
+        found = self._find({TAG_SWEEP: self.sweep_id, TAG_KIND: KIND_SWEEP}, parent=None)  # trial runs carry the id too
         if found is not None:
             self.parent_id = found
             self.mlc.update_run(found, status="RUNNING")
@@ -353,7 +185,7 @@ class SweepTracker:
         run = self.mlc.create_run(
             self.experiment_id,
             run_name=self.sweep_id,
-            tags={TAG_SWEEP: self.sweep_id, TAG_KIND: "sweep", **_source_tags(sweep_file), **self.parent_tags},
+            tags={TAG_SWEEP: self.sweep_id, TAG_KIND: KIND_SWEEP, **_source_tags(sweep_file), **self.parent_tags},
         )
         self.parent_id = run.info.run_id
         self._log_sweep(manifest, sweep_file, cluster_file)
@@ -384,7 +216,7 @@ class SweepTracker:
             "deepspeed.zero_stage": self.cluster.deepspeed.zero_stage,
             "trial.num_workers": self.cluster.trial.num_workers,
         }
-        params.update({f"version.{lib}": _version(lib) for lib in LIBRARIES})
+        params.update({f"version.{lib}": version(lib) for lib in LIBRARIES})
         self.mlc.log_batch(self.parent_id, params=[Param(k, redact_uri(_param(v))) for k, v in params.items()])
         import yaml
 
@@ -512,10 +344,10 @@ class SweepTracker:
                 self.experiment_id,
                 run_name=trial_id,
                 tags={
-                    PARENT_TAG: self.parent_id,
+                    TAG_PARENT: self.parent_id,
                     TAG_TRIAL: trial_id,
                     TAG_SWEEP: self.sweep_id,
-                    TAG_KIND: "trial",
+                    TAG_KIND: KIND_TRIAL,
                 },
             )
             found = run.info.run_id
@@ -556,10 +388,8 @@ class SweepTracker:
     ):
         """Log each trained trial's adapter as an MLflow model, set every run's final status, and give the parent
         its plots, results, winner and `note` (what happened to tracking). Returns {trial id: model id} of the
-        logged adapters."""
-        from adaptune.sweep import RESULTS_CSV, RESULTS_JSON
-
-        models = {}
+        logged adapters (also kept as `self.models`)."""
+        models = self.models
         for row in rows:
             run_id = self.child(row["trial"], {k: row[k] for k in self.sweep.search.space if k in row})
             if row["adapter"] and Path(row["adapter"]).is_dir():
@@ -577,8 +407,8 @@ class SweepTracker:
         if note:
             self.mlc.set_tag(self.parent_id, TAG_TRACKING_NOTE, note)
         if winner is not None:
-            self.mlc.set_tag(self.parent_id, "adaptune.winner_trial", winner["trial"])
-            self.mlc.set_tag(self.parent_id, "adaptune.winner_run_id", self.children[winner["trial"]])
+            self.mlc.set_tag(self.parent_id, TAG_WINNER_TRIAL, winner["trial"])
+            self.mlc.set_tag(self.parent_id, TAG_WINNER_RUN, self.children[winner["trial"]])
             self.mlc.log_metric(self.parent_id, f"best_{metric}", float(winner[metric]))
         if interrupted:
             self.mlc.set_terminated(self.parent_id, "KILLED")
@@ -592,29 +422,26 @@ class SweepTracker:
     def log_adapter(self, run_id: str, adapter: Path) -> str:
         """The trial's adapter as an MLflow pyfunc model (prompts in, text out) that refers to the base model
         instead of copying its weights; logged once per run. Returns the model id."""
-        import mlflow
-
-        existing = self.mlc.get_run(run_id).data.tags.get(TAG_MODEL_ID)
+        run = self.mlc.get_run(run_id)
+        existing = run.data.tags.get(TAG_MODEL_ID)
         if existing:
             return existing
         size = sum(f.stat().st_size for f in adapter.iterdir() if f.is_file())
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name=ADAPTER_MODEL_NAME,
-                python_model=str(MLFLOW_MODEL_CODE),
-                artifacts={"adapter": str(adapter)},
-                model_config={
-                    **self.base,  # base_model, and the reference another machine resolves (registry.resolve_base)
-                    "revision": self.sweep.model.revision,
-                    "trust_remote_code": self.sweep.model.trust_remote_code,
-                },
-                signature=text_signature(),
-                pip_requirements=model_requirements(),
-                tags={TAG_TRIAL: self.mlc.get_run(run_id).data.tags.get(TAG_TRIAL, "")},
-            )
+        model_id = log_text_model(
+            self.uri,
+            run_id,
+            ADAPTER_MODEL_NAME,
+            {"adapter": str(adapter)},
+            {
+                **self.base,  # base_model, and the reference another machine resolves (models.resolve_base)
+                "revision": self.sweep.model.revision,
+                "trust_remote_code": self.sweep.model.trust_remote_code,
+            },
+            tags={TAG_TRIAL: run.data.tags.get(TAG_TRIAL, "")},
+        )
         self.mlc.log_metric(run_id, "adapter_size_mb", size / 2**20)
-        self.mlc.set_tag(run_id, TAG_MODEL_ID, info.model_id)
-        return info.model_id
+        self.mlc.set_tag(run_id, TAG_MODEL_ID, model_id)
+        return model_id
 
     def _log_plots(self, rows: list[dict[str, Any]]) -> None:
         """eval_loss curves of every trial on one plot; best metric against each searched value."""
@@ -664,13 +491,13 @@ class SweepTracker:
     def _find(self, tags: dict[str, str], parent: str | None) -> str | None:
         filters = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
         if parent:
-            filters.append(f"tags.`{PARENT_TAG}` = '{parent}'")
+            filters.append(f"tags.`{TAG_PARENT}` = '{parent}'")
         runs = self.mlc.search_runs([self.experiment_id], " and ".join(filters), max_results=2)
         return runs[0].info.run_id if runs else None
 
     def _child_runs(self) -> list[Any]:
         return self.mlc.search_runs(
-            [self.experiment_id], f"tags.`{PARENT_TAG}` = '{self.parent_id}'", max_results=10000
+            [self.experiment_id], f"tags.`{TAG_PARENT}` = '{self.parent_id}'", max_results=10000
         )
 
 
@@ -680,63 +507,6 @@ def _step_metrics(result: dict[str, Any], timestamp: int, step: int, metric_cls:
         for k in STEP_METRICS
         if isinstance(result.get(k), int | float) and not isinstance(result.get(k), bool) and math.isfinite(result[k])
     ]
-
-
-def server_answers(uri: str, timeout: float = 3.0) -> bool:
-    """Whether the tracking server at `uri` answers at all (any HTTP status counts: an authenticating server
-    that refuses an anonymous probe is up). Stores that are not servers always count as answering."""
-    if not uri.startswith(("http://", "https://")):
-        return True
-    try:
-        server_request(uri, "/health", timeout=timeout)
-    except urllib.error.HTTPError:
-        return True
-    except (urllib.error.URLError, OSError):
-        return False
-    return True
-
-
-TRACKING_WAIT_S = 600  # how long a finished sweep waits for a tracking server that is down
-
-
-def wait_for_server(uri: str, timeout: float, every: float = 5.0) -> bool:
-    """Whether the tracking server answers within `timeout` seconds (a restart), probing every `every` s."""
-    deadline = time.monotonic() + timeout
-    if server_answers(uri):
-        return True
-    log.warning(
-        "mlflow: %s does not answer; waiting up to %.0f s for it to log the sweep's results", redact_uri(uri), timeout
-    )
-    while time.monotonic() < deadline:
-        time.sleep(every)
-        if server_answers(uri):
-            return True
-    return False
-
-
-def text_signature() -> Any:
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-
-    from adaptune.mlflow_model import DEFAULT_MAX_NEW_TOKENS
-
-    return ModelSignature(
-        inputs=Schema([ColSpec("string")]),  # a list of prompts (or a one-column DataFrame)
-        outputs=Schema([ColSpec("string")]),
-        params=ParamSchema([ParamSpec("max_new_tokens", "long", DEFAULT_MAX_NEW_TOKENS)]),
-    )
-
-
-def model_requirements() -> list[str]:
-    """What loading a logged model needs, pinned to the versions that wrote it."""
-    return [f"{lib}=={_version(lib)}" for lib in ("mlflow", "torch", "transformers", "peft", "safetensors")]
-
-
-def _version(lib: str) -> str:
-    try:
-        return metadata.version(lib)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def _manifest_dict(manifest: Any) -> dict[str, Any]:
@@ -761,7 +531,7 @@ def _source_tags(sweep_file: str) -> dict[str, str]:
         except (OSError, subprocess.SubprocessError):
             return {}
         return {
-            "mlflow.source.git.commit": commit.stdout.strip(),
-            "adaptune.git_dirty": str(bool(dirty.stdout.strip())),
+            TAG_GIT_COMMIT: commit.stdout.strip(),
+            TAG_GIT_DIRTY: str(bool(dirty.stdout.strip())),
         }
     return {}

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adaptune.architecture import MAX_JSON_BYTES, ArchitectureError, safetensors_header
 from adaptune.errors import Problem
+from adaptune.preflight.architecture import MAX_JSON_BYTES, ArchitectureError, safetensors_header
 
 SPECIAL_TOKENS = ("bos_token", "eos_token", "pad_token", "unk_token")
 CONFIG_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from adaptune.data import DataManifest
-from adaptune.sweep import SweepOutcome
-from adaptune.trial import TrialOutcome
+from adaptune.records import EVAL_COLUMNS, ROW_COLUMNS, SweepOutcome, TrialOutcome
 
 
 def table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
@@ -18,17 +17,6 @@ def table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> st
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-EVAL_COLUMNS = [
-    ("step", "step", "d"),
-    ("train_loss", "train_loss", ".4f"),
-    ("eval_loss", "eval_loss", ".4f"),
-    ("perplexity", "perplexity", ".2f"),
-    ("tokens_per_s", "tokens/s", ".0f"),
-    ("step_time_s", "step_s", ".3f"),
-    ("peak_memory_mb", "peak_MB", ".0f"),
-]
 
 
 def format_trial(manifest: DataManifest, outcome: TrialOutcome) -> str:
@@ -51,7 +39,7 @@ def format_trial(manifest: DataManifest, outcome: TrialOutcome) -> str:
 def format_sweep(outcome: SweepOutcome) -> str:
     """The results table of a sweep, the winner and its adapter, and where the results files are."""
     metric = outcome.metric
-    fixed = {"trial", metric, "steps", "wall_s", "status", "reason", "adapter"}
+    fixed = {metric, *ROW_COLUMNS}
     sampled = sorted({k for r in outcome.rows for k in r} - fixed)
 
     def cell(v: Any) -> Any:

@@ -10,26 +10,12 @@ from pydantic import BaseModel, ValidationError
 
 from adaptune.config import SYNONYMS, SweepConfig
 from adaptune.errors import Problem, short_repr
+from adaptune.records import REPORTED_METRICS
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "qrandint")
 ALPHA_PER_RANK = "multiple_of_rank"  # lora.alpha: {multiple_of_rank: 2} or {multiple_of_rank: {choice: [1, 2]}}
 SEARCHABLE = ("lora", "quantization", "train")  # data is prepared once per sweep, the model is the sweep's
-# What every evaluation report of the training loop (train_loop.py) carries; a search may optimise any of them.
-REPORTED_METRICS = (
-    "step",
-    "train_loss",
-    "eval_loss",
-    "perplexity",
-    "base_eval_loss",
-    "tokens_per_s",
-    "step_time_s",
-    "learning_rate",
-    "peak_memory_mb",
-    "trainable_params",
-    "trainable_fraction",
-    "epoch",
-    "diverged",
-)
+# A search may optimise any metric an evaluation reports (records.REPORTED_METRICS).
 
 
 def searchable_keys(model: type[BaseModel] = SweepConfig, prefix: str = "") -> list[str]:

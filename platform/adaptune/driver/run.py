@@ -12,12 +12,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adaptune.architecture import ArchitectureError, target_modules_for
 from adaptune.config import ClusterProfile, SweepConfig, model_source, read_configs, resolve_path
-from adaptune.data import prepare_dataset
+from adaptune.data import DataManifest, prepare_dataset
+from adaptune.driver.sweep import (
+    build_tuner,
+    collect_results,
+    pick_winner,
+    trial_histories,
+    unfinished_trials,
+    write_results,
+)
+from adaptune.driver.trial import run_trial
 from adaptune.errors import ConfigError, DataError, Problem, StorageError, storage_failure
-from adaptune.search_space import target_candidates
-from adaptune.validate import MOSTLY_TRUNCATED, check_run
+from adaptune.merge import merge_adapter
+from adaptune.names import DATA_DIR, RESULTS_JSON, TRIALS_DIR, target_key
+from adaptune.preflight.architecture import ArchitectureError, target_modules_for
+from adaptune.preflight.search_space import target_candidates
+from adaptune.preflight.validate import MOSTLY_TRUNCATED, check_run
+from adaptune.records import PreparedRun, SweepOutcome, TrialOutcome
+from adaptune.tracking.models import download_adapter, resolve_base
+from adaptune.tracking.registry import log_merged, register_winner, resolve_ref
+from adaptune.tracking.runs import SweepTracker
+from adaptune.tracking.server import TRACKING_WAIT_S, check_tracking, tracking_uri, ui_command, wait_for_server
+from adaptune.tracking.store import client
 
 log = logging.getLogger("adaptune")
 WORKER_GROUP_START_TIMEOUT_S = 600
@@ -63,15 +80,20 @@ def checked_plan(
     return RunPlan(sweep, cluster, sweep_file, cluster_file, storage.resolve() / sweep.name)
 
 
-def prepare_inputs(plan: RunPlan):
-    """Tokenize the data once for the whole run and resolve the LoRA targets of every setting it may sample;
-    returns (manifest, the base trial's inputs, targets by setting)."""
-    from adaptune.trial import TrialInputs, target_key
+@dataclass(frozen=True)
+class Prepared:
+    """A run's data, prepared once, and what every trial of it shares."""
 
+    manifest: DataManifest
+    run: PreparedRun
+
+
+def prepare_inputs(plan: RunPlan) -> Prepared:
+    """Tokenize the data once for the whole run and resolve the LoRA targets of every setting it may sample."""
     sweep, cluster = plan.sweep, plan.cluster
     started = time.perf_counter()
     manifest = prepare_dataset(
-        sweep.data, sweep.model.path, plan.sweep_root / "data", sweep.model.trust_remote_code, sweep.model.revision
+        sweep.data, sweep.model.path, plan.sweep_root / DATA_DIR, sweep.model.trust_remote_code, sweep.model.revision
     )
     log.info(
         "data %s: %s rows (train/validation/test) -> %s examples, %s truncated, %s dropped; digest %s; "
@@ -105,9 +127,7 @@ def prepare_inputs(plan: RunPlan):
                 "Add data, or lower train.micro_batch_size or trial.num_workers",
             )
         )
-    targets = resolve_targets(plan)
-    base_targets = targets[target_key(sweep.lora.target_modules)]
-    return manifest, TrialInputs(manifest.path, base_targets, manifest.pad_token_id), targets
+    return Prepared(manifest, PreparedRun(manifest.path, manifest.pad_token_id, resolve_targets(plan)))
 
 
 def start_local_ray(**init_kwargs: Any) -> None:
@@ -138,7 +158,7 @@ def connect_ray(cluster: ClusterProfile) -> None:
         return
     # Ray Train gives a worker group 60 s to start; workers importing torch, transformers and DeepSpeed on a
     # busy machine can take longer, and a timed-out attempt's retry can wait behind its own placement group.
-    # Processes of a local Ray inherit this; on a cluster set it where the nodes start (see README).
+    # Processes of a local Ray inherit this; on a cluster set it where the nodes start (see docs/clusters.md).
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", str(WORKER_GROUP_START_TIMEOUT_S))
     address = cluster.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
@@ -175,23 +195,26 @@ def storage_guard(cluster: ClusterProfile, resume: str = "") -> Iterator[None]:
         raise found from e
 
 
-def run_train(sweep_file: str, cluster_file: str | None, overrides: list[str]):
-    """`adaptune train`: the sweep's base values as one trial. Returns (manifest, outcome)."""
-    from adaptune.trial import run_trial
+@dataclass(frozen=True)
+class TrainResult:
+    manifest: DataManifest
+    outcome: TrialOutcome
+
+
+def run_train(sweep_file: str, cluster_file: str | None, overrides: list[str]) -> TrainResult:
+    """`adaptune train`: the sweep's base values as one trial."""
 
     plan = plan_run(sweep_file, cluster_file, overrides)
     with storage_guard(plan.cluster):
-        manifest, inputs, _ = prepare_inputs(plan)
+        prepared = prepare_inputs(plan)
         connect_ray(plan.cluster)
         name = time.strftime("train-%Y%m%d-%H%M%S")
-        outcome = run_trial(pin_paths(plan.sweep), plan.cluster, inputs, name, str(plan.sweep_root))
-    return manifest, outcome
+        outcome = run_trial(pin_paths(plan.sweep), plan.cluster, prepared.run, name, str(plan.sweep_root))
+    return TrainResult(prepared.manifest, outcome)
 
 
 def resolve_targets(plan: RunPlan) -> dict[str, list[str]]:
     """Module suffixes for every target setting the sweep may sample, resolved once for the model."""
-    from adaptune.trial import target_key
-
     sweep = plan.sweep
     out = {}
     for i, target in enumerate(target_candidates(sweep)):
@@ -224,112 +247,125 @@ def find_sweep(sweep_root: Path, wanted: str | None) -> str:
     return found[-1]
 
 
-def run_sweep(sweep_file: str, cluster_file: str | None, overrides: list[str], resume: str | bool = False):
+def run_sweep(
+    sweep_file: str, cluster_file: str | None, overrides: list[str], resume: str | bool = False
+) -> SweepOutcome:
     """`adaptune sweep`: many trials under Ray Tune; data prepared once, every trial reads the same copy. MLflow
     gets one parent run for the sweep and a child run per trial; the winner's adapter is registered.
 
     SIGTERM (what `ray job stop` sends) is handled like Ctrl-C: Tune stops the trials and saves its state,
-    so the sweep can be resumed. Returns (manifest, SweepOutcome).
+    so the sweep can be resumed.
     """
     return sweep_plan(plan_run(sweep_file, cluster_file, overrides), resume)
 
 
-def sweep_plan(plan: RunPlan, resume: str | bool = False, parent_tags: dict[str, str] | None = None):
+def sweep_plan(plan: RunPlan, resume: str | bool = False, parent_tags: dict[str, str] | None = None) -> SweepOutcome:
     """The sweep of a checked plan (see `run_sweep`); `parent_tags` go on its MLflow parent run."""
-    # What may still refuse the input (the sweep to resume, every row of the data) comes before Ray is imported
-    if resume:
-        sweep_id = find_sweep(plan.sweep_root, resume if isinstance(resume, str) else None)
-    else:
-        sweep_id = time.strftime("sweep-%Y%m%d-%H%M%S")
-    manifest, inputs, targets = prepare_inputs(plan)
+    sweep_id = sweep_to_run(plan, resume)  # what may still refuse the input comes before Ray is imported
+    prepared = prepare_inputs(plan)
+    connect_ray(plan.cluster)
+    tracker = open_tracking(plan, sweep_id, prepared, bool(resume), parent_tags)
+    with storage_guard(plan.cluster, f"; resume with: adaptune sweep {plan.sweep_file} --resume {sweep_id}"):
+        grid = fit(plan, sweep_id, prepared.run, tracker, bool(resume))
+        outcome = finish(plan, sweep_id, grid, tracker)
+    if outcome.winner is not None and not outcome.interrupted and plan.sweep.mlflow.register_winner:
+        outcome.registration = register(plan, prepared.manifest, tracker, outcome.winner)
+    return outcome
 
+
+def sweep_to_run(plan: RunPlan, resume: str | bool) -> str:
+    """The id of the sweep to run: a new one, or (resuming) the named or newest one under its storage."""
+    if resume:
+        return find_sweep(plan.sweep_root, resume if isinstance(resume, str) else None)
+    return time.strftime("sweep-%Y%m%d-%H%M%S")
+
+
+def open_tracking(
+    plan: RunPlan, sweep_id: str, prepared: Prepared, resuming: bool, parent_tags: dict[str, str] | None
+) -> Any:
+    """The sweep's MLflow parent run, created (or found again when resuming)."""
+
+    log.info("sweep %s: storage %s", sweep_id, plan.sweep_root / sweep_id)
+    tracker = SweepTracker(plan.sweep, plan.cluster, sweep_id, prepared.run.targets, parent_tags)
+    tracker.open(prepared.manifest, plan.sweep_file, plan.cluster_file, resuming=resuming)
+    return tracker
+
+
+def fit(plan: RunPlan, sweep_id: str, prepared: PreparedRun, tracker: Any, resuming: bool) -> Any:
+    """Run (or resume) the Tune sweep to its end, or until Ctrl-C / SIGTERM stops it; returns Tune's results."""
     import signal
 
     import ray
 
-    from adaptune.registry import register_winner
-    from adaptune.sweep import (
-        TRIALS_DIR,
-        SweepOutcome,
-        build_tuner,
-        collect_results,
-        pick_winner,
-        trial_histories,
-        unfinished_trials,
-        write_results,
-    )
-    from adaptune.tracking import TRACKING_WAIT_S, SweepTracker, ui_command, wait_for_server
-
-    connect_ray(plan.cluster)
-    log.info("sweep %s: storage %s", sweep_id, plan.sweep_root / sweep_id)
-    tracker = SweepTracker(plan.sweep, plan.cluster, sweep_id, targets, parent_tags)
-    tracker.open(manifest, plan.sweep_file, plan.cluster_file, resuming=bool(resume))
-    resume_hint = f"; resume with: adaptune sweep {plan.sweep_file} --resume {sweep_id}"
-    with storage_guard(plan.cluster, resume_hint):
-        previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
-        try:
-            tuner = build_tuner(
-                pin_paths(plan.sweep),
-                plan.cluster,
-                inputs,
-                targets,
-                plan.sweep_root,
-                sweep_id,
-                ray.cluster_resources(),
-                restore=bool(resume),
-                callbacks=[tracker.callback()],
-            )
-            grid = tuner.fit()
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-        unfinished = unfinished_trials(grid)
-        interrupted = bool(unfinished)
-        rows = collect_results(grid, plan.sweep, plan.sweep_root / sweep_id / TRIALS_DIR, unfinished)
-        winner = pick_winner(rows, plan.sweep.search)
-        directory = plan.sweep_root / sweep_id
-        write_results(rows, winner, directory)
-        if not wait_for_server(tracker.uri, TRACKING_WAIT_S):
-            raise RuntimeError(
-                f"the MLflow server {tracker.uri} did not answer for {TRACKING_WAIT_S} s at the end of sweep "
-                f"{sweep_id}: its results are in "
-                f"{directory / 'results.json'} and its checkpoints on storage. Start the server, then log them with "
-                f"`adaptune sweep {plan.sweep_file} --resume {sweep_id}`"
-            )
-        tracker.backfill(rows, trial_histories(grid, plan.sweep_root / sweep_id / TRIALS_DIR))
-        note = tracker.outage_note()
-        if note:
-            log.warning("%s", note)
-            write_results(rows, winner, directory, note)
-        models = tracker.close(rows, winner, directory, interrupted, note)
-    registration = None
-    if winner is not None and not interrupted and plan.sweep.mlflow.register_winner:
-        metric = plan.sweep.search.metric
-        registration = register_winner(
-            tracker.mlc,
-            plan.sweep.registered_model_name,
-            models[winner["trial"]],
-            tracker.parent_id,
-            tracker.children[winner["trial"]],
-            manifest.digest,
-            tracker.base,
-            metric,
-            winner[metric],
+    previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    try:
+        tuner = build_tuner(
+            pin_paths(plan.sweep),
+            plan.cluster,
+            prepared,
+            plan.sweep_root,
+            sweep_id,
+            ray.cluster_resources(),
+            restore=resuming,
+            callbacks=[tracker.callback()],
         )
-    outcome = SweepOutcome(
+        return tuner.fit()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def finish(plan: RunPlan, sweep_id: str, grid: Any, tracker: Any) -> SweepOutcome:
+    """One row per trial and the winner; what the tracking server missed logged late; the results written
+    (once) beside the sweep; every run closed with its final status."""
+
+    directory = plan.sweep_root / sweep_id
+    trials_dir = directory / TRIALS_DIR
+    unfinished = unfinished_trials(grid)
+    rows = collect_results(grid, plan.sweep, trials_dir, unfinished)
+    winner = pick_winner(rows, plan.sweep.search)
+    if not wait_for_server(tracker.uri, TRACKING_WAIT_S):
+        write_results(rows, winner, directory)
+        raise RuntimeError(
+            f"the MLflow server {tracker.uri} did not answer for {TRACKING_WAIT_S} s at the end of sweep "
+            f"{sweep_id}: its results are in {directory / RESULTS_JSON} and its checkpoints on storage. Start the "
+            f"server, then log them with `adaptune sweep {plan.sweep_file} --resume {sweep_id}`"
+        )
+    tracker.backfill(rows, trial_histories(grid, trials_dir))
+    note = tracker.outage_note()
+    if note:
+        log.warning("%s", note)
+    write_results(rows, winner, directory, note)
+    tracker.close(rows, winner, directory, bool(unfinished), note)
+    return SweepOutcome(
         sweep_id,
         str(directory),
         plan.sweep.search.metric,
         rows,
         winner,
-        interrupted,
+        bool(unfinished),
         tracking_uri=tracker.uri,
         experiment_id=tracker.experiment_id,
         parent_run_id=tracker.parent_id,
-        registration=registration,
         ui=ui_command(tracker.uri),
         tracking_note=note,
     )
-    return manifest, outcome
+
+
+def register(plan: RunPlan, manifest: DataManifest, tracker: Any, winner: dict[str, Any]) -> Any:
+    """The winner's adapter as a new version of the sweep's registered model (see tracking.registry)."""
+
+    metric = plan.sweep.search.metric
+    return register_winner(
+        tracker.mlc,
+        plan.sweep.registered_model_name,
+        tracker.models[winner["trial"]],
+        tracker.parent_id,
+        tracker.children[winner["trial"]],
+        manifest.digest,
+        tracker.base,
+        metric,
+        winner[metric],
+    )
 
 
 def _fmt(counts: dict[str, int]) -> str:
@@ -344,37 +380,47 @@ def run_merge(
     overrides: list[str],
     overwrite: bool,
     register: bool,
-):
+) -> MergeResult:
     """`adaptune merge`: the adapter a registry reference or run id names, merged into its base model in full
-    precision, checked against base+adapter, saved, logged to MLflow and registered as `<name>-merged`.
-    Returns (resolved adapter, merge report, registration or None, how to open the UI)."""
+    precision, checked against base+adapter, saved, logged to MLflow and registered as `<name>-merged`."""
     import tempfile
 
-    from adaptune.merge import merge_adapter
-    from adaptune.registry import download_adapter, log_merged, resolve_base, resolve_ref
-    from adaptune.tracking import ui_command
-
-    cluster, uri, mlc = registry_access("merge", cluster_file, tracking, overrides)
+    access = registry_access("merge", cluster_file, tracking, overrides)
+    uri, mlc = access.uri, access.mlc
     adapter = resolve_ref(mlc, ref, uri)
     log.info("merge: %s -> %s (run %s) at %s", ref, adapter.model_uri, adapter.run_id, uri)
     with tempfile.TemporaryDirectory(prefix="adaptune-merge-") as tmp:
-        adapter_dir, config = download_adapter(adapter, Path(tmp))
+        adapter_dir, config = download_adapter(uri, adapter.model_uri, adapter.ref, Path(tmp))
         report = merge_adapter(
             adapter_dir,
-            resolve_base(config, resolve_path(cluster.storage_path), ref),
+            resolve_base(config, resolve_path(access.cluster.storage_path), ref),
             Path(out),
             revision=config.get("revision"),
             trust_remote_code=bool(config.get("trust_remote_code")),
             overwrite=overwrite,
         )
-    registration = log_merged(mlc, adapter, Path(out), report) if register else None
-    return adapter, report, registration, ui_command(uri)
+    registration = log_merged(mlc, uri, adapter, Path(out), report) if register else None
+    return MergeResult(adapter, report, registration, ui_command(uri))
 
 
-def registry_access(verb: str, cluster_file: str | None, tracking: str | None, overrides: list[str]):
+@dataclass(frozen=True)
+class MergeResult:
+    adapter: Any  # tracking.registry.ResolvedAdapter
+    report: Any  # merge.MergeReport
+    registration: Any  # tracking.registry.Registration of the merged model, or None
+    ui: str  # how to open the MLflow UI on it
+
+
+@dataclass(frozen=True)
+class RegistryAccess:
+    cluster: ClusterProfile
+    uri: str
+    mlc: Any  # the MlflowClient of `uri`
+
+
+def registry_access(verb: str, cluster_file: str | None, tracking: str | None, overrides: list[str]) -> RegistryAccess:
     """For verbs that work on the registry alone (merge, rollback): the cluster profile with `cluster.`
-    overrides and `--tracking-uri`, its tracking server checked. Returns (profile, tracking URI, client)."""
-    from adaptune.tracking import check_tracking, client, tracking_uri
+    overrides and `--tracking-uri`, its tracking server checked."""
 
     stray = [o for o in overrides if not o.startswith("cluster.")]
     if stray:
@@ -388,4 +434,4 @@ def registry_access(verb: str, cluster_file: str | None, tracking: str | None, o
     if problems or cluster is None:
         raise ConfigError(problems)
     uri = tracking_uri(cluster)
-    return cluster, uri, client(uri)
+    return RegistryAccess(cluster, uri, client(uri))

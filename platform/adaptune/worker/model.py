@@ -16,9 +16,9 @@ from adaptune.config import (
     resolve_precision,
     resolve_quant_storage,
 )
+from adaptune.names import ADAPTER_WEIGHTS
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "uint8": torch.uint8}
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def quantization_config(sweep: SweepConfig, cluster: ClusterProfile) -> Any | None:

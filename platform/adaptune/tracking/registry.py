@@ -1,32 +1,49 @@
 """The MLflow Model Registry: a sweep's winner becomes a new version with the alias `challenger` (and
 `champion` when the model has none); people move `champion` in the UI; `NAME@champion`, `NAME/VERSION` or a
-run id name an adapter to merge, and the merged model is registered as `<name>-merged`."""
+run id name an adapter to merge, and the merged model is registered as `<name>-merged`. Retraining promotes by
+moving `champion` (the version it leaves keeps `previous-champion`) and rolls back the same way.
+
+Every call goes through the explicit client it is given (`store.client`); a version is always text here."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from adaptune.errors import ConfigError, Problem
+from adaptune.names import (
+    CHALLENGER,
+    CHAMPION,
+    DECISION_FAILED,
+    KIND_MERGE,
+    MERGED_SUFFIX,
+    PREVIOUS_CHAMPION,
+    ROLLED_BACK,
+    TAG_ADAPTER_MODEL,
+    TAG_ADAPTER_REGISTERED_MODEL,
+    TAG_ADAPTER_VERSION,
+    TAG_BASE,
+    TAG_BASE_FINGERPRINT,
+    TAG_DIGEST,
+    TAG_KIND,
+    TAG_MERGE_RUN,
+    TAG_METRIC,
+    TAG_METRIC_VALUE,
+    TAG_MODEL_ID,
+    TAG_RETRAIN_DECISION,
+    TAG_RETRAIN_REASON,
+    TAG_RETRAIN_RUN,
+    TAG_SWEEP_RUN,
+    TAG_TRIAL_RUN,
+)
+from adaptune.tracking.models import log_text_model
+from adaptune.tracking.store import module_api
 
 log = logging.getLogger("adaptune")
-
-CHAMPION, CHALLENGER = "champion", "challenger"
-MERGED_SUFFIX = "-merged"
-TAG_SWEEP_RUN = "adaptune.sweep_run_id"
-TAG_TRIAL_RUN = "adaptune.trial_run_id"
-TAG_DIGEST = "adaptune.dataset_digest"
-TAG_BASE = "adaptune.base_model"  # hub:<id>@<revision> | storage:<path under storage_path> | path:<absolute path>
-TAG_BASE_FINGERPRINT = "adaptune.base_model_fingerprint"  # architecture.model_fingerprint of a local base
-TAG_METRIC = "adaptune.metric"
-TAG_VALUE = "adaptune.metric_value"
-TAG_ADAPTER_VERSION = "adaptune.adapter_version"
-TAG_ADAPTER_MODEL = "adaptune.adapter_model"
 
 
 @dataclass(frozen=True)
@@ -56,27 +73,22 @@ def register_winner(
     """Register the winning adapter as a new version of `name`, alias `challenger`, and `champion` if the model
     has none yet, tagged with the base model it needs (`base_reference`). A resumed sweep that already
     registered its winner gets that version back."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mlc.get_registered_model(name)
-    except MlflowException:
-        mlc.create_registered_model(name, description="LoRA adapters registered by adaptune sweeps.")
+    _ensure_registered_model(mlc, name, "LoRA adapters registered by adaptune sweeps.")
     for mv in mlc.search_model_versions(f"name = '{name}'"):
         if mv.tags.get(TAG_SWEEP_RUN) == parent_run_id:
             return Registration(name, version_str(mv.version), sorted(mv.aliases))
-    mv = mlflow.register_model(
-        f"models:/{model_id}",
+    mv = register_model(
+        mlc,
+        model_id,
         name,
-        tags={
+        {
             TAG_SWEEP_RUN: parent_run_id,
             TAG_TRIAL_RUN: trial_run_id,
             TAG_DIGEST: digest,
             TAG_BASE: base["base_model_ref"],
             **({TAG_BASE_FINGERPRINT: base["base_model_fingerprint"]} if "base_model_fingerprint" in base else {}),
             TAG_METRIC: metric,
-            TAG_VALUE: f"{value:.6g}",
+            TAG_METRIC_VALUE: f"{value:.6g}",
         },
     )
     version = version_str(mv.version)
@@ -89,67 +101,34 @@ def register_winner(
     return Registration(name, version, aliases)
 
 
+def register_model(mlc: Any, model_id: str, name: str, tags: dict[str, str]) -> Any:
+    """A new version of the registered model `name` from the logged model `model_id` (what
+    `mlflow.register_model("models:/<id>", name)` does, through the client: the version records the logged model,
+    and the logged model lists the versions made from it). Returns the model version."""
+    logged = mlc.get_logged_model(model_id)
+    # The registry resolves a `models:/` source through MLflow's process-wide tracking URI: set for this call only
+    with module_api(mlc.tracking_uri):
+        mv = mlc.create_model_version(
+            name, source=f"models:/{model_id}", run_id=logged.source_run_id, tags=tags, model_id=model_id
+        )
+    made = json.loads(logged.tags.get("mlflow.modelVersions") or "[]")
+    made.append({"name": name, "version": version_str(mv.version)})
+    mlc.set_logged_model_tags(model_id, {"mlflow.modelVersions": json.dumps(made)})
+    return mv
+
+
+def _ensure_registered_model(mlc: Any, name: str, description: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlc.get_registered_model(name)
+    except MlflowException:
+        mlc.create_registered_model(name, description=description)
+
+
 # --------------------------------------------------------------------------------------------------
 # The base model an adapter needs, as a reference another machine can resolve
 # --------------------------------------------------------------------------------------------------
-
-
-def base_reference(model_path: str, revision: str | None, storage_root: Path) -> dict[str, str]:
-    """How a registered adapter names its base model: a hub id with its revision; a local model under the
-    storage root by its path there (every node and the machine that merges reach the same storage); any other
-    local model by its absolute path. A local base also gets its fingerprint, so a copy found elsewhere can be
-    checked to be the same model."""
-    from adaptune.architecture import model_fingerprint
-    from adaptune.config import model_source
-
-    source = model_source(model_path)
-    local = Path(source)
-    if not local.is_dir():
-        return {"base_model": source, "base_model_ref": f"hub:{source}@{revision or 'main'}"}
-    root = storage_root.resolve()
-    ref = f"storage:{local.relative_to(root)}" if root in local.parents else f"path:{local}"
-    return {"base_model": source, "base_model_ref": ref, "base_model_fingerprint": model_fingerprint(local)}
-
-
-def resolve_base(config: dict[str, Any], storage_root: Path, source: str) -> str:
-    """The base model to load on this machine for an adapter's model config (see `base_reference`): a base under
-    the storage root is looked up under this machine's storage root first, then at the path it had where it was
-    trained. A local base found must have the recorded fingerprint.
-
-    Raises:
-        ConfigError: the base is nowhere to be found here, or a different model is at its path.
-    """
-    from adaptune.architecture import model_fingerprint
-
-    ref = str(config.get("base_model_ref") or "")
-    kind, _, where = ref.partition(":")
-    if kind == "hub" or (not ref and not Path(config["base_model"]).is_absolute()):
-        return str(config["base_model"])
-    tried = ([str(storage_root.resolve() / where)] if kind == "storage" else []) + [str(config["base_model"])]
-    found = next((p for p in tried if Path(p, "config.json").is_file()), None)
-    if found is None:
-        raise ConfigError(
-            Problem(
-                source,
-                "base model",
-                f"the adapter's base model {ref or config['base_model']} is not on this machine (looked in "
-                f"{', '.join(tried)})",
-                "Copy the base model to one of those paths (a base under storage_path is found under this "
-                "machine's storage_path), or run the merge where it was trained",
-            )
-        )
-    want = config.get("base_model_fingerprint")
-    if want and model_fingerprint(Path(found)) != want:
-        raise ConfigError(
-            Problem(
-                source,
-                "base model",
-                f"{found} is not the model the adapter was trained on (its config and weights differ from the "
-                "fingerprint recorded at training)",
-                "Put the training base model there, or merge where it was trained",
-            )
-        )
-    return found
 
 
 # --------------------------------------------------------------------------------------------------
@@ -205,7 +184,7 @@ def resolve_ref(mlc: Any, ref: str, uri: str) -> ResolvedAdapter:
                 "Use NAME@ALIAS (e.g. mymodel@champion), NAME/VERSION or the run id of a trial",
             )
         ) from None
-    model_id = run.data.tags.get("adaptune.adapter_model_id")
+    model_id = run.data.tags.get(TAG_MODEL_ID)
     if not model_id:
         raise ConfigError(
             Problem(uri, ref, f"run {ref} ({run.info.run_name}) has no logged adapter", "Name a trial run that trained")
@@ -226,74 +205,52 @@ def _model_uri(mv: Any) -> str:
     return f"models:/{model_id}" if model_id else mv.source
 
 
-def download_adapter(adapter: ResolvedAdapter, dst: Path) -> tuple[Path, dict[str, Any]]:
-    """The adapter's files and its model config (base model, revision) from MLflow."""
-    import mlflow
-
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=adapter.model_uri, dst_path=str(dst)))
-    mlmodel = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))
-    pyfunc = mlmodel["flavors"]["python_function"]
-    config = pyfunc.get("config") or {}  # the model_config it was logged with
-    artifacts = pyfunc.get("artifacts", {})
-    if "adapter" not in artifacts or "base_model" not in config:
-        raise ConfigError(
-            Problem(
-                adapter.model_uri,
-                adapter.ref,
-                "not an adaptune adapter (no adapter artifact)",
-                "Name an adapter logged by an adaptune sweep",
-            )
-        )
-    return local / artifacts["adapter"]["path"], config
-
-
-def log_merged(mlc: Any, adapter: ResolvedAdapter, out_dir: Path, report: Any) -> Registration:
+def log_merged(mlc: Any, uri: str, adapter: ResolvedAdapter, out_dir: Path, report: Any) -> Registration:
     """Log the merged model to MLflow (a run beside the adapter's) and register it as `<name>-merged`, tagged
     with the adapter version it came from."""
-    import mlflow
-
-    from adaptune.tracking import MLFLOW_MODEL_CODE, model_requirements, text_signature
+    from mlflow.entities import Metric, Param
 
     source_run = mlc.get_run(adapter.run_id)
     name = (adapter.name or source_run.info.run_name) + MERGED_SUFFIX
-    mlflow.set_experiment(experiment_id=source_run.info.experiment_id)
     run_name = f"merge {adapter.name}/{adapter.version}" if adapter.name else f"merge run {adapter.run_id}"
-    with mlflow.start_run(run_name=run_name, tags={"adaptune.kind": "merge"}) as run:
-        mlflow.log_params(
-            {
-                "adapter": adapter.ref,
-                "adapter.model_uri": adapter.model_uri,
-                "adapter.version": adapter.version,
-                "merge.tolerance": report.tolerance,
-            }
-        )
-        mlflow.log_metric("merge_max_abs_diff", report.max_abs_diff)
-        info = mlflow.pyfunc.log_model(
-            name="merged",
-            python_model=str(MLFLOW_MODEL_CODE),
-            artifacts={"model": str(out_dir)},
-            signature=text_signature(),
-            pip_requirements=model_requirements(),
-        )
-    tags = {TAG_ADAPTER_MODEL: adapter.model_uri, "adaptune.merge_run_id": run.info.run_id}
+    run = mlc.create_run(source_run.info.experiment_id, run_name=run_name, tags={TAG_KIND: KIND_MERGE})
+    run_id = run.info.run_id
+    params = {
+        "adapter": adapter.ref,
+        "adapter.model_uri": adapter.model_uri,
+        "adapter.version": adapter.version,
+        "merge.tolerance": report.tolerance,
+    }
+    mlc.log_batch(
+        run_id,
+        metrics=[Metric("merge_max_abs_diff", report.max_abs_diff, _now_ms(), 0)],
+        params=[Param(k, str(v)) for k, v in params.items()],
+    )
+    status = "FAILED"
+    try:
+        model_id = log_text_model(uri, run_id, "merged", {"model": str(out_dir)})
+        status = "FINISHED"
+    finally:
+        mlc.set_terminated(run_id, status)
+    tags = {TAG_ADAPTER_MODEL: adapter.model_uri, TAG_MERGE_RUN: run_id}
     if adapter.version:
         tags[TAG_ADAPTER_VERSION] = adapter.version
-        tags["adaptune.adapter_registered_model"] = adapter.name
-    mv = mlflow.register_model(f"models:/{info.model_id}", name, tags=tags)
+        tags[TAG_ADAPTER_REGISTERED_MODEL] = adapter.name
+    _ensure_registered_model(mlc, name, "Models merged from adaptune adapters.")
+    mv = register_model(mlc, model_id, name, tags)
     log.info("mlflow: registered merged model %s version %s", name, mv.version)
     return Registration(name, version_str(mv.version), [])
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
 
 
 # --------------------------------------------------------------------------------------------------
 # Retraining: promotion by the frozen set, and rollback
 # --------------------------------------------------------------------------------------------------
-
-PREVIOUS_CHAMPION = "previous-champion"
-ROLLED_BACK = "rolled-back"
-TAG_DECISION = "adaptune.retrain.decision"  # promoted | kept-champion | first-champion | failed
-TAG_DECISION_REASON = "adaptune.retrain.reason"
-TAG_FROZEN_LOSS = "adaptune.frozen_eval_loss"
-TAG_RETRAIN_RUN = "adaptune.retrain_run_id"
 
 
 def aliases(mlc: Any, name: str) -> dict[str, str]:
@@ -319,8 +276,8 @@ def mark_failed(mlc: Any, name: str, version: str, reason: str, retrain_run_id: 
     """Record on a registered challenger that its retrain failed before deciding (so nobody reads it as still
     being judged, or as the winner of a round), and take `challenger` off it if the alias still points there."""
     for key, value in {
-        TAG_DECISION: "failed",
-        TAG_DECISION_REASON: reason[:4000],
+        TAG_RETRAIN_DECISION: DECISION_FAILED,
+        TAG_RETRAIN_REASON: reason[:4000],
         TAG_RETRAIN_RUN: retrain_run_id,
     }.items():
         mlc.set_model_version_tag(name, version, key, value)

@@ -5,71 +5,36 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from adaptune.config import ClusterProfile, SweepConfig
-
-METRIC = "eval_loss"
+from adaptune.names import ADAPTER_DIR, TRAINER_STATE
+from adaptune.preflight.rules import check_compatibility
+from adaptune.preflight.search_space import apply_values, resolve_alpha
+from adaptune.records import PreparedRun, TrialOutcome, TrialSpec
 
 
 class TrainingDiverged(RuntimeError):
     """The trial's loss became NaN/inf or exploded; it was stopped at once."""
 
 
-@dataclass(frozen=True)
-class TrialInputs:
-    """What every trial of a run shares, computed once by the driver."""
-
-    data_dir: str  # the prepared (tokenized) dataset, on storage every node reaches
-    target_modules: list[str]
-    pad_token_id: int
-
-
-@dataclass
-class TrialOutcome:
-    """What a finished trial produced."""
-
-    path: str  # the trial's storage directory
-    best: dict[str, Any]  # metrics of the best evaluation
-    final: dict[str, Any]  # metrics of the last evaluation
-    history: list[dict[str, Any]]  # every evaluation, in order
-    adapter_path: str  # adapter of the best evaluation
-    restarts: list[int] = field(default_factory=list)  # steps the trial resumed from after worker losses
-    quantized_layers: int = 0  # base layers held in 4-/8-bit
-    startup: list[dict[str, float]] = field(default_factory=list)  # seconds per start-up phase, per (re)start
-
-
-def build_trainer(
-    sweep: SweepConfig,
-    cluster: ClusterProfile,
-    inputs: TrialInputs,
-    name: str,
-    storage_path: str,
-    callbacks: list[Any] | None = None,
-) -> Any:
+def build_trainer(spec: TrialSpec, name: str, storage_path: str, callbacks: list[Any] | None = None) -> Any:
     """A `TorchTrainer` for one trial: N workers over gloo (CPU) or NCCL (GPU), restarted from the last
-    adapter checkpoint up to `trial.max_failures` times, keeping the best checkpoint and the latest."""
+    adapter checkpoint up to `trial.max_failures` times, keeping the checkpoint best by `search.metric` and
+    `search.mode` and the latest."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from adaptune.train_loop import train_fn_per_worker
+    from adaptune.worker.train_loop import train_fn_per_worker  # torch: only where a trainer is built
 
-    tr = cluster.trial
+    tr, search = spec.cluster.trial, spec.sweep.search
     resources = {"CPU": tr.cpus_per_worker}
     if tr.use_gpu:
         resources["GPU"] = tr.gpus_per_worker
     return TorchTrainer(
         train_fn_per_worker,
-        train_loop_config={
-            "sweep": sweep.model_dump(mode="json"),
-            "cluster": cluster.model_dump(mode="json"),
-            "data_dir": inputs.data_dir,
-            "target_modules": inputs.target_modules,
-            "pad_token_id": inputs.pad_token_id,
-            "launched_at": time.time(),
-        },
+        train_loop_config={"spec": spec},
         scaling_config=ScalingConfig(num_workers=tr.num_workers, use_gpu=tr.use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if tr.use_gpu else "gloo"),
         run_config=RunConfig(
@@ -77,26 +42,26 @@ def build_trainer(
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=tr.max_failures),
             checkpoint_config=CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order="min"
+                num_to_keep=1, checkpoint_score_attribute=search.metric, checkpoint_score_order=search.mode
             ),
             callbacks=callbacks or [],
         ),
     )
 
 
-def read_outcome(result: Any) -> TrialOutcome:
+def read_outcome(result: Any, search: Any) -> TrialOutcome:
     """The outcome of a finished `TorchTrainer.fit()`, read from its checkpoints (not `Result.metrics`,
-    which Ray leaves empty in some paths). The latest checkpoint's trainer state has the full history."""
-    from adaptune.train_loop import ADAPTER_DIR, TRAINER_STATE
-
+    which Ray leaves empty in some paths). The latest checkpoint's trainer state has the full history; the
+    best evaluation is the best by `search.metric` in `search.mode`."""
     if result.checkpoint is None:
         raise RuntimeError(f"trial at {result.path} reported no checkpoint")
     with result.checkpoint.as_directory() as d:
         state = json.loads((Path(d) / TRAINER_STATE).read_text(encoding="utf-8"))
     if "diverged" in state:
         raise TrainingDiverged(state["diverged"]["reason"])
-    best_ckpt, best = min(
-        result.best_checkpoints or [(result.checkpoint, state["history"][-1])], key=lambda cm: cm[1][METRIC]
+    pick = min if search.mode == "min" else max
+    best_ckpt, best = pick(
+        result.best_checkpoints or [(result.checkpoint, state["history"][-1])], key=lambda cm: cm[1][search.metric]
     )
     return TrialOutcome(
         path=str(result.path),
@@ -111,34 +76,24 @@ def read_outcome(result: Any) -> TrialOutcome:
 
 
 def run_trial(
-    sweep: SweepConfig, cluster: ClusterProfile, inputs: TrialInputs, name: str, storage_path: str
+    sweep: SweepConfig, cluster: ClusterProfile, prepared: PreparedRun, name: str, storage_path: str
 ) -> TrialOutcome:
     """Train one adapter with the sweep's base values and return what it produced.
 
     Raises:
         ray.train.TrainingFailedError: when the workers failed more than `trial.max_failures` times.
     """
-    trainer = build_trainer(sweep, cluster, inputs, name, storage_path)
+    trainer = build_trainer(prepared.spec(sweep, cluster, time.time()), name, storage_path)
     result = trainer.fit()
-    return read_outcome(result)
+    return read_outcome(result, sweep.search)
 
 
 class TrialSkipped(RuntimeError):
     """The sampled combination cannot train (an incompatible setting); the trial is recorded, not run."""
 
 
-def target_key(target: str | list[str]) -> str:
-    """A stable key for a `lora.target_modules` value (a named set or a list)."""
-    return target if isinstance(target, str) else json.dumps(sorted(target))
-
-
 def launch_training(
-    config: dict[str, Any],
-    sweep: dict[str, Any],
-    cluster: dict[str, Any],
-    inputs: TrialInputs,
-    targets: dict[str, list[str]],
-    trials_path: str,
+    config: dict[str, Any], sweep: SweepConfig, cluster: ClusterProfile, prepared: PreparedRun, trials_path: str
 ) -> None:
     """The Ray Tune trainable of a sweep: one trial. Applies the sampled values (`config`, dotted keys) to the
     base sweep, then runs a TorchTrainer whose evaluations reach Tune through `TuneReportCallback`.
@@ -150,17 +105,12 @@ def launch_training(
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from adaptune.search_space import apply_values, resolve_alpha
-    from adaptune.validate import check_compatibility
-
-    base = SweepConfig.model_validate(sweep)
-    profile = ClusterProfile.model_validate(cluster)
     try:
-        trial_sweep = apply_values(base, resolve_alpha(config, base))
+        trial_sweep = apply_values(sweep, resolve_alpha(config, sweep))
     except ValidationError as e:
         err = e.errors(include_url=False)[0]
         raise TrialSkipped(f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
-    problems = check_compatibility(trial_sweep, profile, "sampled", "cluster")
+    problems = check_compatibility(trial_sweep, cluster, "sampled", "cluster")
     if problems:
         raise TrialSkipped("; ".join(f"{p.key}: {p.message}" for p in problems))
     trial_id = tune.get_context().get_trial_id()
@@ -170,20 +120,14 @@ def launch_training(
         for report in finished:
             tune.report(report)
         return
-    trial_inputs = TrialInputs(
-        inputs.data_dir, targets[target_key(trial_sweep.lora.target_modules)], inputs.pad_token_id
-    )
-    trainer = build_trainer(
-        trial_sweep, profile, trial_inputs, name=trial_id, storage_path=trials_path, callbacks=[TuneReportCallback()]
-    )
+    spec = prepared.spec(trial_sweep, cluster, time.time())
+    trainer = build_trainer(spec, name=trial_id, storage_path=trials_path, callbacks=[TuneReportCallback()])
     trainer.fit()
 
 
 def checkpoints_on_storage(run_dir: Path) -> dict[int, Path]:
     """A trial's inner-run checkpoints on storage by training step, read from their trainer states.
     A checkpoint directory still being written (no readable state yet) is left out."""
-    from adaptune.train_loop import TRAINER_STATE
-
     out = {}
     for ckpt in sorted(run_dir.glob("checkpoint_*")):
         try:
@@ -196,8 +140,6 @@ def checkpoints_on_storage(run_dir: Path) -> dict[int, Path]:
 def _finished_run(run_dir: Path, max_steps: int) -> list[dict[str, Any]] | None:
     """The reports of a trial's inner run that already finished (or diverged), read from its latest
     checkpoint on storage; None when it has not finished."""
-    from adaptune.train_loop import TRAINER_STATE
-
     by_step = checkpoints_on_storage(run_dir)
     if not by_step:
         return None

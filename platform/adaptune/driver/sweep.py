@@ -8,22 +8,31 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from adaptune.config import ClusterProfile, SearchConfig, SweepConfig
-from adaptune.search_space import build_param_space, resolve_alpha
-from adaptune.trial import TrialInputs, checkpoints_on_storage, launch_training
+from adaptune.driver.trial import checkpoints_on_storage, launch_training
+from adaptune.names import (
+    ADAPTER_DIR,
+    DIVERGED,
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    RESULTS_CSV,
+    RESULTS_JSON,
+    SKIPPED,
+    STOPPED_EARLY,
+    TRAINED,
+    TRAINER_STATE,
+    TRIALS_DIR,
+)
+from adaptune.preflight.search_space import build_param_space, resolve_alpha
+from adaptune.records import PreparedRun
 
 log = logging.getLogger("adaptune")
 
-RESULTS_CSV = "results.csv"
-RESULTS_JSON = "results.json"
-TRIALS_DIR = "trials"
 TRIAL_DRIVER_MEMORY = 256 * 2**20
-FINISHED, STOPPED_EARLY, DIVERGED, FAILED, SKIPPED = "finished", "stopped early", "diverged", "failed", "skipped"
-INTERRUPTED = "interrupted"  # the sweep was stopped (Ctrl-C, `ray job stop`) before this trial ended
 
 
 def concurrency(search: SearchConfig, cluster: ClusterProfile, resources: dict[str, float]) -> int:
@@ -116,8 +125,7 @@ def _progress_callback(metric: str, mode: str, max_steps: int) -> Any:
 def build_tuner(
     sweep: SweepConfig,
     cluster: ClusterProfile,
-    inputs: TrialInputs,
-    targets: dict[str, list[str]],
+    prepared: PreparedRun,
     sweep_root: Path,
     sweep_id: str,
     resources: dict[str, float],
@@ -132,10 +140,9 @@ def build_tuner(
     trainable = tune.with_resources(
         tune.with_parameters(
             launch_training,
-            sweep=sweep.model_dump(mode="json"),
-            cluster=cluster.model_dump(mode="json"),
-            inputs=inputs,
-            targets=targets,
+            sweep=sweep,
+            cluster=cluster,
+            prepared=prepared,
             trials_path=str(sweep_root / sweep_id / TRIALS_DIR),
         ),
         # The trial process only waits on its TorchTrainer: no CPU, so a cluster holding exactly N trials' workers
@@ -177,24 +184,6 @@ def build_tuner(
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class SweepOutcome:
-    """What a sweep produced."""
-
-    sweep_id: str
-    path: str
-    metric: str
-    rows: list[dict[str, Any]]
-    winner: dict[str, Any] | None
-    interrupted: bool
-    tracking_uri: str = ""
-    experiment_id: str = ""
-    parent_run_id: str = ""
-    registration: Any = None  # adaptune.registry.Registration of the winner, when registered
-    ui: str = ""  # how to open the MLflow UI on the runs
-    tracking_note: str | None = None  # tracking-server outages during the sweep and what was logged late
-
-
 def unfinished_trials(grid: Any) -> set[str]:
     """Ids of the trials Tune had not ended (still pending or running) when `fit()` returned: the sweep was
     interrupted. Read from the trials' Tune status, not from the `done` flag of their last result: a trial that
@@ -228,8 +217,6 @@ def collect_results(grid: Any, sweep: SweepConfig, trials_dir: Path, unfinished:
 
     The adapter is the checkpoint on storage (`trials_dir/<trial id>/`) saved at the trial's best step; the
     path Tune was told is the fallback."""
-    from adaptune.train_loop import ADAPTER_DIR
-
     s = sweep.search
     rows = []
     for result in grid:
@@ -292,8 +279,6 @@ def trial_histories(grid: Any, trials_dir: Path) -> dict[str, list[dict[str, Any
 
 def checkpointed_history(run_dir: Path) -> list[dict[str, Any]]:
     """The evaluations in the trainer state of a trial's latest checkpoint on storage ([] when it has none)."""
-    from adaptune.train_loop import TRAINER_STATE
-
     by_step = checkpoints_on_storage(run_dir)
     if not by_step:
         return []
@@ -314,7 +299,7 @@ def merge_histories(reported: list[dict[str, Any]], checkpointed: list[dict[str,
 
 def pick_winner(rows: list[dict[str, Any]], search: SearchConfig) -> dict[str, Any] | None:
     """The best trial that trained (finished or stopped early) with an adapter."""
-    ok = [r for r in rows if r["status"] in (FINISHED, STOPPED_EARLY) and r[search.metric] is not None and r["adapter"]]
+    ok = [r for r in rows if r["status"] in TRAINED and r[search.metric] is not None and r["adapter"]]
     if not ok:
         return None
     pick = min if search.mode == "min" else max

@@ -1,0 +1,114 @@
+"""Names shared across adaptune's processes and stores: trial statuses, file names on storage, MLflow tags and
+aliases, retrain decisions, and the key of a LoRA target setting.
+
+A leaf: imports nothing of adaptune (a test holds it to that), so every module can use it. A name written by
+one process and read by another (a worker's checkpoint file read by the driver, a tag set by a sweep and read by
+`merge`) is defined here once.
+"""
+
+from __future__ import annotations
+
+import json
+
+# --------------------------------------------------------------------------------------------------
+# Trial statuses: the `status` column of results, the `adaptune.status` tag of a trial's run
+# --------------------------------------------------------------------------------------------------
+
+FINISHED = "finished"  # trained to train.max_steps
+STOPPED_EARLY = "stopped early"  # ended by ASHA before max_steps
+DIVERGED = "diverged"  # loss became NaN/inf or exploded; stopped at once
+FAILED = "failed"  # its workers failed more often than trial.max_failures allows
+SKIPPED = "skipped"  # the sampled combination cannot train; recorded, not run
+INTERRUPTED = "interrupted"  # the sweep was stopped (Ctrl-C, `ray job stop`) before this trial ended
+TRAINED = (FINISHED, STOPPED_EARLY)  # statuses whose adapter can win
+
+# --------------------------------------------------------------------------------------------------
+# Files on storage
+# --------------------------------------------------------------------------------------------------
+
+RESULTS_CSV = "results.csv"  # one row per trial, beside a sweep's Tune state
+RESULTS_JSON = "results.json"
+TRIALS_DIR = "trials"  # <sweep>/trials/<trial id>/checkpoint_*: each trial's Ray Train run
+DATA_DIR = "data"  # <storage>/<sweep name>/data: the data prepared once per run
+TRAINER_STATE = "trainer_state.json"  # in each checkpoint: step, history of evaluations, restarts
+ADAPTER_DIR = "adapter"  # in each checkpoint: the adapter alone
+PROBE_FILE = "probe.safetensors"  # in each checkpoint: a few logits to check a reloaded adapter against
+ADAPTER_CONFIG = "adapter_config.json"  # peft's files of an adapter (safetensors only, never pickles)
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+MODEL_CONFIG = "config.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+EMBEDDED_DB = "mlflow.db"  # the embedded MLflow store under storage_path, when no server is configured
+EMBEDDED_ARTIFACTS = "mlartifacts"
+RETRAIN_DIR = "retrain"  # <storage>/retrain/<registered model>/: lock, history, snapshots of each drop
+RETRAIN_HISTORY = "history.jsonl"
+RETRAIN_LOCK = "lock"
+
+# --------------------------------------------------------------------------------------------------
+# MLflow: run tags
+# --------------------------------------------------------------------------------------------------
+
+TAG_PARENT = "mlflow.parentRunId"  # MLflow's own: nests a trial's run under its sweep's
+TAG_GIT_COMMIT = "mlflow.source.git.commit"
+TAG_GIT_DIRTY = "adaptune.git_dirty"
+TAG_KIND = "adaptune.kind"  # KIND_* below
+KIND_SWEEP, KIND_TRIAL, KIND_MERGE, KIND_RETRAIN, KIND_ROLLBACK = "sweep", "trial", "merge", "retrain", "rollback"
+TAG_SWEEP = "adaptune.sweep_id"
+TAG_TRIAL = "adaptune.trial_id"
+TAG_STATUS = "adaptune.status"  # a trial status above
+TAG_STOPPED_EARLY = "adaptune.stopped_early"
+TAG_REASON = "adaptune.failure_reason"
+TAG_MODEL_ID = "adaptune.adapter_model_id"  # the logged adapter model of a trial's run
+TAG_TRACKING_NOTE = "adaptune.tracking_outage"
+TAG_WINNER_TRIAL = "adaptune.winner_trial"
+TAG_WINNER_RUN = "adaptune.winner_run_id"
+# a retrain run
+TAG_REGISTERED_MODEL = "adaptune.registered_model"
+TAG_RETRAIN_ID = "adaptune.retrain_id"
+TAG_DECISION = "adaptune.decision"  # DECISIONS below
+TAG_DECISION_WHY = "adaptune.decision_reason"
+TAG_CHALLENGER_VERSION = "adaptune.challenger_version"
+TAG_CHAMPION_AFTER = "adaptune.champion_after"
+TAG_MERGED_TO = "adaptune.merged_to"
+# a rollback run
+TAG_ROLLED_BACK_VERSION = "adaptune.rolled_back_version"
+TAG_RESTORED_VERSION = "adaptune.restored_version"
+TAG_ROLLBACK_REASON = "adaptune.reason"
+
+# --------------------------------------------------------------------------------------------------
+# MLflow: the Model Registry (version tags and aliases)
+# --------------------------------------------------------------------------------------------------
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+PREVIOUS_CHAMPION, ROLLED_BACK = "previous-champion", "rolled-back"
+MERGED_SUFFIX = "-merged"  # a merged model is registered as <adapter's registered model>-merged
+ADAPTER_MODEL_NAME = "adapter"  # the name of a trial's logged adapter model
+TAG_SWEEP_RUN = "adaptune.sweep_run_id"  # on a version: the sweep (parent run) that registered it
+TAG_TRIAL_RUN = "adaptune.trial_run_id"
+TAG_RETRAIN_RUN = "adaptune.retrain_run_id"  # also on a retrain's sweep run: the retrain it is nested under
+TAG_DIGEST = "adaptune.dataset_digest"
+TAG_BASE = "adaptune.base_model"  # hub:<id>@<revision> | storage:<path under storage_path> | path:<absolute path>
+TAG_BASE_FINGERPRINT = "adaptune.base_model_fingerprint"  # preflight.architecture.model_fingerprint of a local base
+TAG_METRIC = "adaptune.metric"
+TAG_METRIC_VALUE = "adaptune.metric_value"
+TAG_ADAPTER_VERSION = "adaptune.adapter_version"  # on a merged version: the adapter version it came from
+TAG_ADAPTER_MODEL = "adaptune.adapter_model"
+TAG_ADAPTER_REGISTERED_MODEL = "adaptune.adapter_registered_model"
+TAG_MERGE_RUN = "adaptune.merge_run_id"
+TAG_RETRAIN_DECISION = "adaptune.retrain.decision"  # on a challenger version: DECISIONS below
+TAG_RETRAIN_REASON = "adaptune.retrain.reason"
+TAG_FROZEN_LOSS = "adaptune.frozen_eval_loss"
+
+# Retrain decisions: on the retrain run (TAG_DECISION), its history line and the challenger (TAG_RETRAIN_DECISION)
+FIRST_CHAMPION, PROMOTED, KEPT_CHAMPION, NO_OP = "first-champion", "promoted", "kept-champion", "no-op"
+DECISION_FAILED = "failed"  # the round registered a challenger, then failed before deciding
+
+
+# --------------------------------------------------------------------------------------------------
+# LoRA targets
+# --------------------------------------------------------------------------------------------------
+
+
+def target_key(target: str | list[str]) -> str:
+    """The key of a `lora.target_modules` setting (a named set or a list of module names) in the table of
+    resolved targets the driver hands every trial."""
+    return target if isinstance(target, str) else json.dumps(sorted(target))

@@ -1,0 +1,131 @@
+"""Typed records where data crosses a process boundary: what the driver hands every trial's Ray Train workers
+(`PreparedRun`, `TrialSpec`), what one evaluation reports (`Evaluation`), and what a trial and a sweep produced
+(`TrialOutcome`, `SweepOutcome`, `TrialRow`'s columns).
+
+`Evaluation` is the one list of metrics: the metrics `search.metric` may name, the step metrics MLflow logs and
+the columns of a trial's table all derive from its fields. Light: imports only the schema and `names`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from adaptune.config import ClusterProfile, SweepConfig
+from adaptune.names import target_key
+
+# --------------------------------------------------------------------------------------------------
+# Driver -> workers
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """What every trial of a run shares, computed once by the driver before any trial starts."""
+
+    data_dir: str  # the prepared (tokenized) dataset, on storage every node reaches
+    pad_token_id: int
+    targets: dict[str, list[str]]  # module suffixes of every target setting the run may sample, by `target_key`
+
+    def spec(self, sweep: SweepConfig, cluster: ClusterProfile, launched_at: float) -> TrialSpec:
+        """The spec of one trial with settings `sweep` (the run's base values, or sampled values applied)."""
+        return TrialSpec(
+            sweep,
+            cluster,
+            self.data_dir,
+            self.targets[target_key(sweep.lora.target_modules)],
+            self.pad_token_id,
+            launched_at,
+        )
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything a trial's Ray Train workers need, validated once by the driver side: workers read it as given
+    (Ray pickles it into each worker; nothing is re-parsed there)."""
+
+    sweep: SweepConfig  # the trial's own settings (sampled values applied)
+    cluster: ClusterProfile
+    data_dir: str
+    target_modules: list[str]  # resolved for this trial's `lora.target_modules`
+    pad_token_id: int
+    launched_at: float  # wall time `fit()` was called: the workers' start-up is measured from it
+
+
+# --------------------------------------------------------------------------------------------------
+# One evaluation
+# --------------------------------------------------------------------------------------------------
+
+
+def _metric(header: str = "", spec: str = "", logged: bool = True) -> Any:
+    """A field of `Evaluation`: `logged` as an MLflow step metric; shown as a trial-table column `header` with
+    format `spec` when a header is given."""
+    return field(metadata={"header": header, "spec": spec, "logged": logged})
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What a trial reports at each evaluation round (to Ray Tune, into its checkpoint's history, to MLflow)."""
+
+    step: int = _metric("step", "d", logged=False)  # MLflow's step of the other metrics
+    train_loss: float = _metric("train_loss", ".4f")  # mean over the steps since the last evaluation
+    eval_loss: float = _metric("eval_loss", ".4f")  # token-weighted over the whole validation split
+    perplexity: float = _metric("perplexity", ".2f")
+    base_eval_loss: float = _metric(logged=False)  # the untouched base model's eval_loss: the bar to clear
+    tokens_per_s: float = _metric("tokens/s", ".0f")
+    step_time_s: float = _metric("step_s", ".3f")
+    learning_rate: float = _metric()
+    peak_memory_mb: float = _metric("peak_MB", ".0f")
+    trainable_params: int = _metric()
+    trainable_fraction: float = _metric()
+    epoch: float = _metric()
+    diverged: int = _metric(logged=False)  # 1 on the last report of a trial whose loss diverged
+
+    def report(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+REPORTED_METRICS = tuple(f.name for f in fields(Evaluation))  # what search.metric may name
+STEP_METRICS = tuple(f.name for f in fields(Evaluation) if f.metadata["logged"])  # logged to MLflow at each step
+EVAL_COLUMNS = [(f.name, f.metadata["header"], f.metadata["spec"]) for f in fields(Evaluation) if f.metadata["header"]]
+
+
+# --------------------------------------------------------------------------------------------------
+# What a trial and a sweep produced
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrialOutcome:
+    """What a finished trial produced (`adaptune train`)."""
+
+    path: str  # the trial's storage directory
+    best: dict[str, Any]  # the best evaluation (by search.metric and search.mode)
+    final: dict[str, Any]  # the last evaluation
+    history: list[dict[str, Any]]  # every evaluation, in order
+    adapter_path: str  # adapter of the best evaluation
+    restarts: list[int] = field(default_factory=list)  # steps the trial resumed from after worker losses
+    quantized_layers: int = 0  # base layers held in 4-/8-bit
+    startup: list[dict[str, float]] = field(default_factory=list)  # seconds per start-up phase, per (re)start
+
+
+# The fixed columns of a sweep's results row, besides the sampled values and the best `search.metric`:
+ROW_COLUMNS = ("trial", "steps", "wall_s", "status", "reason", "adapter")
+
+
+@dataclass
+class SweepOutcome:
+    """What a sweep produced: one row per trial (`ROW_COLUMNS`, the sampled values, the best metric)."""
+
+    sweep_id: str
+    path: str
+    metric: str
+    rows: list[dict[str, Any]]
+    winner: dict[str, Any] | None
+    interrupted: bool
+    tracking_uri: str = ""
+    experiment_id: str = ""
+    parent_run_id: str = ""
+    registration: Any = None  # tracking.registry.Registration of the winner, when registered
+    ui: str = ""  # how to open the MLflow UI on the runs
+    tracking_note: str | None = None  # tracking-server outages during the sweep and what was logged late
