@@ -158,8 +158,8 @@ def test_validate_reports_an_unreachable_or_wrong_tracking_server_with_its_uri(t
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == (
         f"{cluster}: mlflow.tracking_uri: MLflow tracking server {dead} is unreachable ([Errno 111] Connection "
-        "refused). Start the server (see docs/mlflow.md: 'A production tracking server'), or fix mlflow.tracking_uri in "
-        "the cluster profile / MLFLOW_TRACKING_URI"
+        "refused). Start the server (see docs/mlflow.md: 'A production tracking server'), or fix "
+        "mlflow.tracking_uri in the cluster profile / MLFLOW_TRACKING_URI"
     )
     # Something answers, but not MLflow (a wrong port, a proxy's error page).
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
