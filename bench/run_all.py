@@ -1,9 +1,9 @@
 """Run every benchmark, keep each one's Markdown in bench/results/<name>.md (headed by when, at which commit and
-on what machine it was measured), and regenerate the README's benchmark section from those files.
+on what machine it was measured), and regenerate the generated part of docs/benchmarks.md from those files.
 
-    .venv/bin/python bench/run_all.py [--only memory,data_scale] [--no-readme | --readme-only]
+    .venv/bin/python bench/run_all.py [--only memory,data_scale] [--no-docs | --docs-only]
 
-A bench that fails keeps its previous results file; the README section is rebuilt from every results file
+A bench that fails keeps its previous results file; the docs section is rebuilt from every results file
 present, so benches can be re-run one at a time. The benches that start Ray (overhead, asha_vs_full, memory)
 need the host's Ray to themselves. All of them: about 1.5 hours on 2 cores.
 """
@@ -22,10 +22,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-README = REPO / "README.md"
+DOCS = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
-# The order the README shows them in; each is `bench/<name>.py`, run with its defaults.
+# The order docs/benchmarks.md shows them in; each is `bench/<name>.py`, run with its defaults.
 BENCHES = ("overhead", "asha_vs_full", "memory", "data_scale", "mlflow_load")
 
 
@@ -78,10 +78,10 @@ def results_file(name: str, markdown: str, header: str) -> Path:
 
 
 def section() -> str:
-    """The README's benchmark section: every results file present, in bench order (others after, by name)."""
+    """docs/benchmarks.md's generated section: every results file present, in bench order (others after, by name)."""
     files = sorted(RESULTS.glob("*.md"), key=lambda p: (BENCHES.index(p.stem) if p.stem in BENCHES else 99, p.stem))
     text = "\n\n".join(p.read_text(encoding="utf-8").strip() for p in files)
-    # Results files head their tables with `##`; under the README's `## Benchmarks` they are subsections.
+    # Results files head their tables with `##`; under docs/benchmarks.md's `## Results` they are subsections.
     return "\n".join("#" + line if line.startswith("## ") else line for line in text.splitlines())
 
 
@@ -94,9 +94,9 @@ def rewrite_section(text: str, content: str) -> str:
     begin, end = text.count(BEGIN), text.count(END)
     if begin != 1 or end != 1 or text.index(BEGIN) > text.index(END):
         raise ValueError(
-            f"README.md must hold {BEGIN} once, followed by {END} once (found {begin} and {end}"
+            f"docs/benchmarks.md must hold {BEGIN} once, followed by {END} once (found {begin} and {end}"
             f"{', in the wrong order' if begin == end == 1 else ''}). Put them around the generated part of "
-            "its Benchmarks section"
+            "its Results section"
         )
     head, rest = text.split(BEGIN)
     _, tail = rest.split(END)
@@ -106,11 +106,11 @@ def rewrite_section(text: str, content: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help=f"comma-separated subset of: {','.join(BENCHES)}")
-    readme = parser.add_mutually_exclusive_group()
-    readme.add_argument("--no-readme", action="store_true", help="write results files only")
-    readme.add_argument("--readme-only", action="store_true", help="run nothing; rebuild the README section")
+    docs = parser.add_mutually_exclusive_group()
+    docs.add_argument("--no-docs", action="store_true", help="write results files only")
+    docs.add_argument("--docs-only", action="store_true", help="run nothing; rebuild docs/benchmarks.md's section")
     args = parser.parse_args()
-    names = [] if args.readme_only else args.only.split(",") if args.only else list(BENCHES)
+    names = [] if args.docs_only else args.only.split(",") if args.only else list(BENCHES)
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
         parser.error(f"unknown bench {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
@@ -127,9 +127,12 @@ def main() -> int:
             failed.append(name)
         else:
             print(f"run_all: wrote {results_file(name, markdown, header).relative_to(REPO)}", file=sys.stderr)
-    if not args.no_readme:
-        README.write_text(rewrite_section(README.read_text(encoding="utf-8"), section()), encoding="utf-8")
-        print(f"run_all: README.md benchmark section rebuilt from {RESULTS.relative_to(REPO)}/", file=sys.stderr)
+    if not args.no_docs:
+        DOCS.write_text(rewrite_section(DOCS.read_text(encoding="utf-8"), section()), encoding="utf-8")
+        print(
+            f"run_all: {DOCS.relative_to(REPO)} benchmark section rebuilt from {RESULTS.relative_to(REPO)}/",
+            file=sys.stderr,
+        )
     if failed:
         print(f"run_all: failed: {', '.join(failed)} (their previous results were kept)", file=sys.stderr)
     return 1 if failed else 0

@@ -1,4 +1,4 @@
-"""bench/run_all.py: the README's benchmark section is rebuilt between its markers from bench/results/."""
+"""bench/run_all.py: docs/benchmarks.md's generated section is rebuilt between its markers from bench/results/."""
 
 from __future__ import annotations
 
@@ -19,29 +19,29 @@ def _run_all():
 run_all = _run_all()
 BEGIN, END = run_all.BEGIN, run_all.END
 
-README = f"""# Title
-
-## Benchmarks
+DOCS = f"""# Benchmarks
 
 Intro that stays.
+
+## Results
 
 {BEGIN}
 old table
 | a | b |
 {END}
 
-## Tests
+## More
 
 Text after, with a stray <!-- comment --> that stays.
 """
 
 
 def test_rewrite_replaces_only_what_is_between_the_markers():
-    out = run_all.rewrite_section(README, "\n## New figures\n\n| x | y |\n|---|---|\n\n")
+    out = run_all.rewrite_section(DOCS, "\n## New figures\n\n| x | y |\n|---|---|\n\n")
     head, rest = out.split(BEGIN)
     inside, tail = rest.split(END)
-    assert head == README.split(BEGIN)[0]
-    assert tail == README.split(END)[1]
+    assert head == DOCS.split(BEGIN)[0]
+    assert tail == DOCS.split(END)[1]
     assert inside == "\n## New figures\n\n| x | y |\n|---|---|\n"
     assert "old table" not in out
     # Rebuilding from the same results changes nothing.
@@ -58,11 +58,12 @@ def test_rewrite_replaces_only_what_is_between_the_markers():
     ],
 )
 def test_markers_missing_repeated_or_reversed_are_a_clear_error(text, found):
-    with pytest.raises(ValueError, match=f"README.md must hold {BEGIN} once, followed by {END} once \\({found}"):
+    message = f"docs/benchmarks\\.md must hold {BEGIN} once, followed by {END} once \\({found}"
+    with pytest.raises(ValueError, match=message):
         run_all.rewrite_section(text, "content")
 
 
-def test_readme_section_is_the_results_files_in_bench_order(tmp_path, monkeypatch):
+def test_docs_section_is_the_results_files_in_bench_order(tmp_path, monkeypatch):
     monkeypatch.setattr(run_all, "RESULTS", tmp_path)
     (tmp_path / "mlflow_load.md").write_text("C\n")
     (tmp_path / "overhead.md").write_text("\nA\n\n")
@@ -71,8 +72,8 @@ def test_readme_section_is_the_results_files_in_bench_order(tmp_path, monkeypatc
     assert run_all.section() == "A\n\nB\n\nC"
 
 
-def test_the_readme_shows_the_committed_results():
-    """The README's section is exactly what run_all builds from bench/results/ (run `bench/run_all.py
-    --readme-only` after changing a results file)."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+def test_the_docs_show_the_committed_results():
+    """docs/benchmarks.md's section is exactly what run_all builds from bench/results/ (run `bench/run_all.py
+    --docs-only` after changing a results file)."""
+    text = (REPO / "docs" / "benchmarks.md").read_text(encoding="utf-8")
     assert run_all.rewrite_section(text, run_all.section()) == text
