@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from .conftest import REPO
+from .support import REPO
 
 
 def _run_all():

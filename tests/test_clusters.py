@@ -24,7 +24,7 @@ from adaptune.config import ClusterProfile, read_configs
 from adaptune.sweep import concurrency
 from adaptune.validate import check_resources, check_run, check_storage
 
-from .conftest import REPO
+from .support import REPO
 
 CLUSTERS = REPO / "clusters"
 KUBERAY = CLUSTERS / "kuberay"

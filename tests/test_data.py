@@ -19,7 +19,7 @@ from adaptune.data import (
 )
 from adaptune.errors import DataError
 
-from .conftest import DEMO_DATA
+from .support import DEMO_DATA
 
 
 def _jsonl(path, rows):

@@ -16,15 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import (
-    Background,
-    alive_actors,
-    cluster_config,
-    committed_state,
-    run_cli,
-    sweep_config,
-    write_yaml,
-)
+from .support import Background, cluster_config, committed_state, run_cli, sweep_config, write_yaml
+from .support.ray_nodes import alive_actors
 
 # --------------------------------------------------------------------------------------------------
 # Storage: a real filesystem of a fixed size (tmpfs), filled or made read-only
@@ -108,7 +101,7 @@ def test_storage_filling_up_mid_run_stops_with_an_error_naming_it(ray_cluster, t
 @pytest.fixture
 def own_mlflow(tmp_path):
     """An `mlflow server` of this test's own (PostgreSQL, loopback): it is stopped and started again."""
-    from .mlflow_server import mlflow_server
+    from .support.mlflow_server import mlflow_server
 
     with mlflow_server(tmp_path / "mlflow") as server:
         yield server

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import DEMO_DATA, REPO, free_port, sweep_config, write_yaml
+from .support import DEMO_DATA, REPO, free_port, sweep_config, write_yaml
 
 FROZEN = REPO / "data" / "demo" / "frozen_eval.jsonl"
 TIME_LIMIT_S = 20  # generous for a loaded machine: each case is refused in about a second

@@ -33,7 +33,7 @@ from adaptune.retrain import (
     training_set,
 )
 
-from .conftest import DEMO_DATA, REPO, run_cli, sweep_config, write_yaml
+from .support import DEMO_DATA, REPO, run_cli, sweep_config, write_yaml
 
 FROZEN = REPO / "data" / "demo" / "frozen_eval.jsonl"
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import DEMO_DATA, REPO, cluster_config, free_port, run_cli, sweep_config, write_yaml
-from .mlflow_server import MlflowServer, _sql, _stop, _wait_healthy, ensure_postgres
+from .support import DEMO_DATA, REPO, cluster_config, free_port, run_cli, sweep_config, write_yaml
+from .support.mlflow_server import MlflowServer, _sql, _stop, _wait_healthy, ensure_postgres
 
 SCRIPT = REPO / "scripts" / "mlflow-server.sh"
 VENV_BIN = str(Path(sys.executable).parent)

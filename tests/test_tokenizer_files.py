@@ -17,7 +17,7 @@ from adaptune.errors import DataError
 from adaptune.tokenizer_files import embedding_rows, read_tokenizer_files, tokenizer_problems
 from adaptune.validate import check_model
 
-from .conftest import DEMO_DATA
+from .support import DEMO_DATA
 
 
 def _copy(tiny_model: Path, tmp_path: Path) -> Path:
