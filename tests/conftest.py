@@ -1,5 +1,5 @@
-"""Shared fixtures: one tiny model and one real Ray cluster per test session, an MLflow server, and the hook that
-orders the run. Helpers live in tests/support/, not here."""
+"""Shared fixtures: one tiny model and one real Ray cluster per test session, an MLflow server; the hooks that
+give every test exactly one tier and order the run. Helpers live in tests/support/, not here."""
 
 from __future__ import annotations
 
@@ -11,14 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from .support import DEMO_DATA, free_port
+from .support import DEMO_DATA, free_port, tiers
 from .support.ray_nodes import RAY, ray_env, stop_ray
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests that do not use the shared Ray cluster run first. Some of them start a Ray of their own (the
+    """Every test has exactly one tier (unit, integration, system) or the run fails (tests/support/tiers.py).
+
+    Tests that do not use the shared Ray cluster run first. Some of them start a Ray of their own (the
     quickstart's in-process local Ray), and two Ray instances on one host stall each other's scheduling:
     the shared cluster, once started, lives until the session ends."""
+    tiers.check(config, items)
     items.sort(key=lambda item: "ray_cluster" in getattr(item, "fixturenames", ()))  # stable: order kept otherwise
 
 

@@ -8,6 +8,8 @@ import pytest
 
 from .support import REPO
 
+pytestmark = pytest.mark.unit
+
 
 def _run_all():
     spec = importlib.util.spec_from_file_location("bench_run_all", REPO / "bench" / "run_all.py")

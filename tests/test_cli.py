@@ -5,7 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from .support import DEMO_DATA, REPO, cluster_config, run_cli, sweep_config, write_yaml
+
+pytestmark = pytest.mark.unit
 
 
 def test_help_lists_every_verb():

@@ -26,6 +26,8 @@ from adaptune.validate import check_resources, check_run, check_storage
 
 from .support import REPO
 
+pytestmark = pytest.mark.unit
+
 CLUSTERS = REPO / "clusters"
 KUBERAY = CLUSTERS / "kuberay"
 RAYCLUSTER, RAYJOB, PREREQUISITES = KUBERAY / "raycluster.yaml", KUBERAY / "rayjob.yaml", KUBERAY / "prerequisites.yaml"

@@ -9,6 +9,8 @@ from adaptune.errors import ConfigError
 
 from .support import write_yaml
 
+pytestmark = pytest.mark.unit
+
 
 def _sweep(tmp_path, **overrides):
     data = {"name": "t", "model": {"path": "m"}, "data": {"path": "d.jsonl"}, **overrides}

@@ -21,6 +21,8 @@ from adaptune.errors import DataError
 
 from .support import DEMO_DATA
 
+pytestmark = pytest.mark.unit
+
 
 def _jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

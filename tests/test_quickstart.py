@@ -12,7 +12,7 @@ import pytest
 
 from .support import REPO
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.system
 
 
 @pytest.fixture

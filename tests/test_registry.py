@@ -14,6 +14,8 @@ from mlflow import MlflowClient
 from adaptune import registry
 from adaptune.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 NAME = "support-bot"
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from adaptune.registry import Registration
 from adaptune.report import format_sweep
 from adaptune.sweep import SweepOutcome
+
+pytestmark = pytest.mark.unit
 
 
 def _outcome(aliases: list[str]) -> SweepOutcome:

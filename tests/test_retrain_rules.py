@@ -35,6 +35,8 @@ from adaptune.retrain import (
 
 from .support import DEMO_DATA, REPO, run_cli, sweep_config, write_yaml
 
+pytestmark = pytest.mark.unit
+
 FROZEN = REPO / "data" / "demo" / "frozen_eval.jsonl"
 
 

@@ -19,6 +19,8 @@ from adaptune.validate import check_model
 
 from .support import DEMO_DATA
 
+pytestmark = pytest.mark.unit
+
 
 def _copy(tiny_model: Path, tmp_path: Path) -> Path:
     model = tmp_path / "model copy"

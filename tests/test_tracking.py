@@ -7,10 +7,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from adaptune.config import ClusterProfile, SweepConfig
 from adaptune.sweep import checkpointed_history, merge_histories
 from adaptune.tracking import SweepTracker
 from adaptune.train_loop import TRAINER_STATE
+
+pytestmark = pytest.mark.unit
 
 
 def _evaluation(step: int) -> dict:

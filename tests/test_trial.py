@@ -7,6 +7,8 @@ import pytest
 from adaptune.config import ClusterProfile, SweepConfig
 from adaptune.trial import TrialInputs, TrialSkipped, launch_training
 
+pytestmark = pytest.mark.unit
+
 BASE = SweepConfig.model_validate({"name": "t", "model": {"path": "m"}, "data": {"path": "d"}})
 
 

@@ -18,6 +18,8 @@ from adaptune.validate import check_run
 
 from .support import cluster_config, run_cli, sweep_config, write_yaml
 
+pytestmark = pytest.mark.unit
+
 # Llama-2 / Mistral style: the template itself refuses conversations whose roles do not alternate.
 ALTERNATING = (
     "{{ bos_token }}{% for message in messages %}"
