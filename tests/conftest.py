@@ -15,6 +15,10 @@ from .support import DEMO_DATA, free_port, tiers
 from .support.ray_nodes import RAY, ray_env, stop_ray
 
 
+def pytest_configure(config):
+    config.pluginmanager.register(tiers.TierDurations(config), tiers.PLUGIN)
+
+
 def pytest_collection_modifyitems(config, items):
     """Every test has exactly one tier (unit, integration, system) or the run fails (tests/support/tiers.py).
 
