@@ -7,6 +7,8 @@ import pytest
 from adaptune.demo.build import build_tiny_model
 from adaptune.preflight.architecture import ArchitectureError, linear_layers, read_model_type, resolve_target_modules
 
+pytestmark = pytest.mark.unit
+
 CORPUS = ["the router has four ports", "reset it with a paperclip", "warranty lasts two years"] * 20
 
 # What each named set must turn into, per architecture.

@@ -6,7 +6,9 @@ import importlib.util
 
 import pytest
 
-from .conftest import REPO
+from .support import REPO
+
+pytestmark = pytest.mark.unit
 
 
 def _run_all():

@@ -5,7 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from .conftest import DEMO_DATA, REPO, cluster_config, run_cli, sweep_config, write_yaml
+import pytest
+
+from .support import DEMO_DATA, REPO, cluster_config, run_cli, sweep_config, write_yaml
+
+pytestmark = pytest.mark.unit
 
 
 def test_help_lists_every_verb():
@@ -149,7 +153,7 @@ def test_validate_reports_an_unreachable_or_wrong_tracking_server_with_its_uri(t
     import http.server
     import threading
 
-    from .conftest import free_port
+    from .support import free_port
 
     sweep = write_yaml(tmp_path / "s.yaml", sweep_config(tiny_model))
     cluster = write_yaml(tmp_path / "c.yaml", cluster_config(tmp_path))

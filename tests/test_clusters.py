@@ -24,7 +24,9 @@ from adaptune.config import ClusterProfile, read_configs
 from adaptune.driver.sweep import concurrency
 from adaptune.preflight.validate import check_resources, check_run, check_storage
 
-from .conftest import REPO
+from .support import REPO
+
+pytestmark = pytest.mark.unit
 
 CLUSTERS = REPO / "clusters"
 KUBERAY = CLUSTERS / "kuberay"

@@ -7,7 +7,9 @@ import pytest
 from adaptune.config import load_config, parse_override, read_configs
 from adaptune.errors import ConfigError
 
-from .conftest import write_yaml
+from .support import write_yaml
+
+pytestmark = pytest.mark.unit
 
 
 def _sweep(tmp_path, **overrides):

@@ -19,7 +19,9 @@ from adaptune.data import (
 )
 from adaptune.errors import DataError
 
-from .conftest import DEMO_DATA
+from .support import DEMO_DATA
+
+pytestmark = pytest.mark.unit
 
 
 def _jsonl(path, rows):

@@ -7,6 +7,8 @@ import pytest
 from adaptune.config import ClusterProfile, SweepConfig
 from adaptune.worker.deepspeed_config import build_deepspeed_config
 
+pytestmark = pytest.mark.unit
+
 
 def _configs(stage: int, use_gpu: bool = False, **ds):
     sweep = SweepConfig.model_validate(

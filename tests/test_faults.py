@@ -16,15 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import (
-    Background,
-    alive_actors,
-    cluster_config,
-    committed_state,
-    run_cli,
-    sweep_config,
-    write_yaml,
-)
+from .support import Background, cluster_config, committed_state, run_cli, sweep_config, write_yaml
+from .support.ray_nodes import alive_actors
+
+pytestmark = pytest.mark.system
 
 # --------------------------------------------------------------------------------------------------
 # Storage: a real filesystem of a fixed size (tmpfs), filled or made read-only
@@ -75,7 +70,6 @@ def test_read_only_or_too_small_storage_is_refused_before_anything_starts(tiny_m
         assert list(small.iterdir()) == []  # nothing written
 
 
-@pytest.mark.integration
 def test_storage_filling_up_mid_run_stops_with_an_error_naming_it(ray_cluster, tiny_model, tmp_path):
     sweep = write_yaml(tmp_path / "sweep.yaml", sweep_config(tiny_model, train={"max_steps": 300, "eval_every": 5}))
     with small_filesystem(tmp_path / "store", 64) as store:
@@ -108,7 +102,7 @@ def test_storage_filling_up_mid_run_stops_with_an_error_naming_it(ray_cluster, t
 @pytest.fixture
 def own_mlflow(tmp_path):
     """An `mlflow server` of this test's own (PostgreSQL, loopback): it is stopped and started again."""
-    from .mlflow_server import mlflow_server
+    from .support.mlflow_server import mlflow_server
 
     with mlflow_server(tmp_path / "mlflow") as server:
         yield server
@@ -118,7 +112,6 @@ def _steps_logged(mlc, run_id: str) -> list[int]:
     return sorted(m.step for m in mlc.get_metric_history(run_id, "eval_loss"))
 
 
-@pytest.mark.integration
 def test_sweep_survives_a_killed_worker_and_an_mlflow_outage(ray_cluster, tiny_model, own_mlflow, tmp_path):
     from mlflow import MlflowClient
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import DEMO_DATA, REPO, free_port, sweep_config, write_yaml
+from .support import DEMO_DATA, REPO, free_port, sweep_config, write_yaml
 
 FROZEN = REPO / "data" / "demo" / "frozen_eval.jsonl"
 TIME_LIMIT_S = 20  # generous for a loaded machine: each case is refused in about a second
@@ -729,6 +729,7 @@ def _traces(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.name in MLFLOW_TRACES or p.name.startswith("session_")]
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_hostile_input_is_refused_in_one_line_without_ray_or_mlflow(case: Case, tmp_path, tiny_model):
     ctx = Ctx(tmp_path / "in", tiny_model)
@@ -785,12 +786,14 @@ def test_hostile_input_is_refused_in_one_line_without_ray_or_mlflow(case: Case, 
     assert elapsed < TIME_LIMIT_S, f"{case.id} took {elapsed:.1f}s"
 
 
+@pytest.mark.unit
 def test_the_table_covers_at_least_forty_cases_each_once():
     ids = [c.id for c in CASES]
     assert len(ids) >= 40 and len(set(ids)) == len(ids)
     assert all(c.what and c.fix for c in CASES)  # every refusal says what is wrong and how to fix it
 
 
+@pytest.mark.unit
 def test_traces_finds_an_mlflow_store_and_a_ray_session(tmp_path):
     """The detector the table relies on finds what it looks for."""
     assert _traces(tmp_path) == []

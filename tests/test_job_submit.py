@@ -18,9 +18,10 @@ import pytest
 
 from adaptune.driver.run import WORKER_GROUP_START_TIMEOUT_S
 
-from .conftest import RAY, REPO, free_port, ray_env, stop_ray, sweep_config, write_yaml
+from .support import REPO, free_port, sweep_config, write_yaml
+from .support.ray_nodes import RAY, ray_env, stop_ray
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.system
 
 
 def _ray_start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:

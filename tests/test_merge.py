@@ -13,6 +13,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from adaptune.errors import ConfigError
 from adaptune.merge import MergeMismatch, merge_adapter
 
+pytestmark = pytest.mark.unit
+
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 PROMPT = "Question: How do I reset my password?\nAnswer:"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, cluster_config, run_cli, sweep_config, write_yaml
+from .support import REPO, cluster_config, run_cli, sweep_config, write_yaml
 
 pytestmark = pytest.mark.integration
 
@@ -184,7 +184,7 @@ def _base(local: Path) -> str:
 
 
 def test_mlflow_ui_shows_the_sweep_with_its_trials(sweep_run, mlflow_server):
-    from .mlflow_ui import check_experiment_page
+    from .support.mlflow_ui import check_experiment_page
 
     ARTIFACTS.mkdir(exist_ok=True)
     text = check_experiment_page(

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from .support import REPO
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.system
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def stale_ray_record():
     that is gone. Ray's processes look there for the state API; the local Ray must not be misled by it."""
     from ray._private.utils import get_ray_address_file
 
-    from .conftest import free_port
+    from .support import free_port
 
     record = Path(get_ray_address_file(None))
     saved = record.read_text() if record.exists() else None

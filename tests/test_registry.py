@@ -14,6 +14,8 @@ from adaptune import names
 from adaptune.errors import ConfigError
 from adaptune.tracking import models, registry
 
+pytestmark = pytest.mark.unit
+
 NAME = "support-bot"
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from adaptune.driver.report import format_sweep
 from adaptune.records import SweepOutcome
 from adaptune.tracking.registry import Registration
+
+pytestmark = pytest.mark.unit
 
 
 def _outcome(aliases: list[str]) -> SweepOutcome:

@@ -13,7 +13,7 @@ import pytest
 
 from adaptune.demo.rows import generate_rows, write_jsonl
 
-from .conftest import DEMO_DATA, REPO, Background, cluster_config, run_cli, sweep_config, write_yaml
+from .support import DEMO_DATA, REPO, Background, cluster_config, run_cli, sweep_config, write_yaml
 
 pytestmark = pytest.mark.integration
 

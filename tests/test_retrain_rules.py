@@ -30,7 +30,9 @@ from adaptune.retrain.state import (
     training_set,
 )
 
-from .conftest import DEMO_DATA, REPO, run_cli, sweep_config, write_yaml
+from .support import DEMO_DATA, REPO, run_cli, sweep_config, write_yaml
+
+pytestmark = pytest.mark.unit
 
 FROZEN = REPO / "data" / "demo" / "frozen_eval.jsonl"
 

@@ -13,6 +13,8 @@ from adaptune.preflight.search_space import (
     searchable_keys,
 )
 
+pytestmark = pytest.mark.unit
+
 BASE = SweepConfig.model_validate({"name": "t", "model": {"path": "m"}, "data": {"path": "d"}})
 
 

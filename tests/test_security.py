@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import DEMO_DATA, REPO, cluster_config, free_port, run_cli, sweep_config, write_yaml
-from .mlflow_server import MlflowServer, _sql, _stop, _wait_healthy, ensure_postgres
+from .support import DEMO_DATA, REPO, cluster_config, free_port, run_cli, sweep_config, write_yaml
+from .support.mlflow_server import MlflowServer, _sql, _stop, _wait_healthy, ensure_postgres
 
 SCRIPT = REPO / "scripts" / "mlflow-server.sh"
 VENV_BIN = str(Path(sys.executable).parent)
@@ -30,6 +30,7 @@ VENV_BIN = str(Path(sys.executable).parent)
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_redact_uri_masks_passwords_and_secret_query_values_only():
     from adaptune.redaction import redact_uri
 
@@ -46,6 +47,7 @@ def test_redact_uri_masks_passwords_and_secret_query_values_only():
         assert redact_uri(harmless) == harmless
 
 
+@pytest.mark.unit
 def test_redact_masks_uris_in_text_and_the_values_of_secret_environment_variables(monkeypatch):
     from adaptune.redaction import SECRET_ENV, redact, redacted
 
@@ -71,6 +73,7 @@ def test_redact_masks_uris_in_text_and_the_values_of_secret_environment_variable
     }
 
 
+@pytest.mark.unit
 def test_log_redaction_masks_every_handler_s_lines(monkeypatch, tmp_path):
     from adaptune.redaction import install_log_redaction
 
@@ -154,6 +157,7 @@ def _run_files(tmp_path: Path, model: Path, **model_keys) -> tuple[Path, Path]:
     return sweep, write_yaml(tmp_path / "cluster.yaml", cluster_config(tmp_path / "runs"))
 
 
+@pytest.mark.unit
 def test_a_model_s_own_code_really_runs_when_trusted(plain_model, tmp_path):
     """The control for the tests below: the planted code is live, so its marker's absence means something."""
     model, marker = code_model(plain_model, tmp_path, "adaptune_evil")
@@ -167,6 +171,7 @@ def test_a_model_s_own_code_really_runs_when_trusted(plain_model, tmp_path):
     assert marker.read_text() == "the model's own code ran"
 
 
+@pytest.mark.unit
 def test_shipped_code_of_a_built_in_architecture_is_ignored_and_transformers_class_loads(plain_model, tmp_path):
     from adaptune.config import ClusterProfile, SweepConfig
     from adaptune.data import load_tokenizer
@@ -182,6 +187,7 @@ def test_shipped_code_of_a_built_in_architecture_is_ignored_and_transformers_cla
     assert not marker.exists()
 
 
+@pytest.mark.unit
 def test_a_model_that_needs_its_own_code_is_refused_with_one_line_and_nothing_runs(plain_model, tmp_path):
     from adaptune.config import ClusterProfile, SweepConfig
     from adaptune.data import load_tokenizer
@@ -216,6 +222,7 @@ def test_a_model_that_needs_its_own_code_is_refused_with_one_line_and_nothing_ru
         shutil.rmtree(model)
 
 
+@pytest.mark.unit
 def test_trusting_a_hub_model_s_code_needs_a_pinned_commit(tmp_path):
     hub = "example-org/example-model"
     cluster = write_yaml(tmp_path / "cluster.yaml", cluster_config(tmp_path / "runs"))
@@ -235,6 +242,7 @@ def test_trusting_a_hub_model_s_code_needs_a_pinned_commit(tmp_path):
             )
 
 
+@pytest.mark.unit
 def test_pickled_weights_are_never_unpickled(plain_model, tmp_path):
     """A planted pickle (pytorch_model.bin, adapter_model.bin) that would write a marker when loaded: validate,
     the base-model loader, merge and the adapter loader refuse it without unpickling it."""
@@ -285,6 +293,7 @@ def test_pickled_weights_are_never_unpickled(plain_model, tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_a_password_in_a_tracking_uri_is_refused_and_never_printed(plain_model, tmp_path):
     secret = "s3cret-" + secrets.token_hex(4)
     leaky = f"http://alice:{secret}@127.0.0.1:{free_port()}"
@@ -324,6 +333,7 @@ def _script(env: dict[str, str], *args: str, cwd: Path | None = None) -> subproc
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=full, timeout=60, cwd=cwd)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "env, message",
     [
@@ -362,6 +372,7 @@ def test_recipe_refuses_to_start_without_a_safe_setup(tmp_path, env, message):
     assert not (tmp_path / "state").exists()  # refused before writing anything
 
 
+@pytest.mark.unit
 def test_recipe_keeps_its_guarantees_against_extra_arguments(tmp_path):
     env = {"MLFLOW_BACKEND_STORE_URI": "postgresql://m@127.0.0.1/m", "MLFLOW_AUTH_ADMIN_PASSWORD": "a-long-password"}
     for extra in (["--host", "0.0.0.0"], ["--app-name=other"], ["--disable-security-middleware"]):
@@ -429,6 +440,7 @@ def _get(url: str, user: str | None = None, password: str | None = None) -> int:
         return e.code
 
 
+@pytest.mark.integration
 def test_recipe_server_binds_loopback_and_refuses_anyone_without_a_login(auth_server):
     import psutil
 
@@ -446,6 +458,7 @@ def test_recipe_server_binds_loopback_and_refuses_anyone_without_a_login(auth_se
     assert oct(auth_server.config.stat().st_mode & 0o777) == "0o600"
 
 
+@pytest.mark.integration
 def test_mlflow_client_logs_in_with_the_environment_s_credentials(auth_server, monkeypatch):
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -462,6 +475,7 @@ def test_mlflow_client_logs_in_with_the_environment_s_credentials(auth_server, m
     assert [e.name for e in mlc.search_experiments(max_results=1)] == ["Default"]
 
 
+@pytest.mark.integration
 def test_validate_checks_the_tracking_server_with_the_environment_s_credentials(auth_server, plain_model, tmp_path):
     sweep, _ = _run_files(tmp_path, plain_model)
     cluster = write_yaml(
@@ -508,6 +522,7 @@ def test_validate_checks_the_tracking_server_with_the_environment_s_credentials(
     assert r.returncode == 0, r.stderr
 
 
+@pytest.mark.integration
 def test_nothing_mlflow_records_for_a_sweep_holds_a_secret(auth_server, plain_model, tmp_path, monkeypatch):
     """A sweep's parent run (params, config artifacts, dataset), a trial's run and adapter model, and the winner's
     registration, logged by adaptune's SweepTracker against the auth server with credentials in the environment

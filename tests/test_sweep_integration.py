@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Background, alive_actors, cluster_config, committed_state, run_cli, sweep_config, write_yaml
+from .support import Background, cluster_config, committed_state, run_cli, sweep_config, write_yaml
+from .support.ray_nodes import alive_actors
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +86,7 @@ def _trial_states(sweep_dir: Path) -> dict[str, dict]:
 
 
 def _committed_states(sweep_dir: Path) -> dict[str, dict]:
-    """Per trial, the trainer state it would resume from (see conftest.committed_state)."""
+    """Per trial, the trainer state it would resume from (see support.committed_state)."""
     states = {d.name: committed_state(d) for d in (sweep_dir / "trials").glob("*") if d.is_dir()}
     return {name: state for name, state in states.items() if state is not None}
 

@@ -17,7 +17,9 @@ from adaptune.errors import DataError
 from adaptune.preflight.tokenizer_files import embedding_rows, read_tokenizer_files, tokenizer_problems
 from adaptune.preflight.validate import check_model
 
-from .conftest import DEMO_DATA
+from .support import DEMO_DATA
+
+pytestmark = pytest.mark.unit
 
 
 def _copy(tiny_model: Path, tmp_path: Path) -> Path:

@@ -7,10 +7,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from adaptune.config import ClusterProfile, SweepConfig
 from adaptune.driver.sweep import checkpointed_history, merge_histories
 from adaptune.names import TRAINER_STATE
 from adaptune.tracking.runs import SweepTracker
+
+pytestmark = pytest.mark.unit
 
 
 def _evaluation(step: int) -> dict:

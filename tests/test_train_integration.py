@@ -11,7 +11,8 @@ import pytest
 
 from adaptune.records import REPORTED_METRICS
 
-from .conftest import Background, alive_actors, cluster_config, committed_state, run_cli, sweep_config, write_yaml
+from .support import Background, cluster_config, committed_state, run_cli, sweep_config, write_yaml
+from .support.ray_nodes import alive_actors
 
 pytestmark = pytest.mark.integration
 

@@ -9,6 +9,8 @@ import pytest
 from adaptune.config import TrainConfig
 from adaptune.worker.train_loop import divergence, lr_multiplier, train_batches
 
+pytestmark = pytest.mark.unit
+
 
 def test_schedule_warms_up_from_a_nonzero_rate_then_decays():
     t = TrainConfig(max_steps=100, warmup_ratio=0.1, eval_every=10)

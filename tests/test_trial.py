@@ -8,6 +8,8 @@ from adaptune.config import ClusterProfile, SweepConfig
 from adaptune.driver.trial import TrialSkipped, launch_training
 from adaptune.records import PreparedRun
 
+pytestmark = pytest.mark.unit
+
 BASE = SweepConfig.model_validate({"name": "t", "model": {"path": "m"}, "data": {"path": "d"}})
 
 

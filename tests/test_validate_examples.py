@@ -16,7 +16,9 @@ from adaptune.data import prepare_dataset
 from adaptune.errors import DataError
 from adaptune.preflight.validate import check_run
 
-from .conftest import cluster_config, run_cli, sweep_config, write_yaml
+from .support import cluster_config, run_cli, sweep_config, write_yaml
+
+pytestmark = pytest.mark.unit
 
 # Llama-2 / Mistral style: the template itself refuses conversations whose roles do not alternate.
 ALTERNATING = (
@@ -138,7 +140,7 @@ def test_a_bare_name_that_adapts_attention_and_mlp_is_named(tmp_path):
     """GPT-2's `c_proj` is the attention output and the MLP's down projection: `validate` says both are adapted."""
     from adaptune.demo.build import build_tiny_model
 
-    from .conftest import DEMO_DATA
+    from .support import DEMO_DATA
 
     texts = [json.loads(line)["output"] for line in DEMO_DATA.read_text(encoding="utf-8").splitlines()[:200]]
     gpt2 = build_tiny_model(tmp_path / "gpt2", texts, arch="gpt2", hidden_size=64, vocab_size=512)

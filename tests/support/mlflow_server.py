@@ -193,7 +193,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 # Example session fixture for conftest.py:
 #
-#     from .mlflow_server import mlflow_server
+#     from .support.mlflow_server import mlflow_server
 #
 #     @pytest.fixture(scope="session")
 #     def mlflow_tracking(tmp_path_factory):
