@@ -31,9 +31,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True)
 def _mlflow_uris_stay_in_their_test():
-    """`mlflow.set_tracking_uri()` also sets MLFLOW_TRACKING_URI in os.environ, which every later CLI run of the
-    session would inherit (and track to that server instead of its own store): give the variables back after
-    each test."""
+    """A test that uses MLflow's module API itself (`mlflow.set_tracking_uri()` to load a registered model) also
+    sets MLFLOW_TRACKING_URI in os.environ, which every later CLI run of the session would inherit (and track to
+    that server instead of its own store): give the variables back after each test. adaptune never sets them."""
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
     saved = {n: os.environ.get(n) for n in names}
     yield

@@ -528,8 +528,6 @@ def test_nothing_mlflow_records_for_a_sweep_holds_a_secret(auth_server, plain_mo
     registration, logged by adaptune's SweepTracker against the auth server with credentials in the environment
     (and, bypassing validate, in the profile's URI too): no table of the server's database and no artifact file
     holds the password or the hub token."""
-    import mlflow.tracking._model_registry.utils as registry_globals
-    import mlflow.tracking._tracking_service.utils as tracking_globals
     import psycopg2
     from peft import get_peft_model_state_dict
 
@@ -549,9 +547,6 @@ def test_nothing_mlflow_records_for_a_sweep_holds_a_secret(auth_server, plain_mo
         "MLFLOW_REGISTRY_URI": "",
     }.items():
         monkeypatch.setenv(name, value)
-    # tracking.client() sets MLflow's process-wide URIs; give them back afterwards
-    monkeypatch.setattr(tracking_globals, "_tracking_uri", tracking_globals._tracking_uri)
-    monkeypatch.setattr(registry_globals, "_registry_uri", registry_globals._registry_uri)
 
     leaky = auth_server.uri.replace("http://", f"http://{auth_server.admin}:{auth_server.password}@")
     sweep = SweepConfig.model_validate(

@@ -75,3 +75,69 @@ def test_steps_a_stopped_trial_ran_past_its_last_report_are_not_part_of_its_reco
     """ASHA stopped the trial after its step-10 report; its workers had time to evaluate and checkpoint step 20."""
     merged = merge_histories([_evaluation(10)], [_evaluation(10), _evaluation(20)])
     assert [h["step"] for h in merged] == [10]
+
+
+def test_a_sweep_recorded_end_to_end_on_the_embedded_store_leaves_mlflow_globals_alone(tmp_path, monkeypatch):
+    """The seam on an in-process SQLite store: the parent run with its params, config and dataset; a trial's run
+    with its params, step metrics, adapter model and final status; a stopped trial KILLED and tagged; the
+    results and winner on the parent; the winner registered and found again by NAME@champion. MLflow's
+    process-wide URIs and the environment are as they were before, throughout."""
+    import os
+
+    from mlflow.tracking._model_registry import utils as registry_state
+    from mlflow.tracking._tracking_service import utils as tracking_state
+
+    from adaptune import names
+    from adaptune.data import DataManifest
+    from adaptune.driver.sweep import write_results
+    from adaptune.tracking.registry import register_winner, resolve_ref
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    before = (tracking_state._tracking_uri, registry_state._registry_uri)
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"instruction": "q", "output": "a"}\n', encoding="utf-8")
+    sweep = SweepConfig(
+        name="shop",
+        model={"path": "org/base"},
+        data={"path": str(data)},
+        search={"space": {"lora.r": {"choice": [4, 8]}}},
+    )
+    tracker = SweepTracker(sweep, ClusterProfile(storage_path=str(tmp_path)), "sweep-1", targets={})
+    counts = {"train": 8, "validation": 2, "test": 0}
+    manifest = DataManifest(
+        "k", "d" * 64, {}, {}, counts, counts, {}, {}, {}, "instruction", 64, False, 0, str(tmp_path / "prepared")
+    )
+    parent = tracker.open(manifest, str(tmp_path / "sweep.yaml"), None, resuming=False)
+    for trial, r in (("t1", 4), ("t2", 8)):
+        run_id = tracker.child(trial, {"lora.r": r})
+        for step in (10, 20):
+            tracker.log_result(run_id, {"step": step, "eval_loss": r / 10 - step / 100, "train_loss": 1.0})
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / names.ADAPTER_CONFIG).write_text("{}", encoding="utf-8")
+    rows = [
+        {"trial": "t1", "lora.r": 4, "eval_loss": 0.2, "status": names.FINISHED, "reason": "", "adapter": str(adapter)},
+        {"trial": "t2", "lora.r": 8, "eval_loss": 0.6, "status": names.STOPPED_EARLY, "reason": "", "adapter": None},
+    ]
+    write_results(rows, rows[0], tmp_path)
+    models = tracker.close(rows, rows[0], tmp_path, interrupted=False)
+    registration = register_winner(
+        tracker.mlc, "shop", models["t1"], parent, tracker.children["t1"], "d" * 64, tracker.base, "eval_loss", 0.2
+    )
+    assert (tracking_state._tracking_uri, registry_state._registry_uri) == before
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+
+    mlc = tracker.mlc
+    p = mlc.get_run(parent)
+    assert p.info.status == "FINISHED" and p.data.params["search.metric"] == "eval_loss"
+    assert p.data.tags[names.TAG_WINNER_TRIAL] == "t1" and p.data.metrics["best_eval_loss"] == 0.2
+    assert {a.path for a in mlc.list_artifacts(parent, "results")} == {"results/results.csv", "results/results.json"}
+    t1, t2 = (mlc.get_run(tracker.children[t]) for t in ("t1", "t2"))
+    assert t1.data.tags[names.TAG_PARENT] == parent and t1.data.params["lora.r"] == "4"
+    assert [m.step for m in mlc.get_metric_history(t1.info.run_id, "eval_loss")] == [10, 20]
+    assert t1.info.status == "FINISHED" and t1.data.tags[names.TAG_MODEL_ID] == models["t1"]
+    assert t2.info.status == "KILLED" and t2.data.tags[names.TAG_STOPPED_EARLY] == "true"
+    assert registration.version == "1" and sorted(registration.aliases) == ["challenger", "champion"]
+    resolved = resolve_ref(mlc, "shop@champion", tracker.uri)
+    assert resolved.model_uri == f"models:/{models['t1']}" and resolved.run_id == t1.info.run_id

@@ -7,6 +7,7 @@ import argparse
 import logging
 import sys
 import traceback
+from pathlib import Path
 
 from adaptune.demo.build import build_demo_model
 from adaptune.driver.report import format_retrain, format_sweep, format_trial
@@ -178,7 +179,6 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo_model(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     out = Path(args.out)
     if (out / MODEL_CONFIG).is_file() and not args.force:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -106,7 +107,6 @@ class DataConfig(_Section):
     @field_validator("prompt_template")
     @classmethod
     def _prompt_template_fields_known(cls, template: str) -> str:
-        import string
 
         try:
             parts = list(string.Formatter().parse(template))

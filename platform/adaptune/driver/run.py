@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -139,7 +142,6 @@ def start_local_ray(**init_kwargs: Any) -> None:
     makes the cleaner fail: a finished trial's worker CPUs then stay reserved and the next trial waits
     forever. So the dashboard gets a known port, and every process of this Ray is told it.
     """
-    import socket
 
     import ray
 
@@ -293,7 +295,6 @@ def open_tracking(
 
 def fit(plan: RunPlan, sweep_id: str, prepared: PreparedRun, tracker: Any, resuming: bool) -> Any:
     """Run (or resume) the Tune sweep to its end, or until Ctrl-C / SIGTERM stops it; returns Tune's results."""
-    import signal
 
     import ray
 
@@ -383,7 +384,6 @@ def run_merge(
 ) -> MergeResult:
     """`adaptune merge`: the adapter a registry reference or run id names, merged into its base model in full
     precision, checked against base+adapter, saved, logged to MLflow and registered as `<name>-merged`."""
-    import tempfile
 
     access = registry_access("merge", cluster_file, tracking, overrides)
     uri, mlc = access.uri, access.mlc

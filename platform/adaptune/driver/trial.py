@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from adaptune.config import ClusterProfile, SweepConfig
 from adaptune.names import ADAPTER_DIR, TRAINER_STATE
 from adaptune.preflight.rules import check_compatibility
@@ -101,7 +103,6 @@ def launch_training(
     The inner run is named after the Tune trial, so a trial restarted by `--resume` continues from the
     checkpoints its earlier attempt left in `trials_path`.
     """
-    from pydantic import ValidationError
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 

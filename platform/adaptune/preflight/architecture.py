@@ -3,6 +3,7 @@ type, and the linear layers a checkpoint has, read from its config.json and safe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from pathlib import Path
@@ -170,7 +171,6 @@ def model_fingerprint(model_dir: Path) -> str:
     """A cheap identity of a saved model: sha256 over its config.json and each safetensors file's name, size and
     header (the tensors' names, shapes, dtypes and offsets), not its gigabytes of weights. Two copies of one
     model agree; a different model, or the same one re-saved in another dtype, does not."""
-    import hashlib
 
     h = hashlib.sha256((model_dir / "config.json").read_bytes() if (model_dir / "config.json").is_file() else b"")
     for file in sorted(model_dir.glob("*.safetensors")):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -243,7 +244,6 @@ def log_merged(mlc: Any, uri: str, adapter: ResolvedAdapter, out_dir: Path, repo
 
 
 def _now_ms() -> int:
-    import time
 
     return int(time.time() * 1000)
 

@@ -14,8 +14,12 @@ import math
 import subprocess
 import time
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+import yaml
+from pydantic import ValidationError
 
 from adaptune.config import ClusterProfile, SweepConfig, model_source, resolve_path
 from adaptune.names import (
@@ -104,7 +108,6 @@ def trial_params(
     applied (`lora.r`, `lora.alpha`, `lora.target_modules`, `train.learning_rate`, `quantization.mode`, ...),
     the resolved target modules, and the cluster settings that shape training (`deepspeed.zero_stage`,
     `trial.num_workers`). A combination the schema refuses is recorded as sampled."""
-    from pydantic import ValidationError
 
     values = resolve_alpha(dict(config), base)
     params = {k: _param(v) for k, v in values.items()}
@@ -218,7 +221,6 @@ class SweepTracker:
         }
         params.update({f"version.{lib}": version(lib) for lib in LIBRARIES})
         self.mlc.log_batch(self.parent_id, params=[Param(k, redact_uri(_param(v))) for k, v in params.items()])
-        import yaml
 
         for name, section in (("sweep", s), ("cluster", self.cluster), ("search_space", s.search)):
             # redacted: a tracking URI (or any URI-ish value) with a password in it must not be recorded
@@ -510,7 +512,6 @@ def _step_metrics(result: dict[str, Any], timestamp: int, step: int, metric_cls:
 
 
 def _manifest_dict(manifest: Any) -> dict[str, Any]:
-    from dataclasses import asdict
 
     return asdict(manifest)
 

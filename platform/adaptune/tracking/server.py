@@ -3,6 +3,8 @@ checks it), and the credentials MLflow's client would send it."""
 
 from __future__ import annotations
 
+import base64
+import configparser
 import json
 import logging
 import os
@@ -11,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from adaptune.config import ClusterProfile, resolve_path
 from adaptune.errors import Problem
@@ -127,8 +130,6 @@ def tracking_credentials() -> tuple[str | None, str | None]:
     """(user name, Authorization header) that MLflow's client sends a tracking server: basic auth from
     MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (else ~/.mlflow/credentials, as MLflow reads it), else a
     bearer MLFLOW_TRACKING_TOKEN, else (None, None)."""
-    import base64
-    import configparser
 
     user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
     stored = Path.home() / ".mlflow" / "credentials"
@@ -152,7 +153,6 @@ def server_request(uri: str, path: str, authorization: str | None = None, timeou
         urllib.error.HTTPError: the server answered with an error status.
         urllib.error.URLError, OSError: it did not answer.
     """
-    from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(uri)
     base = urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path.rstrip("/"), "", ""))
