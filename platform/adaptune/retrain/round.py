@@ -309,7 +309,7 @@ def _score(
         dirs[name] = str(local)
     tr = cluster.trial
     task = ray.remote(num_cpus=tr.cpus_per_worker, num_gpus=tr.gpus_per_worker if tr.use_gpu else 0)(score_adapters)
-    scores = ray.get(task.remote(sweep.model_dump(mode="json"), dirs, tr.use_gpu))
+    scores = ray.get(task.remote(sweep, dirs, tr.use_gpu))
     for name, score in scores.items():
         log.info(
             "retrain: %s (version %s) frozen eval_loss %.4f over %d response tokens of %d rows",

@@ -91,11 +91,10 @@ def score_adapter(
     return FrozenScore(eval_loss=loss, perplexity=math.exp(min(loss, 50.0)), tokens=tokens, examples=len(examples))
 
 
-def score_adapters(sweep: dict[str, Any], adapters: dict[str, str], use_gpu: bool) -> dict[str, FrozenScore]:
+def score_adapters(cfg: SweepConfig, adapters: dict[str, str], use_gpu: bool) -> dict[str, FrozenScore]:
     """Score each named adapter directory (`{"champion": dir, "challenger": dir}`) on the sweep's frozen set and
     base model, one after the other in this one process (the body of a Ray task). An adapter trained on another
     base model does not load (ConfigError naming it)."""
-    cfg = SweepConfig.model_validate(sweep)
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code, cfg.model.revision)
     examples = frozen_examples(cfg, tokenizer)
     device = "cuda" if use_gpu else "cpu"
