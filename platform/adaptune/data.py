@@ -235,7 +235,6 @@ class MissingColumn(DataError):
 
     def whole_file(self, file: str) -> Problem:
         """The one problem for a file none of whose rows has the column."""
-
         close = difflib.get_close_matches(self.column, self.columns, n=1, cutoff=0.3)
         hint = f"data.columns.{self.key}: {close[0]}" if close else f"data.columns.{self.key} to one of them"
         return Problem(

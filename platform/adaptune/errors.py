@@ -47,7 +47,6 @@ def _one_line(text: str) -> str:
 def short_repr(value: Any) -> str:
     """repr of a value from the user's input, cut short: long strings and big or deeply nested (or
     self-referencing) structures are abbreviated rather than expanded."""
-
     r = reprlib.Repr()
     r.maxlevel, r.maxstring, r.maxother, r.maxlong = 3, 80, 80, 40
     r.maxlist = r.maxtuple = r.maxdict = r.maxset = r.maxfrozenset = r.maxdeque = r.maxarray = 8
@@ -75,7 +74,6 @@ class DataError(UserInputError):
 
 def missing_path_hint(path: str) -> str:
     """How to fix a path that does not exist: the closest name beside it, and what is there."""
-
     p = Path(path).expanduser()
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
@@ -97,7 +95,6 @@ def storage_failure(e: BaseException, storage: str, resume: str = "") -> Storage
     """A StorageError naming `storage` when `e` (or what it wraps: Ray passes worker errors on as text) failed
     on a full, read-only or unwritable filesystem and the storage path's filesystem is in that state now (a
     full /tmp elsewhere is not blamed on storage); None for any other failure."""
-
     seen, texts = set(), []
     while e is not None and id(e) not in seen:
         seen.add(id(e))

@@ -196,7 +196,6 @@ def _check_out_dir(out_dir: Path, overwrite: bool, sources: list[Path]) -> None:
 
 def _load_tokenizer(adapter_dir: Path, base_model: str, revision: str | None, trust_remote_code: bool) -> Any:
     """The adapter's own tokenizer if it saved one, else the base model's, as training loaded it."""
-
     if any((adapter_dir / f).is_file() for f in TOKENIZER_FILES):
         return load_tokenizer(str(adapter_dir), trust_remote_code=trust_remote_code)
     try:

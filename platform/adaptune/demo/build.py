@@ -120,7 +120,6 @@ def build_demo_model(out_dir: Path = DEMO_MODEL, data_file: Path = DEMO_DATA, pr
     """The quickstart's base model: a 2-layer Llama-style model with a tokenizer trained on the demo data,
     pre-trained briefly on plain product text from a different slice of the demo generator than the rows
     it will be fine-tuned on (so fine-tuning still has the Q&A format and the answers to learn)."""
-
     rows = [json.loads(line) for line in data_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     build_tiny_model(out_dir, corpus_text(rows))
     if pretrain_steps:

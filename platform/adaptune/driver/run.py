@@ -142,7 +142,6 @@ def start_local_ray(**init_kwargs: Any) -> None:
     makes the cleaner fail: a finished trial's worker CPUs then stay reserved and the next trial waits
     forever. So the dashboard gets a known port, and every process of this Ray is told it.
     """
-
     import ray
 
     with socket.socket() as s:
@@ -205,7 +204,6 @@ class TrainResult:
 
 def run_train(sweep_file: str, cluster_file: str | None, overrides: list[str]) -> TrainResult:
     """`adaptune train`: the sweep's base values as one trial."""
-
     plan = plan_run(sweep_file, cluster_file, overrides)
     with storage_guard(plan.cluster):
         prepared = prepare_inputs(plan)
@@ -286,7 +284,6 @@ def open_tracking(
     plan: RunPlan, sweep_id: str, prepared: Prepared, resuming: bool, parent_tags: dict[str, str] | None
 ) -> Any:
     """The sweep's MLflow parent run, created (or found again when resuming)."""
-
     log.info("sweep %s: storage %s", sweep_id, plan.sweep_root / sweep_id)
     tracker = SweepTracker(plan.sweep, plan.cluster, sweep_id, prepared.run.targets, parent_tags)
     tracker.open(prepared.manifest, plan.sweep_file, plan.cluster_file, resuming=resuming)
@@ -295,7 +292,6 @@ def open_tracking(
 
 def fit(plan: RunPlan, sweep_id: str, prepared: PreparedRun, tracker: Any, resuming: bool) -> Any:
     """Run (or resume) the Tune sweep to its end, or until Ctrl-C / SIGTERM stops it; returns Tune's results."""
-
     import ray
 
     previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
@@ -318,7 +314,6 @@ def fit(plan: RunPlan, sweep_id: str, prepared: PreparedRun, tracker: Any, resum
 def finish(plan: RunPlan, sweep_id: str, grid: Any, tracker: Any) -> SweepOutcome:
     """One row per trial and the winner; what the tracking server missed logged late; the results written
     (once) beside the sweep; every run closed with its final status."""
-
     directory = plan.sweep_root / sweep_id
     trials_dir = directory / TRIALS_DIR
     unfinished = unfinished_trials(grid)
@@ -354,7 +349,6 @@ def finish(plan: RunPlan, sweep_id: str, grid: Any, tracker: Any) -> SweepOutcom
 
 def register(plan: RunPlan, manifest: DataManifest, tracker: Any, winner: dict[str, Any]) -> Any:
     """The winner's adapter as a new version of the sweep's registered model (see tracking.registry)."""
-
     metric = plan.sweep.search.metric
     return register_winner(
         tracker.mlc,
@@ -384,7 +378,6 @@ def run_merge(
 ) -> MergeResult:
     """`adaptune merge`: the adapter a registry reference or run id names, merged into its base model in full
     precision, checked against base+adapter, saved, logged to MLflow and registered as `<name>-merged`."""
-
     access = registry_access("merge", cluster_file, tracking, overrides)
     uri, mlc = access.uri, access.mlc
     adapter = resolve_ref(mlc, ref, uri)
@@ -421,7 +414,6 @@ class RegistryAccess:
 def registry_access(verb: str, cluster_file: str | None, tracking: str | None, overrides: list[str]) -> RegistryAccess:
     """For verbs that work on the registry alone (merge, rollback): the cluster profile with `cluster.`
     overrides and `--tracking-uri`, its tracking server checked."""
-
     stray = [o for o in overrides if not o.startswith("cluster.")]
     if stray:
         raise ConfigError(

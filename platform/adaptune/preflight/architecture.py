@@ -171,7 +171,6 @@ def model_fingerprint(model_dir: Path) -> str:
     """A cheap identity of a saved model: sha256 over its config.json and each safetensors file's name, size and
     header (the tensors' names, shapes, dtypes and offsets), not its gigabytes of weights. Two copies of one
     model agree; a different model, or the same one re-saved in another dtype, does not."""
-
     h = hashlib.sha256((model_dir / "config.json").read_bytes() if (model_dir / "config.json").is_file() else b"")
     for file in sorted(model_dir.glob("*.safetensors")):
         h.update(f"{file.name}:{file.stat().st_size}:".encode())

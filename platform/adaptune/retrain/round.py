@@ -97,7 +97,6 @@ def run_retrain(
     newest: bool = False,
 ) -> RetrainOutcome:
     """`adaptune retrain`: see the module docstring. Raises RetrainBusy when another retrain holds the lock."""
-
     sweep, cluster, problems = read_configs(sweep_file, cluster_file, overrides)
     if sweep is not None and sweep.retrain.frozen_eval_path is None:
         problems.append(
@@ -122,7 +121,6 @@ def run_retrain(
 
 def _retrain_locked(r: RoundContext, cluster_file: str | None, cluster_overrides: list[str]) -> RetrainOutcome:
     """The round, lock held: drop, training set, sweep, score, decide, merge."""
-
     history = read_history(r.home / RETRAIN_HISTORY)
     drop, seen = take_drop(r, history)
     if seen is not None:
@@ -152,7 +150,6 @@ def _retrain_locked(r: RoundContext, cluster_file: str | None, cluster_overrides
 
 def take_drop(r: RoundContext, history: list[Round]) -> tuple[Snapshot, RetrainOutcome | None]:
     """The new drop, snapshotted; or, when its digest was already trained on, the no-op outcome."""
-
     files, digest = read_drop(r.drop_path)
     seen = next((h for h in history if digest in {s.digest for s in h.snapshots}), None)
     if seen is not None:
@@ -170,7 +167,6 @@ def assemble_training_set(
 ) -> tuple[str | None, list[Snapshot], Path]:
     """(the champion version before the round, the snapshots trained on, the training set's folder): the new
     drop, with the champion's snapshots when `retrain.data_mode` is combine."""
-
     model, mode = r.plan.sweep.registered_model_name, r.plan.sweep.retrain.data_mode
     before = aliases(r.mlc, model).get(CHAMPION)
     kept = champion_snapshots(history, before) if mode == "combine" else []
@@ -184,7 +180,6 @@ def open_round(
     r: RoundContext, drop: Snapshot, snapshots: list[Snapshot], before: str | None, training: Path
 ) -> tuple[RetrainOutcome, Any]:
     """The retrain's MLflow run with its inputs, and the outcome the next phases fill in."""
-
     sweep, rt = r.plan.sweep, r.plan.sweep.retrain
     model = sweep.registered_model_name
     frozen_digest = data_digest(find_data_files(rt.frozen_eval_path or "", "retrain.frozen_eval_path"))
@@ -217,7 +212,6 @@ def open_round(
 def sweep(r: RoundContext, run: Any, before: str | None, training: Path) -> Any:
     """The sweep on the training set, warm-started from the champion's values, nested under the retrain run and
     checked like any run (the frozen set against its training set included)."""
-
     plan = r.plan
     point: dict[str, Any] = {}
     if before is not None:
@@ -234,7 +228,6 @@ def score_and_decide(r: RoundContext, run: Any, outcome: RetrainOutcome, sweep_r
     """Score champion and challenger on the frozen set in one process by the same code, promote the challenger
     only by the margin, and record the decision on its version, on the retrain run and in the history. A round
     that fails here marks its registered challenger failed (nobody may read it as still being judged)."""
-
     sweep, cluster = r.plan.sweep, r.plan.cluster
     model, challenger, before = outcome.registered_model, outcome.challenger, outcome.champion_before
     try:
@@ -264,7 +257,6 @@ def merge(
     r: RoundContext, run: Any, outcome: RetrainOutcome, cluster_file: str | None, cluster_overrides: list[str]
 ) -> None:
     """Merge the new champion into its base model when `retrain.merge_dir` is set and the round promoted one."""
-
     target = r.plan.sweep.retrain.merge_dir
     if not target or outcome.decision not in (PROMOTED, FIRST_CHAMPION):
         return
@@ -335,7 +327,6 @@ def run_rollback(
 ) -> Rollback:
     """`adaptune rollback NAME`: `champion` back to `previous-champion`, recorded as a run in MLflow. Takes the
     model's retrain lock, so it cannot interleave with a retrain's promotion."""
-
     if not re.fullmatch(NAME_PATTERN, name):  # it names a directory under storage_path
         raise ConfigError(
             Problem(

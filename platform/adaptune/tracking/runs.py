@@ -108,7 +108,6 @@ def trial_params(
     applied (`lora.r`, `lora.alpha`, `lora.target_modules`, `train.learning_rate`, `quantization.mode`, ...),
     the resolved target modules, and the cluster settings that shape training (`deepspeed.zero_stage`,
     `trial.num_workers`). A combination the schema refuses is recorded as sampled."""
-
     values = resolve_alpha(dict(config), base)
     params = {k: _param(v) for k, v in values.items()}
     try:

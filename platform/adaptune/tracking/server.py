@@ -130,7 +130,6 @@ def tracking_credentials() -> tuple[str | None, str | None]:
     """(user name, Authorization header) that MLflow's client sends a tracking server: basic auth from
     MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (else ~/.mlflow/credentials, as MLflow reads it), else a
     bearer MLFLOW_TRACKING_TOKEN, else (None, None)."""
-
     user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
     stored = Path.home() / ".mlflow" / "credentials"
     if (not user or not password) and stored.is_file():
@@ -153,7 +152,6 @@ def server_request(uri: str, path: str, authorization: str | None = None, timeou
         urllib.error.HTTPError: the server answered with an error status.
         urllib.error.URLError, OSError: it did not answer.
     """
-
     parts = urlsplit(uri)
     base = urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path.rstrip("/"), "", ""))
     request = urllib.request.Request(base + path, headers={"Authorization": authorization} if authorization else {})

@@ -259,7 +259,6 @@ def load_data(spec: TrialSpec, startup: dict[str, float]) -> tuple[Any, Any]:
 
 def build_model(spec: TrialSpec, me: Rank, startup: dict[str, float]) -> Model:
     """The frozen base (quantized when asked) with a LoRA adapter on the resolved target modules."""
-
     sweep, cluster = spec.sweep, spec.cluster
     hf_ds_config = None
     if me.zero3:
