@@ -221,9 +221,10 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     startup = {"worker_start_s": time.time() - spec.launched_at}  # trainer.fit() to this process running
     me = join_group(spec)
     train_ds, val_ds = load_data(spec, startup)
-    model = build_model(spec, me, startup)
+    ds_config = build_deepspeed_config(spec.sweep, spec.cluster, me.world)
+    model = build_model(spec, me, ds_config, startup)
     state = resume(spec, model)
-    engine = build_engine(spec, me, model, state, startup)
+    engine = build_engine(spec, me, model, ds_config, state, startup)
     train(spec, me, engine, model, state, train_ds, val_ds)
 
 
@@ -257,14 +258,14 @@ def load_data(spec: TrialSpec, startup: dict[str, float]) -> tuple[Any, Any]:
     return train_ds, val_ds
 
 
-def build_model(spec: TrialSpec, me: Rank, startup: dict[str, float]) -> Model:
+def build_model(spec: TrialSpec, me: Rank, ds_config: dict[str, Any], startup: dict[str, float]) -> Model:
     """The frozen base (quantized when asked) with a LoRA adapter on the resolved target modules."""
     sweep, cluster = spec.sweep, spec.cluster
     hf_ds_config = None
     if me.zero3:
         from transformers.integrations import HfDeepSpeedConfig
 
-        hf_ds_config = HfDeepSpeedConfig(build_deepspeed_config(sweep, cluster, me.world))
+        hf_ds_config = HfDeepSpeedConfig(ds_config)
     torch.manual_seed(sweep.train.seed)
     mark = time.perf_counter()
     base = load_base_model(sweep, cluster, me.device)
@@ -298,7 +299,9 @@ def resume(spec: TrialSpec, model: Model) -> dict[str, Any]:
     return state
 
 
-def build_engine(spec: TrialSpec, me: Rank, model: Model, state: dict[str, Any], startup: dict[str, float]) -> Any:
+def build_engine(
+    spec: TrialSpec, me: Rank, model: Model, ds_config: dict[str, Any], state: dict[str, Any], startup: dict[str, float]
+) -> Any:
     """The DeepSpeed engine over the adapter's parameters, its schedule continuing from the resumed step."""
     import deepspeed
     import ray
@@ -307,7 +310,7 @@ def build_engine(spec: TrialSpec, me: Rank, model: Model, state: dict[str, Any],
     engine, _, _, _ = deepspeed.initialize(
         model=model.peft,
         model_parameters=[p for p in model.peft.parameters() if p.requires_grad],
-        config=build_deepspeed_config(spec.sweep, spec.cluster, me.world),
+        config=ds_config,
         lr_scheduler=partial(_scheduler, t=spec.sweep.train, start=state["step"]),
     )
     engine.train()
