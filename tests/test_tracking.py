@@ -80,8 +80,9 @@ def test_steps_a_stopped_trial_ran_past_its_last_report_are_not_part_of_its_reco
 def test_a_sweep_recorded_end_to_end_on_the_embedded_store_leaves_mlflow_globals_alone(tmp_path, monkeypatch):
     """The seam on an in-process SQLite store: the parent run with its params, config and dataset; a trial's run
     with its params, step metrics, adapter model and final status; a stopped trial KILLED and tagged; the
-    results and winner on the parent; the winner registered and found again by NAME@champion. MLflow's
-    process-wide URIs and the environment are as they were before, throughout."""
+    results and winner on the parent; the winner registered, found again by NAME@champion and downloaded back
+    (what merge and retrain scoring read). MLflow's process-wide URIs and the environment are as they were
+    before, throughout."""
     import os
 
     from mlflow.tracking._model_registry import utils as registry_state
@@ -90,6 +91,7 @@ def test_a_sweep_recorded_end_to_end_on_the_embedded_store_leaves_mlflow_globals
     from adaptune import names
     from adaptune.data import DataManifest
     from adaptune.driver.sweep import write_results
+    from adaptune.tracking.models import download_adapter
     from adaptune.tracking.registry import register_winner, resolve_ref
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -125,6 +127,8 @@ def test_a_sweep_recorded_end_to_end_on_the_embedded_store_leaves_mlflow_globals
     registration = register_winner(
         tracker.mlc, "shop", models["t1"], parent, tracker.children["t1"], "d" * 64, tracker.base, "eval_loss", 0.2
     )
+    resolved = resolve_ref(tracker.mlc, "shop@champion", tracker.uri)
+    downloaded, model_config = download_adapter(tracker.uri, resolved.model_uri, resolved.ref, tmp_path / "back")
     assert (tracking_state._tracking_uri, registry_state._registry_uri) == before
     assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
 
@@ -139,5 +143,5 @@ def test_a_sweep_recorded_end_to_end_on_the_embedded_store_leaves_mlflow_globals
     assert t1.info.status == "FINISHED" and t1.data.tags[names.TAG_MODEL_ID] == models["t1"]
     assert t2.info.status == "KILLED" and t2.data.tags[names.TAG_STOPPED_EARLY] == "true"
     assert registration.version == "1" and sorted(registration.aliases) == ["challenger", "champion"]
-    resolved = resolve_ref(mlc, "shop@champion", tracker.uri)
     assert resolved.model_uri == f"models:/{models['t1']}" and resolved.run_id == t1.info.run_id
+    assert (downloaded / names.ADAPTER_CONFIG).is_file() and model_config["base_model"] == "org/base"

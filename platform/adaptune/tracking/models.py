@@ -131,7 +131,8 @@ def download_adapter(uri: str, model_uri: str, ref: str, dst: Path) -> tuple[Pat
     """The adapter's files and its model config (base model, revision) from MLflow."""
     import mlflow
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst), tracking_uri=uri))
+    with module_api(uri):  # a models:/ URI is resolved through MLflow's process-wide URIs
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
     mlmodel = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))
     pyfunc = mlmodel["flavors"]["python_function"]
     config = pyfunc.get("config") or {}  # the model_config it was logged with
