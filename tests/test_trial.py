@@ -31,3 +31,35 @@ def test_incompatible_samples_are_skipped_with_the_reason():
         _launch({"train.precision": "fp16"}, zero_stage=2)
     with pytest.raises(TrialSkipped, match=r"lora.r: Input should be greater than 0"):
         _launch({"lora.r": 0})
+
+
+@pytest.mark.parametrize(("metric", "mode", "best_step"), [("eval_loss", "min", 20), ("perplexity", "max", 10)])
+def test_the_adapter_a_trial_returns_follows_the_search_metric_and_mode(tmp_path, metric, mode, best_step):
+    """`read_outcome` on Ray's own Result of a finished run with two kept checkpoints: the best evaluation and
+    its adapter are the best by `search.metric` in `search.mode`, not by a fixed eval_loss/min."""
+    import json
+
+    from ray.train import Checkpoint, Result
+
+    from adaptune.driver.trial import read_outcome
+    from adaptune.names import ADAPTER_DIR, TRAINER_STATE
+
+    history = [
+        {"step": 10, "eval_loss": 2.0, "perplexity": 9.0},
+        {"step": 20, "eval_loss": 1.5, "perplexity": 4.0},
+        {"step": 30, "eval_loss": 1.7, "perplexity": 6.0},
+    ]
+    checkpoints = []
+    for h in history:
+        d = tmp_path / f"checkpoint_{h['step']}"
+        (d / ADAPTER_DIR).mkdir(parents=True)
+        state = {"step": h["step"], "history": history[: history.index(h) + 1], "restarts": [], "quantized_layers": 0}
+        (d / TRAINER_STATE).write_text(json.dumps(state), encoding="utf-8")
+        checkpoints.append((Checkpoint.from_directory(str(d)), h))
+    result = Result(
+        metrics=history[-1], checkpoint=checkpoints[-1][0], error=None, path=str(tmp_path), best_checkpoints=checkpoints
+    )
+    search = BASE.model_copy(update={"search": BASE.search.model_copy(update={"metric": metric, "mode": mode})}).search
+    outcome = read_outcome(result, search)
+    assert outcome.best["step"] == best_step
+    assert outcome.adapter_path == str(tmp_path / f"checkpoint_{best_step}" / ADAPTER_DIR)

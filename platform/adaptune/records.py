@@ -85,6 +85,12 @@ class Evaluation:
         return asdict(self)
 
 
+def diverged_report(step: int, metric: str, mode: str) -> dict[str, Any]:
+    """The last report of a trial whose loss diverged: the worst possible eval_loss and `metric` (in `mode`), so
+    neither Tune, ASHA nor the checkpoint kept by score ever prefers it."""
+    return {"step": step, "eval_loss": float("inf"), metric: float("inf" if mode == "min" else "-inf"), "diverged": 1}
+
+
 REPORTED_METRICS = tuple(f.name for f in fields(Evaluation))  # what search.metric may name
 STEP_METRICS = tuple(f.name for f in fields(Evaluation) if f.metadata["logged"])  # logged to MLflow at each step
 EVAL_COLUMNS = [(f.name, f.metadata["header"], f.metadata["spec"]) for f in fields(Evaluation) if f.metadata["header"]]

@@ -14,7 +14,7 @@ from adaptune.config import ClusterProfile, SweepConfig
 from adaptune.names import ADAPTER_DIR, TRAINER_STATE
 from adaptune.preflight.rules import check_compatibility
 from adaptune.preflight.search_space import apply_values, resolve_alpha
-from adaptune.records import PreparedRun, TrialOutcome, TrialSpec
+from adaptune.records import PreparedRun, TrialOutcome, TrialSpec, diverged_report
 
 
 class TrainingDiverged(RuntimeError):
@@ -115,7 +115,7 @@ def launch_training(
     if problems:
         raise TrialSkipped("; ".join(f"{p.key}: {p.message}" for p in problems))
     trial_id = tune.get_context().get_trial_id()
-    finished = _finished_run(Path(trials_path) / trial_id, trial_sweep.train.max_steps)
+    finished = _finished_run(Path(trials_path) / trial_id, trial_sweep.train, trial_sweep.search)
     if finished is not None:
         # Restarted by --resume after finishing (the driver died before Tune saved that): replay, don't retrain.
         for report in finished:
@@ -138,7 +138,7 @@ def checkpoints_on_storage(run_dir: Path) -> dict[int, Path]:
     return out
 
 
-def _finished_run(run_dir: Path, max_steps: int) -> list[dict[str, Any]] | None:
+def _finished_run(run_dir: Path, train: Any, search: Any) -> list[dict[str, Any]] | None:
     """The reports of a trial's inner run that already finished (or diverged), read from its latest
     checkpoint on storage; None when it has not finished."""
     by_step = checkpoints_on_storage(run_dir)
@@ -147,8 +147,8 @@ def _finished_run(run_dir: Path, max_steps: int) -> list[dict[str, Any]] | None:
     latest = by_step[max(by_step)]
     state = json.loads((latest / TRAINER_STATE).read_text(encoding="utf-8"))
     if "diverged" in state:
-        return [{"step": state["diverged"]["step"], "eval_loss": float("inf"), "diverged": 1}]
-    if state["step"] < max_steps:
+        return [diverged_report(state["diverged"]["step"], search.metric, search.mode)]
+    if state["step"] < train.max_steps:
         return None
     # each evaluation's checkpoint, so the winner's adapter path is exact
     return [{**h, "checkpoint_path": str(by_step.get(h["step"], latest))} for h in state["history"]]

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from adaptune.config import TrainConfig
 from adaptune.data import IGNORE_INDEX
 from adaptune.names import ADAPTER_DIR, PROBE_FILE, TRAINER_STATE
-from adaptune.records import Evaluation, TrialSpec
+from adaptune.records import Evaluation, TrialSpec, diverged_report
 from adaptune.worker.deepspeed_config import build_deepspeed_config
 from adaptune.worker.model import add_lora, load_adapter_weights, load_base_model, save_adapter, trainable_parameters
 
@@ -183,8 +183,7 @@ def _report_divergence(state: dict[str, Any], search: Any, rank: int) -> None:
     import ray.train
     from ray.train import Checkpoint
 
-    worst = float("inf") if search.mode == "min" else float("-inf")
-    metrics = {"step": state["diverged"]["step"], "eval_loss": float("inf"), search.metric: worst, "diverged": 1}
+    metrics = diverged_report(state["diverged"]["step"], search.metric, search.mode)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
