@@ -88,7 +88,7 @@ def ray_cluster(tmp_path_factory):
             f"--port={port}",
             f"--dashboard-port={free_port()}",
             f"--ray-client-server-port={free_port()}",
-            "--num-cpus=4",
+            "--num-cpus=2",  # one per core of these machines
             "--disable-usage-stats",
         ],
         stdout=log.open("w"),

@@ -77,7 +77,7 @@ def test_parent_run_has_one_child_per_trial_with_params_metrics_and_status(sweep
         p = run.data.params
         assert p["lora.r"] == str(row["lora.r"]) and p["lora.target_modules"] == row["lora.target_modules"]
         assert float(p["train.learning_rate"]) == pytest.approx(row["train.learning_rate"])
-        assert p["deepspeed.zero_stage"] == "2" and p["trial.num_workers"] == "2" and p["quantization.mode"] == "none"
+        assert p["deepspeed.zero_stage"] == "2" and p["trial.num_workers"] == "1" and p["quantization.mode"] == "none"
         assert p["lora.alpha"] and p["lora.target_modules.resolved"]
         assert run.info.status == expected_status[row["status"]], (trial_id, row["status"], run.info.status)
         if row["status"] == "stopped early":

@@ -1,5 +1,5 @@
-"""The sweep for real: `adaptune sweep` on a real Ray cluster (4 CPUs: exactly two 2-worker trials at once),
-each trial a 2-worker DeepSpeed ZeRO-2 TorchTrainer inside a Ray Tune trial."""
+"""The sweep for real: `adaptune sweep` on a real Ray cluster (2 CPUs: exactly two 1-worker trials at once),
+each trial a DeepSpeed ZeRO-2 TorchTrainer inside a Ray Tune trial."""
 
 from __future__ import annotations
 

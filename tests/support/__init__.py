@@ -50,9 +50,13 @@ def sweep_config(model_dir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
 
 
 def cluster_config(storage: Path, **trial: Any) -> dict[str, Any]:
+    """A profile for the shared test cluster (2 CPUs, one per core): trials of one DeepSpeed worker, two at a
+    time. What a second worker adds (data parallelism, ZeRO sharding, a worker lost among several, spanning
+    nodes) is tested where it matters, with `num_workers=2`; elsewhere it would only double each trial's
+    start-up and compute."""
     return {
-        "capacity": {"cpus": 4},
-        "trial": {"num_workers": 2, "cpus_per_worker": 1, "max_failures": 2, **trial},
+        "capacity": {"cpus": 2},
+        "trial": {"num_workers": 1, "cpus_per_worker": 1, "max_failures": 2, **trial},
         "deepspeed": {"zero_stage": 2},
         "storage_path": str(storage),
     }
