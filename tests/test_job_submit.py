@@ -104,9 +104,7 @@ def shared_storage():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _files(
-    tmp_path: Path, tiny_model: Path, storage: Path, max_steps: int, max_failures: int = 1
-) -> tuple[Path, Path]:
+def _files(tmp_path: Path, tiny_model: Path, storage: Path, max_steps: int, max_failures: int = 1) -> tuple[Path, Path]:
     cfg = sweep_config(tiny_model, train={"max_steps": max_steps, "eval_every": 5})
     cfg["name"] = "job"
     cfg["search"] = {"space": {"lora.r": {"grid": [4, 8]}}, "algorithm": "grid", "scheduler": "none"}

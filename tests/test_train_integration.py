@@ -21,7 +21,8 @@ pytestmark = pytest.mark.integration
 def _train(tmp_path: Path, tiny_model: Path, zero_stage: int = 2, **sections):
     sweep = write_yaml(tmp_path / "sweep.yaml", sweep_config(tiny_model, **sections))
     cluster = write_yaml(
-        tmp_path / "cluster.yaml", {**cluster_config(tmp_path / "runs", num_workers=2), "deepspeed": {"zero_stage": zero_stage}}
+        tmp_path / "cluster.yaml",
+        {**cluster_config(tmp_path / "runs", num_workers=2), "deepspeed": {"zero_stage": zero_stage}},
     )
     r = run_cli("train", str(sweep), "--cluster", str(cluster))
     assert r.returncode == 0, r.stderr[-4000:]
