@@ -190,3 +190,52 @@ def test_ctrl_c_stops_the_sweep_cleanly_and_it_resumes(ray_cluster, tiny_model, 
     assert sorted(t["lora.r"] for t in results["trials"]) == [4, 8]
     assert all(t["status"] == "finished" and t["steps"] == 60 for t in results["trials"])
     _each_checkpointed_evaluation_is_in_mlflow_once(tmp_path, sweep_dir)
+
+
+def test_trials_that_stop_improving_end_converged_alongside_asha(ray_cluster, tiny_model, tmp_path):
+    """`train.early_stopping` that no gain can satisfy (min_delta 10 nats, patience 2) ends each trial at its
+    third evaluation unless ASHA stops it first: `converged`, not `stopped early`, in the printed table,
+    results.json and .csv, and MLflow (a finished run, tagged with the reason); a converged trial can win."""
+    sweep, cluster = _write(
+        tmp_path,
+        tiny_model,
+        {
+            "space": {"lora.r": {"grid": [4, 8]}},
+            "algorithm": "grid",
+            "scheduler": "asha",
+            "asha": {"grace_period": 1, "reduction_factor": 2},
+        },
+        max_steps=40,
+        early_stopping={"patience": 2, "min_delta": 10.0},
+    )
+    r = run_cli("sweep", str(sweep), "--cluster", str(cluster), timeout=1500)
+    assert r.returncode == 0, r.stderr[-4000:]
+    results = _results(tmp_path)
+    trials = results["trials"]
+    assert {t["status"] for t in trials} <= {"converged", "stopped early"} and all(t["steps"] <= 15 for t in trials)
+    converged = [t for t in trials if t["status"] == "converged"]
+    assert converged, trials  # of two trials reaching each round together, ASHA keeps the better one going
+    for t in converged:
+        assert t["steps"] == 15, t
+        assert (
+            t["reason"] == "eval_loss did not improve by more than 10 in 2 evaluation round(s) after step 5 "
+            "(train.early_stopping)"
+        ), t["reason"]
+    assert all(t["adapter"] for t in converged)  # a converged trial's adapter can win (the best by eval_loss does)
+    assert results["winner"]["eval_loss"] == min(t["eval_loss"] for t in trials)
+    assert " converged " in r.stdout and re.search(r"\| .*[1-9]\d* converged", r.stderr)  # the table; progress counts
+    (sweep_dir,) = (tmp_path / "runs" / "test").glob("sweep-*")
+    assert "converged" in (sweep_dir / "results.csv").read_text()
+    from mlflow import MlflowClient
+
+    mlc = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    exp = mlc.get_experiment_by_name("test")
+    by_trial = {
+        run.data.tags["adaptune.trial_id"]: run
+        for run in mlc.search_runs([exp.experiment_id], "tags.`adaptune.kind` = 'trial'")
+    }
+    for t in converged:
+        run = by_trial[t["trial"]]
+        assert run.info.status == "FINISHED" and run.data.tags["adaptune.status"] == "converged"
+        assert run.data.tags["adaptune.converged"] == t["reason"]
+        assert "adaptune.stopped_early" not in run.data.tags

@@ -124,8 +124,11 @@ def _checkpoints(tmp_path: Path) -> list[Path]:
     return sorted(p for p in (tmp_path / "runs" / "test").glob("train-*/checkpoint_*") if p.is_dir())
 
 
-def test_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, tiny_model, tmp_path):
-    sweep = write_yaml(tmp_path / "sweep.yaml", sweep_config(tiny_model, train={"max_steps": 60, "eval_every": 5}))
+def test_killed_worker_resumes_from_its_last_checkpoint_and_early_stopping_counts_on(ray_cluster, tiny_model, tmp_path):
+    """Early stopping that no gain can satisfy (min_delta 10 nats) ends the trial 8 rounds after its first
+    evaluation, at step 45 of 60, whether or not a worker was lost in between: the rounds before the loss count."""
+    train = {"max_steps": 60, "eval_every": 5, "early_stopping": {"patience": 8, "min_delta": 10.0}}
+    sweep = write_yaml(tmp_path / "sweep.yaml", sweep_config(tiny_model, train=train))
     cluster = write_yaml(tmp_path / "cluster.yaml", cluster_config(tmp_path / "runs", num_workers=2))
     run = Background("train", str(sweep), "--cluster", str(cluster), logs=tmp_path)
     # Killed before Ray Train has committed a checkpoint, the run would start over instead of resuming.
@@ -138,10 +141,12 @@ def test_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, tiny_model,
     adapter = Path(next(line.split()[-1] for line in out.splitlines() if line.startswith("adapter ")))
     final = _checkpoints(tmp_path)[-1]
     state = json.loads((final / "trainer_state.json").read_text())
-    assert state["step"] == 60
-    assert len(state["restarts"]) == 1 and 0 < state["restarts"][0] < 60, state["restarts"]
+    assert state["step"] == 45 and state["converged"]["best_step"] == 5, state.get("converged")
+    assert len(state["restarts"]) == 1 and 0 < state["restarts"][0] < 45, state["restarts"]
     assert f"resumed from step(s) {state['restarts'][0]}" in out
     # Every evaluation before the loss is kept, once: the resumed run continued, it did not start over.
     steps = [h["step"] for h in state["history"]]
-    assert steps == list(range(5, 61, 5))
-    assert adapter.is_dir()
+    assert steps == list(range(5, 46, 5))
+    assert "converged        eval_loss did not improve by more than 10 in 8 evaluation round(s) after step 5" in out
+    best = min(state["history"], key=lambda h: h["eval_loss"])  # the adapter is the best evaluation's
+    assert json.loads((adapter.parent / "trainer_state.json").read_text())["step"] == best["step"]

@@ -177,6 +177,23 @@ class QuantizationConfig(_Section):
     )
 
 
+class EarlyStopping(_Section):
+    """Within one trial: end it once `search.metric` has stopped improving, keeping the adapter of its best
+    evaluation. Counted in evaluation rounds (one round = `train.eval_every` steps), like ASHA."""
+
+    patience: int | None = Field(
+        None,
+        gt=0,
+        description="Evaluation rounds without an improvement after which the trial ends, as `converged` "
+        "(e.g. 3). Empty: off; every trial that is not stopped otherwise trains to `train.max_steps`.",
+    )
+    min_delta: float = Field(
+        0.0,
+        ge=0.0,
+        description="The least change of `search.metric`, in `search.mode`'s direction, that counts as an improvement.",
+    )
+
+
 class TrainConfig(_Section):
     """The training loop on each worker."""
 
@@ -197,6 +214,9 @@ class TrainConfig(_Section):
     seed: int = Field(0, description="Seed for model init of the adapter and data order.")
     precision: Dtype = Field("auto", description="`auto`: bf16 on GPU, fp32 on CPU.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    early_stopping: EarlyStopping = Field(
+        default_factory=EarlyStopping, description="End a trial whose `search.metric` has stopped improving."
+    )
 
     @model_validator(mode="after")
     def _eval_within_budget(self) -> TrainConfig:

@@ -16,11 +16,12 @@ import json
 
 FINISHED = "finished"  # trained to train.max_steps
 STOPPED_EARLY = "stopped early"  # ended by ASHA before max_steps
+CONVERGED = "converged"  # ended itself: search.metric stopped improving (train.early_stopping)
 DIVERGED = "diverged"  # loss became NaN/inf or exploded; stopped at once
 FAILED = "failed"  # its workers failed more often than trial.max_failures allows
 SKIPPED = "skipped"  # the sampled combination cannot train; recorded, not run
 INTERRUPTED = "interrupted"  # the sweep was stopped (Ctrl-C, `ray job stop`) before this trial ended
-TRAINED = (FINISHED, STOPPED_EARLY)  # statuses whose adapter can win
+TRAINED = (FINISHED, STOPPED_EARLY, CONVERGED)  # statuses whose adapter can win
 
 # --------------------------------------------------------------------------------------------------
 # Files on storage
@@ -56,7 +57,8 @@ TAG_SWEEP = "adaptune.sweep_id"
 TAG_TRIAL = "adaptune.trial_id"
 TAG_STATUS = "adaptune.status"  # a trial status above
 TAG_STOPPED_EARLY = "adaptune.stopped_early"
-TAG_REASON = "adaptune.failure_reason"
+TAG_REASON = "adaptune.failure_reason"  # why a trial failed, diverged or was skipped
+TAG_CONVERGED = "adaptune.converged"  # why early stopping ended a trial (train.early_stopping)
 TAG_MODEL_ID = "adaptune.adapter_model_id"  # the logged adapter model of a trial's run
 TAG_TRACKING_NOTE = "adaptune.tracking_outage"
 TAG_WINNER_TRIAL = "adaptune.winner_trial"

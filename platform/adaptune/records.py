@@ -80,6 +80,7 @@ class Evaluation:
     trainable_fraction: float = _metric()
     epoch: float = _metric()
     diverged: int = _metric(logged=False)  # 1 on the last report of a trial whose loss diverged
+    converged: int = _metric(logged=False)  # 1 on the last report of a trial ended by train.early_stopping
 
     def report(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,6 +90,17 @@ def diverged_report(step: int, metric: str, mode: str) -> dict[str, Any]:
     """The last report of a trial whose loss diverged: the worst possible eval_loss and `metric` (in `mode`), so
     neither Tune, ASHA nor the checkpoint kept by score ever prefers it."""
     return {"step": step, "eval_loss": float("inf"), metric: float("inf" if mode == "min" else "-inf"), "diverged": 1}
+
+
+def converged_reason(sweep: SweepConfig, best_step: int) -> str:
+    """Why a trial ended as converged (`train.early_stopping`), for its results row, log and MLflow run."""
+    rule, search = sweep.train.early_stopping, sweep.search
+    assert rule.patience is not None
+    by = f" by more than {rule.min_delta:g}" if rule.min_delta else ""
+    return (
+        f"{search.metric} did not improve{by} in {rule.patience} evaluation round(s) after step {best_step} "
+        "(train.early_stopping)"
+    )
 
 
 REPORTED_METRICS = tuple(f.name for f in fields(Evaluation))  # what search.metric may name
@@ -113,6 +125,7 @@ class TrialOutcome:
     restarts: list[int] = field(default_factory=list)  # steps the trial resumed from after worker losses
     quantized_layers: int = 0  # base layers held in 4-/8-bit
     startup: list[dict[str, float]] = field(default_factory=list)  # seconds per start-up phase, per (re)start
+    converged: str | None = None  # why train.early_stopping ended it before max_steps, if it did
 
 
 # The fixed columns of a sweep's results row, besides the sampled values and the best `search.metric`:

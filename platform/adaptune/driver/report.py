@@ -30,6 +30,8 @@ def format_trial(manifest: DataManifest, outcome: TrialOutcome) -> str:
         f"base model before training: {best['base_eval_loss']:.4f})",
         f"trainable params {best['trainable_params']:,} ({100 * best['trainable_fraction']:.3f}% of the model)",
     ]
+    if outcome.converged:
+        lines.append(f"converged        {outcome.converged}")
     if outcome.restarts:
         lines.append(f"restarts         resumed from step(s) {', '.join(map(str, outcome.restarts))}")
     lines.append(f"adapter          {outcome.adapter_path}")

@@ -15,6 +15,7 @@ from adaptune.config import ClusterProfile, SearchConfig, SweepConfig
 from adaptune.driver.trial import checkpoints_on_storage, launch_training
 from adaptune.names import (
     ADAPTER_DIR,
+    CONVERGED,
     DIVERGED,
     FAILED,
     FINISHED,
@@ -28,7 +29,7 @@ from adaptune.names import (
     TRIALS_DIR,
 )
 from adaptune.preflight.search_space import build_param_space, resolve_alpha
-from adaptune.records import PreparedRun
+from adaptune.records import PreparedRun, converged_reason
 
 log = logging.getLogger("adaptune")
 
@@ -89,7 +90,7 @@ def _progress_callback(metric: str, mode: str, max_steps: int) -> Any:
             self.best: tuple[float, str] | None = None
 
         def _line(self, trials: list[Any], event: str, ended: Any = None, errored: bool = False) -> None:
-            counts = {"running": 0, "pending": 0, FINISHED: 0, STOPPED_EARLY: 0, "failed/skipped": 0}
+            counts = {"running": 0, "pending": 0, FINISHED: 0, CONVERGED: 0, STOPPED_EARLY: 0, "failed/skipped": 0}
             for t in trials:
                 # Tune updates a trial's status after these callbacks run: count the one ending as ended.
                 status = ("ERROR" if errored else "TERMINATED") if t is ended else t.status
@@ -100,10 +101,14 @@ def _progress_callback(metric: str, mode: str, max_steps: int) -> Any:
                 elif status == "ERROR":
                     counts["failed/skipped"] += 1
                 elif status == "TERMINATED":
-                    done = (t.last_result or {}).get("step", 0) >= max_steps
-                    counts[FINISHED if done else STOPPED_EARLY] += 1
+                    last = t.last_result or {}
+                    done = last.get("step", 0) >= max_steps
+                    counts[CONVERGED if last.get("converged") else FINISHED if done else STOPPED_EARLY] += 1
             best = f"; best {metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
-            log.info("sweep: %s | %s%s", event, ", ".join(f"{v} {k}" for k, v in counts.items()), best)
+            shown = ", ".join(
+                f"{v} {k}" for k, v in counts.items() if v or k != CONVERGED
+            )  # converged: only with early stopping
+            log.info("sweep: %s | %s%s", event, shown, best)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             value = result.get(metric)
@@ -206,6 +211,8 @@ def _status(result: Any, max_steps: int, ended: bool) -> tuple[str, str]:
     last = result.metrics or {}
     if last.get("diverged"):
         return DIVERGED, "loss became NaN/inf or exploded; stopped at once"
+    if last.get("converged"):
+        return CONVERGED, ""  # the reason names the best step: collect_results knows it
     if (last.get("step") or 0) < max_steps:
         return (STOPPED_EARLY, "") if ended else (INTERRUPTED, "")
     return FINISHED, ""
@@ -238,6 +245,8 @@ def collect_results(grid: Any, sweep: SweepConfig, trials_dir: Path, unfinished:
                 adapter = str(saved / ADAPTER_DIR)
             else:
                 log.warning("trial %s: no adapter checkpoint found for its best step %s", trial_id, best["step"])
+            if status == CONVERGED:
+                reason = converged_reason(sweep, int(best["step"]))
         config = resolve_alpha(dict(result.config or {}), sweep)
         rows.append(
             {

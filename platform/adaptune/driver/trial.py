@@ -74,6 +74,7 @@ def read_outcome(result: Any, search: Any) -> TrialOutcome:
         restarts=state["restarts"],
         quantized_layers=state["quantized_layers"],
         startup=state.get("startup", []),
+        converged=state["converged"]["reason"] if "converged" in state else None,
     )
 
 
@@ -148,7 +149,7 @@ def _finished_run(run_dir: Path, train: Any, search: Any) -> list[dict[str, Any]
     state = json.loads((latest / TRAINER_STATE).read_text(encoding="utf-8"))
     if "diverged" in state:
         return [diverged_report(state["diverged"]["step"], search.metric, search.mode)]
-    if state["step"] < train.max_steps:
+    if state["step"] < train.max_steps and "converged" not in state:
         return None
     # each evaluation's checkpoint, so the winner's adapter path is exact
     return [{**h, "checkpoint_path": str(by_step.get(h["step"], latest))} for h in state["history"]]

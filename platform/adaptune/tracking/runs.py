@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from adaptune.config import ClusterProfile, SweepConfig, model_source, resolve_path
 from adaptune.names import (
     ADAPTER_MODEL_NAME,
+    CONVERGED,
     DIVERGED,
     FAILED,
     FINISHED,
@@ -34,6 +35,7 @@ from adaptune.names import (
     RESULTS_JSON,
     SKIPPED,
     STOPPED_EARLY,
+    TAG_CONVERGED,
     TAG_GIT_COMMIT,
     TAG_GIT_DIRTY,
     TAG_KIND,
@@ -126,7 +128,7 @@ def trial_params(
 
 def run_status(status: str) -> tuple[str, dict[str, str]]:
     """MLflow run status and tags for an adaptune trial status."""
-    if status == FINISHED:
+    if status in (FINISHED, CONVERGED):
         return "FINISHED", {TAG_STATUS: status}
     if status == STOPPED_EARLY:
         return "KILLED", {TAG_STATUS: status, TAG_STOPPED_EARLY: "true"}
@@ -397,7 +399,7 @@ class SweepTracker:
                 models[row["trial"]] = self.log_adapter(run_id, Path(row["adapter"]))
             status, tags = run_status(row["status"])
             if row["reason"]:
-                tags[TAG_REASON] = row["reason"][:5000]
+                tags[TAG_CONVERGED if row["status"] == CONVERGED else TAG_REASON] = row["reason"][:5000]
             for k, v in tags.items():
                 self.mlc.set_tag(run_id, k, v)
             self.mlc.set_terminated(run_id, status)

@@ -22,10 +22,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from adaptune.config import TrainConfig
+from adaptune.config import EarlyStopping, TrainConfig
 from adaptune.data import IGNORE_INDEX
 from adaptune.names import ADAPTER_DIR, PROBE_FILE, TRAINER_STATE
-from adaptune.records import Evaluation, TrialSpec, diverged_report
+from adaptune.records import Evaluation, TrialSpec, converged_reason, diverged_report
 from adaptune.worker.deepspeed_config import build_deepspeed_config
 from adaptune.worker.model import add_lora, load_adapter_weights, load_base_model, save_adapter, trainable_parameters
 
@@ -44,6 +44,23 @@ def divergence(nonfinite: bool, loss: float, base_eval_loss: float) -> str | Non
     if loss > EXPLODING_FACTOR * base_eval_loss:
         return f"loss {loss:.3g} exploded (over {EXPLODING_FACTOR:g}x the base model's {base_eval_loss:.3g})"
     return None
+
+
+def plateau(history: list[dict[str, Any]], metric: str, mode: str, rule: EarlyStopping) -> int | None:
+    """The step of the last evaluation that improved `metric` (in `mode`) by at least `rule.min_delta` when
+    none of the `rule.patience` evaluations since did, else None (off, or still improving). Read from the
+    whole history, so a trial resumed after a worker loss counts its rounds before the loss too."""
+    if rule.patience is None:
+        return None
+    sign = 1.0 if mode == "min" else -1.0  # compare as "lower is better"
+    best, best_at = math.inf, None
+    for i, evaluation in enumerate(history):
+        value = sign * float(evaluation[metric])
+        if best_at is None or value < best - rule.min_delta:
+            best, best_at = value, i
+    if best_at is None or len(history) - 1 - best_at < rule.patience:
+        return None
+    return int(history[best_at]["step"])
 
 
 def lr_multiplier(step: int, t: TrainConfig) -> float:
@@ -327,7 +344,9 @@ def train(
 ) -> None:
     """Step until `train.max_steps`, evaluating and reporting every `eval_every` steps and at the end; a
     diverged loss ends the trial at once."""
-    t = spec.sweep.train
+    t, search = spec.sweep.train, spec.sweep.search
+    if "converged" in state:  # resumed after its last report: it had already ended
+        return
     if state["base_eval_loss"] is None:  # the untouched base model, the bar every trial must clear
         state["base_eval_loss"] = _evaluate(engine, val_ds, me.rank, me.world, t.eval_batch_size, me.pad_id, me.device)
     gas = t.gradient_accumulation_steps
@@ -379,11 +398,22 @@ def train(
                 trainable_fraction=model.trainable / model.total,
                 epoch=step * gas * t.micro_batch_size * me.world / len(train_ds),
                 diverged=0,
+                converged=0,
             )
             metrics = evaluation.report()
+            best_step = plateau([*state["history"], metrics], search.metric, search.mode, t.early_stopping)
+            if best_step is not None and step < t.max_steps:
+                metrics["converged"] = 1
+                state["converged"] = {
+                    "step": step,
+                    "best_step": best_step,
+                    "reason": converged_reason(spec.sweep, best_step),
+                }
             state["step"] = step
             state["history"].append(metrics)
             _report(metrics, model.peft, state, _probe(engine, val_ds, me.device), me.rank, me.zero3)
+            if metrics["converged"]:
+                return  # the best evaluation's checkpoint is kept (by search.metric); nothing more to learn
             window.zero_()
             window_time = 0.0
 
