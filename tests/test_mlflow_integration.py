@@ -21,7 +21,7 @@ ARTIFACTS = REPO / "test-artifacts"
 def sweep_run(ray_cluster, tiny_model, mlflow_server, tmp_path_factory):
     """One sweep of three Optuna trials under ASHA, tracked by the shared MLflow server."""
     work = tmp_path_factory.mktemp("mlflow-sweep")
-    cfg = sweep_config(tiny_model, train={"max_steps": 20, "eval_every": 10})
+    cfg = sweep_config(tiny_model, train={"max_steps": 20, "eval_every": 10}, data={"test_fraction": 0.1})
     cfg["name"] = "ml-sweep"
     cfg["search"] = {
         "space": {
@@ -108,6 +108,28 @@ def test_parent_run_has_one_child_per_trial_with_params_metrics_and_status(sweep
     assert parent.data.tags["mlflow.source.git.commit"]
     assert parent.data.tags["adaptune.winner_trial"] == results["winner"]["trial"]
     assert mlc.get_run(pid).info.status == "FINISHED"
+
+
+def test_finalists_are_scored_on_the_held_out_test_split_next_to_validation(sweep_run):
+    """The three trials are the finalists (search.finalists defaults to 3): each trained one is scored on the 40
+    test rows, which took no part in choosing; the scores are in the results, on each finalist's run, on the
+    parent and on the registered version; the winner is still the validation pick."""
+    results, mlc, parent, children = (sweep_run[k] for k in ("results", "mlc", "parent", "children"))
+    trained = [t for t in results["trials"] if t["adapter"]]
+    assert trained and all(t["test_eval_loss"] > 0 for t in trained)
+    winner = results["winner"]
+    assert winner["eval_loss"] == min(t["eval_loss"] for t in trained)  # chosen on validation
+    note = results["held_out"]
+    assert note.startswith(f"winner {winner['trial']} test eval_loss {winner['test_eval_loss']:.4f} on 40 held-out")
+    assert f"test     {note}" in sweep_run["r"].stdout and "test eval_loss" in sweep_run["r"].stdout
+    by_trial = {c.data.tags["adaptune.trial_id"]: c for c in children}
+    for t in trained:
+        assert by_trial[t["trial"]].data.metrics["test_eval_loss"] == pytest.approx(t["test_eval_loss"])
+    p = mlc.get_run(parent.info.run_id)
+    assert p.data.tags["adaptune.held_out"] == note
+    assert p.data.metrics["winner_test_eval_loss"] == pytest.approx(winner["test_eval_loss"])
+    tag = mlc.get_model_version(MODEL, "1").tags["adaptune.test_eval_loss"]
+    assert float(tag) == pytest.approx(winner["test_eval_loss"], rel=1e-5)
 
 
 def test_winner_is_registered_as_challenger_and_first_champion_and_loads_as_a_text_model(sweep_run, mlflow_server):

@@ -64,6 +64,8 @@ def test_quickstart_script_sweeps_registers_and_merges_on_the_embedded_default(t
     assert any(t["lora.r"] == 8 and t["train.learning_rate"] == 3e-3 for t in results["trials"])
     assert os.path.isfile(os.path.join(results["winner"]["adapter"], "adapter_model.safetensors"))
     assert f"adapter  {results['winner']['adapter']}" in r.stdout
+    # The quickstart holds out a test split (data.test_fraction): the winner has a score it was not chosen on.
+    assert f"test     winner {results['winner']['trial']} test eval_loss" in r.stdout, r.stdout[-3000:]
 
     # MLflow: the embedded store beside the runs, the winner registered as both aliases, the champion merged.
     store = f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"

@@ -23,3 +23,47 @@ def test_the_registry_line_shows_aliases_only_when_the_version_has_some():
     lines = format_sweep(_outcome([])).splitlines()
     assert "registry m version 3" in lines and not any("()" in line for line in lines)
     assert "registry m version 3 (@challenger, @champion)" in format_sweep(_outcome(["challenger", "champion"]))
+
+
+def _rows() -> list[dict]:
+    def row(trial: str, loss: float, status: str = "finished", adapter: str | None = "/a") -> dict:
+        return {"trial": trial, "eval_loss": loss, "steps": 30, "wall_s": 9.0, "status": status, "reason": ""} | {
+            "adapter": adapter
+        }
+
+    return [row("t1", 1.5), row("t2", 1.2), row("t3", 1.3, "stopped early"), row("t4", 1.1, "failed", None)]
+
+
+def test_finalists_are_the_best_trials_that_can_win_best_first():
+    from adaptune.config import SearchConfig
+    from adaptune.driver.sweep import pick_finalists
+
+    rows = _rows()
+    assert [r["trial"] for r in pick_finalists(rows, SearchConfig(finalists=2))] == ["t2", "t3"]  # t4 failed
+    assert [r["trial"] for r in pick_finalists(rows, SearchConfig(finalists=9))] == ["t2", "t3", "t1"]
+    assert [r["trial"] for r in pick_finalists(rows, SearchConfig(finalists=2, mode="max"))] == ["t1", "t3"]
+    assert pick_finalists(rows, SearchConfig(finalists=0)) == []
+
+
+def test_the_held_out_note_says_when_the_test_split_disagrees_and_the_table_shows_test_scores():
+    from adaptune.driver.sweep import held_out_note
+    from adaptune.names import TEST_METRIC
+
+    t1, t2, t3, _ = rows = _rows()
+    t2[TEST_METRIC], t3[TEST_METRIC] = 1.25, 1.31
+    agree = held_out_note([t2, t3], t2, "eval_loss", 40)
+    assert (
+        agree == "winner t2 test eval_loss 1.2500 on 40 held-out rows not used to choose (validation eval_loss 1.2000)"
+    )
+    t3[TEST_METRIC] = 1.21
+    disagree = held_out_note([t2, t3], t2, "eval_loss", 40)
+    assert disagree.endswith(
+        "; the test split disagrees: finalist t3 scores better there (1.2100), the winner is chosen on validation"
+    )
+    outcome = SweepOutcome("sweep-1", "/runs", "eval_loss", rows, t2, False, held_out=disagree)
+    text = format_sweep(outcome)
+    header = text.splitlines()[0]
+    assert "test eval_loss" in header and f"test     {disagree}" in text
+    line = next(x for x in text.splitlines() if x.split()[:1] == ["t1"])
+    assert " - " in line  # not a finalist: no test score
+    assert "test eval_loss" not in format_sweep(SweepOutcome("s", "/r", "eval_loss", _rows(), None, False))

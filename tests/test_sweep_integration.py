@@ -71,6 +71,9 @@ def test_asha_sweep_stops_trials_early_survives_divergence_and_names_the_best(ra
     assert max(running) == 2, running
     # What the user sees: the table, the winner, and the same results as CSV.
     assert "best eval_loss" in r.stdout and f"winner   {results['winner']['trial']}" in r.stdout
+    # No test split: the output says what the winner's figure is.
+    assert "test     the winner's eval_loss is a validation score, on the set it was chosen on" in r.stdout
+    assert results["held_out"].startswith("the winner's eval_loss is a validation score")
     csv_text = (Path(results["winner"]["adapter"]).parents[3] / "results.csv").read_text()
     assert csv_text.count("\n") == 7 and "stopped early" in csv_text
 

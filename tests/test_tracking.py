@@ -79,8 +79,9 @@ def test_steps_a_stopped_trial_ran_past_its_last_report_are_not_part_of_its_reco
 
 def test_a_sweep_recorded_end_to_end_on_the_embedded_store_leaves_mlflow_globals_alone(tmp_path, monkeypatch):
     """The seam on an in-process SQLite store: the parent run with its params, config and dataset; a trial's run
-    with its params, step metrics, adapter model and final status; a stopped trial KILLED and tagged; the
-    results and winner on the parent; the winner registered, found again by NAME@champion and downloaded back
+    with its params, step metrics, adapter model, test score and final status; a stopped trial KILLED and tagged;
+    a converged one FINISHED with its reason; the results, winner and held-out note on the parent; the winner
+    registered with its test score, found again by NAME@champion and downloaded back
     (what merge and retrain scoring read). MLflow's process-wide URIs and the environment are as they were
     before, throughout."""
     import os
@@ -111,7 +112,7 @@ def test_a_sweep_recorded_end_to_end_on_the_embedded_store_leaves_mlflow_globals
         "k", "d" * 64, {}, {}, counts, counts, {}, {}, {}, "instruction", 64, False, 0, str(tmp_path / "prepared")
     )
     parent = tracker.open(manifest, str(tmp_path / "sweep.yaml"), None, resuming=False)
-    for trial, r in (("t1", 4), ("t2", 8)):
+    for trial, r in (("t1", 4), ("t2", 8), ("t3", 4)):
         run_id = tracker.child(trial, {"lora.r": r})
         for step in (10, 20):
             tracker.log_result(run_id, {"step": step, "eval_loss": r / 10 - step / 100, "train_loss": 1.0})
@@ -121,11 +122,22 @@ def test_a_sweep_recorded_end_to_end_on_the_embedded_store_leaves_mlflow_globals
     rows = [
         {"trial": "t1", "lora.r": 4, "eval_loss": 0.2, "status": names.FINISHED, "reason": "", "adapter": str(adapter)},
         {"trial": "t2", "lora.r": 8, "eval_loss": 0.6, "status": names.STOPPED_EARLY, "reason": "", "adapter": None},
+        {"trial": "t3", "lora.r": 4, "eval_loss": 0.4, "status": names.CONVERGED, "reason": "flat", "adapter": None},
     ]
-    write_results(rows, rows[0], tmp_path)
-    models = tracker.close(rows, rows[0], tmp_path, interrupted=False)
+    rows[0][names.TEST_METRIC] = 0.25
+    write_results(rows, rows[0], tmp_path, held_out="winner t1 test eval_loss 0.2500")
+    models = tracker.close(rows, rows[0], tmp_path, interrupted=False, held_out="winner t1 test eval_loss 0.2500")
     registration = register_winner(
-        tracker.mlc, "shop", models["t1"], parent, tracker.children["t1"], "d" * 64, tracker.base, "eval_loss", 0.2
+        tracker.mlc,
+        "shop",
+        models["t1"],
+        parent,
+        tracker.children["t1"],
+        "d" * 64,
+        tracker.base,
+        "eval_loss",
+        0.2,
+        0.25,
     )
     resolved = resolve_ref(tracker.mlc, "shop@champion", tracker.uri)
     downloaded, model_config = download_adapter(tracker.uri, resolved.model_uri, resolved.ref, tmp_path / "back")
@@ -137,7 +149,13 @@ def test_a_sweep_recorded_end_to_end_on_the_embedded_store_leaves_mlflow_globals
     assert p.info.status == "FINISHED" and p.data.params["search.metric"] == "eval_loss"
     assert p.data.tags[names.TAG_WINNER_TRIAL] == "t1" and p.data.metrics["best_eval_loss"] == 0.2
     assert {a.path for a in mlc.list_artifacts(parent, "results")} == {"results/results.csv", "results/results.json"}
-    t1, t2 = (mlc.get_run(tracker.children[t]) for t in ("t1", "t2"))
+    assert p.data.tags[names.TAG_HELD_OUT] == "winner t1 test eval_loss 0.2500"
+    assert p.data.metrics["winner_test_eval_loss"] == 0.25
+    t1, t2, t3 = (mlc.get_run(tracker.children[t]) for t in ("t1", "t2", "t3"))
+    assert t1.data.metrics[names.TEST_METRIC] == 0.25 and names.TEST_METRIC not in t2.data.metrics
+    assert t3.info.status == "FINISHED" and t3.data.tags[names.TAG_STATUS] == "converged"
+    assert t3.data.tags[names.TAG_CONVERGED] == "flat" and names.TAG_REASON not in t3.data.tags
+    assert mlc.get_model_version("shop", "1").tags[names.TAG_TEST_VALUE] == "0.25"
     assert t1.data.tags[names.TAG_PARENT] == parent and t1.data.params["lora.r"] == "4"
     assert [m.step for m in mlc.get_metric_history(t1.info.run_id, "eval_loss")] == [10, 20]
     assert t1.info.status == "FINISHED" and t1.data.tags[names.TAG_MODEL_ID] == models["t1"]

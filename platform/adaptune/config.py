@@ -261,6 +261,13 @@ class SearchConfig(_Section):
     scheduler: Literal["asha", "none"] = Field("asha", description="`asha` stops bad trials early; `none` runs all.")
     asha: AshaConfig = Field(default_factory=AshaConfig, description="ASHA settings.")
     metric: str = Field("eval_loss", description="The reported metric the search optimises.")
+    finalists: int = Field(
+        3,
+        ge=0,
+        description="After the search, this many best trials (by `metric`) are scored on the test split "
+        "(`data.test_fraction` or `data.test_path`), which took no part in choosing them; the winner is still "
+        "chosen on validation. 0: none.",
+    )
     mode: Literal["min", "max"] = Field("min", description="Whether lower or higher `metric` is better.")
     max_concurrent_trials: int | None = Field(
         None, gt=0, description="Trials at once. Empty: as many as the cluster holds."

@@ -22,6 +22,7 @@ FAILED = "failed"  # its workers failed more often than trial.max_failures allow
 SKIPPED = "skipped"  # the sampled combination cannot train; recorded, not run
 INTERRUPTED = "interrupted"  # the sweep was stopped (Ctrl-C, `ray job stop`) before this trial ended
 TRAINED = (FINISHED, STOPPED_EARLY, CONVERGED)  # statuses whose adapter can win
+TEST_METRIC = "test_eval_loss"  # a finalist's eval_loss on the test split: a results column, a run metric
 
 # --------------------------------------------------------------------------------------------------
 # Files on storage
@@ -61,6 +62,7 @@ TAG_REASON = "adaptune.failure_reason"  # why a trial failed, diverged or was sk
 TAG_CONVERGED = "adaptune.converged"  # why early stopping ended a trial (train.early_stopping)
 TAG_MODEL_ID = "adaptune.adapter_model_id"  # the logged adapter model of a trial's run
 TAG_TRACKING_NOTE = "adaptune.tracking_outage"
+TAG_HELD_OUT = "adaptune.held_out"  # what the winner's figures mean: its test score, or that it has none
 TAG_WINNER_TRIAL = "adaptune.winner_trial"
 TAG_WINNER_RUN = "adaptune.winner_run_id"
 # a retrain run
@@ -92,6 +94,7 @@ TAG_BASE = "adaptune.base_model"  # hub:<id>@<revision> | storage:<path under st
 TAG_BASE_FINGERPRINT = "adaptune.base_model_fingerprint"  # preflight.architecture.model_fingerprint of a local base
 TAG_METRIC = "adaptune.metric"
 TAG_METRIC_VALUE = "adaptune.metric_value"
+TAG_TEST_VALUE = "adaptune.test_eval_loss"  # the version's eval_loss on its sweep's test split (finalists only)
 TAG_ADAPTER_VERSION = "adaptune.adapter_version"  # on a merged version: the adapter version it came from
 TAG_ADAPTER_MODEL = "adaptune.adapter_model"
 TAG_ADAPTER_REGISTERED_MODEL = "adaptune.adapter_registered_model"

@@ -148,3 +148,4 @@ class SweepOutcome:
     registration: Any = None  # tracking.registry.Registration of the winner, when registered
     ui: str = ""  # how to open the MLflow UI on the runs
     tracking_note: str | None = None  # tracking-server outages during the sweep and what was logged late
+    held_out: str | None = None  # the winner's test figure (or that it has only a validation one)

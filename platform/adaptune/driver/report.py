@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from adaptune.data import DataManifest
+from adaptune.names import TEST_METRIC
 from adaptune.records import EVAL_COLUMNS, ROW_COLUMNS, SweepOutcome, TrialOutcome
 
 
@@ -41,7 +42,8 @@ def format_trial(manifest: DataManifest, outcome: TrialOutcome) -> str:
 def format_sweep(outcome: SweepOutcome) -> str:
     """The results table of a sweep, the winner and its adapter, and where the results files are."""
     metric = outcome.metric
-    fixed = {metric, *ROW_COLUMNS}
+    fixed = {metric, TEST_METRIC, *ROW_COLUMNS}
+    tested = any(r.get(TEST_METRIC) is not None for r in outcome.rows)  # finalists scored on the test split
     sampled = sorted({k for r in outcome.rows for k in r} - fixed)
 
     def cell(v: Any) -> Any:
@@ -54,6 +56,7 @@ def format_sweep(outcome: SweepOutcome) -> str:
             **{k: cell(r.get(k)) for k in sampled},
             "trial": r["trial"],
             metric: r[metric],
+            TEST_METRIC: r.get(TEST_METRIC),
             "steps": r["steps"],
             "wall_s": r["wall_s"],
             "status": r["status"] + (f" ({r['reason']})" if r["reason"] else ""),
@@ -65,6 +68,7 @@ def format_sweep(outcome: SweepOutcome) -> str:
         + [(k, k, "") for k in sampled]
         + [
             (metric, f"best {metric}", ".4f"),
+            *([(TEST_METRIC, "test eval_loss", ".4f")] if tested else []),
             ("steps", "steps", ""),
             ("wall_s", "wall_s", ""),
             ("status", "status", ""),
@@ -74,6 +78,8 @@ def format_sweep(outcome: SweepOutcome) -> str:
     if outcome.winner:
         w = outcome.winner
         lines += [f"winner   {w['trial']}: {metric} {w[metric]:.4f}", f"adapter  {w['adapter']}"]
+        if outcome.held_out:
+            lines.append(f"test     {outcome.held_out}")
     elif outcome.rows and all(r["status"] == "failed" for r in outcome.rows):
         first = (outcome.rows[0]["reason"] or "").strip().splitlines()
         lines.append(f"winner   none: every trial failed; the first: {first[-1] if first else 'no reason recorded'}")

@@ -20,6 +20,8 @@ from adaptune.data import DataManifest, prepare_dataset
 from adaptune.driver.sweep import (
     build_tuner,
     collect_results,
+    held_out_note,
+    pick_finalists,
     pick_winner,
     trial_histories,
     unfinished_trials,
@@ -28,11 +30,12 @@ from adaptune.driver.sweep import (
 from adaptune.driver.trial import run_trial
 from adaptune.errors import ConfigError, DataError, Problem, StorageError, storage_failure
 from adaptune.merge import merge_adapter
-from adaptune.names import DATA_DIR, RESULTS_JSON, TRIALS_DIR, target_key
+from adaptune.names import DATA_DIR, RESULTS_JSON, TEST_METRIC, TRIALS_DIR, target_key
 from adaptune.preflight.architecture import ArchitectureError, target_modules_for
 from adaptune.preflight.search_space import target_candidates
 from adaptune.preflight.validate import MOSTLY_TRUNCATED, check_run
 from adaptune.records import PreparedRun, SweepOutcome, TrialOutcome
+from adaptune.scoring import score_split
 from adaptune.tracking.models import download_adapter, resolve_base
 from adaptune.tracking.registry import log_merged, register_winner, resolve_ref
 from adaptune.tracking.runs import SweepTracker
@@ -267,7 +270,7 @@ def sweep_plan(plan: RunPlan, resume: str | bool = False, parent_tags: dict[str,
     tracker = open_tracking(plan, sweep_id, prepared, bool(resume), parent_tags)
     with storage_guard(plan.cluster, f"; resume with: adaptune sweep {plan.sweep_file} --resume {sweep_id}"):
         grid = fit(plan, sweep_id, prepared.run, tracker, bool(resume))
-        outcome = finish(plan, sweep_id, grid, tracker)
+        outcome = finish(plan, sweep_id, grid, prepared, tracker)
     if outcome.winner is not None and not outcome.interrupted and plan.sweep.mlflow.register_winner:
         outcome.registration = register(plan, prepared.manifest, tracker, outcome.winner)
     return outcome
@@ -311,14 +314,15 @@ def fit(plan: RunPlan, sweep_id: str, prepared: PreparedRun, tracker: Any, resum
         signal.signal(signal.SIGTERM, previous)
 
 
-def finish(plan: RunPlan, sweep_id: str, grid: Any, tracker: Any) -> SweepOutcome:
-    """One row per trial and the winner; what the tracking server missed logged late; the results written
-    (once) beside the sweep; every run closed with its final status."""
+def finish(plan: RunPlan, sweep_id: str, grid: Any, prepared: Prepared, tracker: Any) -> SweepOutcome:
+    """One row per trial and the winner; the finalists scored on the test split; what the tracking server
+    missed logged late; the results written (once) beside the sweep; every run closed with its final status."""
     directory = plan.sweep_root / sweep_id
     trials_dir = directory / TRIALS_DIR
     unfinished = unfinished_trials(grid)
     rows = collect_results(grid, plan.sweep, trials_dir, unfinished)
     winner = pick_winner(rows, plan.sweep.search)
+    held_out = score_finalists(plan, prepared, rows, winner) if not unfinished else None
     if not wait_for_server(tracker.uri, TRACKING_WAIT_S):
         write_results(rows, winner, directory)
         raise RuntimeError(
@@ -330,8 +334,8 @@ def finish(plan: RunPlan, sweep_id: str, grid: Any, tracker: Any) -> SweepOutcom
     note = tracker.outage_note()
     if note:
         log.warning("%s", note)
-    write_results(rows, winner, directory, note)
-    tracker.close(rows, winner, directory, bool(unfinished), note)
+    write_results(rows, winner, directory, note, held_out)
+    tracker.close(rows, winner, directory, bool(unfinished), note, held_out)
     return SweepOutcome(
         sweep_id,
         str(directory),
@@ -344,7 +348,36 @@ def finish(plan: RunPlan, sweep_id: str, grid: Any, tracker: Any) -> SweepOutcom
         parent_run_id=tracker.parent_id,
         ui=ui_command(tracker.uri),
         tracking_note=note,
+        held_out=held_out,
     )
+
+
+def score_finalists(
+    plan: RunPlan, prepared: Prepared, rows: list[dict[str, Any]], winner: dict[str, Any] | None
+) -> str | None:
+    """Score the best `search.finalists` trials on the test split in one Ray task (one process, the same code
+    for every adapter), writing `test_eval_loss` into their rows; what the winner's figures mean, as a line
+    for the output (None when there is nothing to say: no trial trained)."""
+    import ray
+
+    search, cluster = plan.sweep.search, plan.cluster
+    if winner is None:
+        return None
+    validation_only = f"the winner's {search.metric} is a validation score, on the set it was chosen on (optimistic)"
+    if prepared.manifest.examples.get("test", 0) == 0:
+        hint = "hold out a test split (data.test_fraction or data.test_path) to score it on rows not used to choose"
+        return f"{validation_only}: {hint}"
+    finalists = pick_finalists(rows, search)
+    if not finalists:
+        return f"{validation_only}: search.finalists is 0, so no trial was scored on the test split"
+    tr = cluster.trial
+    task = ray.remote(num_cpus=tr.cpus_per_worker, num_gpus=tr.gpus_per_worker if tr.use_gpu else 0)(score_split)
+    adapters = {r["trial"]: r["adapter"] for r in finalists}
+    log.info("sweep: scoring %d finalist(s) on the test split: %s", len(adapters), ", ".join(adapters))
+    scores = ray.get(task.remote(pin_paths(plan.sweep), prepared.run.data_dir, "test", adapters, tr.use_gpu))
+    for r in finalists:
+        r[TEST_METRIC] = scores[r["trial"]].eval_loss
+    return held_out_note(finalists, winner, search.metric, scores[winner["trial"]].examples)
 
 
 def register(plan: RunPlan, manifest: DataManifest, tracker: Any, winner: dict[str, Any]) -> Any:
@@ -360,6 +393,7 @@ def register(plan: RunPlan, manifest: DataManifest, tracker: Any, winner: dict[s
         tracker.base,
         metric,
         winner[metric],
+        winner.get(TEST_METRIC),
     )
 
 

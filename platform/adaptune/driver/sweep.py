@@ -24,6 +24,7 @@ from adaptune.names import (
     RESULTS_JSON,
     SKIPPED,
     STOPPED_EARLY,
+    TEST_METRIC,
     TRAINED,
     TRAINER_STATE,
     TRIALS_DIR,
@@ -315,11 +316,39 @@ def pick_winner(rows: list[dict[str, Any]], search: SearchConfig) -> dict[str, A
     return pick(ok, key=lambda r: r[search.metric])
 
 
+def pick_finalists(rows: list[dict[str, Any]], search: SearchConfig) -> list[dict[str, Any]]:
+    """The best `search.finalists` trials that could win, best first (the winner is the first)."""
+    ok = [r for r in rows if r["status"] in TRAINED and r[search.metric] is not None and r["adapter"]]
+    ok.sort(key=lambda r: r[search.metric], reverse=search.mode == "max")
+    return ok[: search.finalists]
+
+
+def held_out_note(finalists: list[dict[str, Any]], winner: dict[str, Any], metric: str, examples: int) -> str:
+    """The winner's test figure next to its validation one, and whether the test split ranks another finalist
+    better (the winner stays the validation pick: choosing on the test split would make it optimistic too)."""
+    test = winner[TEST_METRIC]
+    note = (
+        f"winner {winner['trial']} test eval_loss {test:.4f} on {examples} held-out rows not used to choose "
+        f"(validation {metric} {winner[metric]:.4f})"
+    )
+    best = min(finalists, key=lambda r: r[TEST_METRIC])
+    if best is not winner and best[TEST_METRIC] < test:
+        note += (
+            f"; the test split disagrees: finalist {best['trial']} scores better there ({best[TEST_METRIC]:.4f}), "
+            f"the winner is chosen on validation"
+        )
+    return note
+
+
 def write_results(
-    rows: list[dict[str, Any]], winner: dict[str, Any] | None, directory: Path, tracking_note: str | None = None
+    rows: list[dict[str, Any]],
+    winner: dict[str, Any] | None,
+    directory: Path,
+    tracking_note: str | None = None,
+    held_out: str | None = None,
 ) -> None:
-    """results.csv and results.json (with `tracking_note` when the tracking server had an outage) beside the
-    sweep's Tune state."""
+    """results.csv and results.json (with `tracking_note` when the tracking server had an outage, and
+    `held_out`: what the winner's figures mean) beside the sweep's Tune state."""
     columns = list(dict.fromkeys(k for r in rows for k in r))
     with (directory / RESULTS_CSV).open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -331,6 +360,7 @@ def write_results(
             {
                 "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "winner": winner,
+                **({"held_out": held_out} if held_out else {}),
                 **({"tracking_note": tracking_note} if tracking_note else {}),
                 "trials": rows,
             },

@@ -34,7 +34,7 @@ from adaptune.names import (
 )
 from adaptune.preflight.validate import check_frozen
 from adaptune.retrain.rules import champion_point, decide, retrain_sweep
-from adaptune.retrain.scoring import score_adapters
+from adaptune.retrain.scoring import score_frozen
 from adaptune.retrain.state import (
     RetrainBusy,
     RetrainLock,
@@ -300,7 +300,7 @@ def _score(
         local, _ = download_adapter(uri, adapter.model_uri, adapter.ref, workdir / name)
         dirs[name] = str(local)
     tr = cluster.trial
-    task = ray.remote(num_cpus=tr.cpus_per_worker, num_gpus=tr.gpus_per_worker if tr.use_gpu else 0)(score_adapters)
+    task = ray.remote(num_cpus=tr.cpus_per_worker, num_gpus=tr.gpus_per_worker if tr.use_gpu else 0)(score_frozen)
     scores = ray.get(task.remote(sweep, dirs, tr.use_gpu))
     for name, score in scores.items():
         log.info(

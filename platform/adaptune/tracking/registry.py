@@ -39,6 +39,7 @@ from adaptune.names import (
     TAG_RETRAIN_REASON,
     TAG_RETRAIN_RUN,
     TAG_SWEEP_RUN,
+    TAG_TEST_VALUE,
     TAG_TRIAL_RUN,
 )
 from adaptune.tracking.models import log_text_model
@@ -70,6 +71,7 @@ def register_winner(
     base: dict[str, str],
     metric: str,
     value: float,
+    test_value: float | None = None,
 ) -> Registration:
     """Register the winning adapter as a new version of `name`, alias `challenger`, and `champion` if the model
     has none yet, tagged with the base model it needs (`base_reference`). A resumed sweep that already
@@ -90,6 +92,7 @@ def register_winner(
             **({TAG_BASE_FINGERPRINT: base["base_model_fingerprint"]} if "base_model_fingerprint" in base else {}),
             TAG_METRIC: metric,
             TAG_METRIC_VALUE: f"{value:.6g}",
+            **({TAG_TEST_VALUE: f"{test_value:.6g}"} if test_value is not None else {}),
         },
     )
     version = version_str(mv.version)

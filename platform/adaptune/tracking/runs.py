@@ -38,6 +38,7 @@ from adaptune.names import (
     TAG_CONVERGED,
     TAG_GIT_COMMIT,
     TAG_GIT_DIRTY,
+    TAG_HELD_OUT,
     TAG_KIND,
     TAG_MODEL_ID,
     TAG_PARENT,
@@ -49,6 +50,7 @@ from adaptune.names import (
     TAG_TRIAL,
     TAG_WINNER_RUN,
     TAG_WINNER_TRIAL,
+    TEST_METRIC,
     target_key,
 )
 from adaptune.preflight.search_space import apply_values, resolve_alpha
@@ -388,15 +390,19 @@ class SweepTracker:
         results_dir: Path,
         interrupted: bool,
         note: str | None = None,
+        held_out: str | None = None,
     ):
-        """Log each trained trial's adapter as an MLflow model, set every run's final status, and give the parent
-        its plots, results, winner and `note` (what happened to tracking). Returns {trial id: model id} of the
-        logged adapters (also kept as `self.models`)."""
+        """Log each trained trial's adapter as an MLflow model (and a finalist's test score), set every run's final
+        status, and give the parent its plots, results, winner, `note` (what happened to tracking) and `held_out`
+        (what the winner's figures mean). Returns {trial id: model id} of the logged adapters (also kept as
+        `self.models`)."""
         models = self.models
         for row in rows:
             run_id = self.child(row["trial"], {k: row[k] for k in self.sweep.search.space if k in row})
             if row["adapter"] and Path(row["adapter"]).is_dir():
                 models[row["trial"]] = self.log_adapter(run_id, Path(row["adapter"]))
+            if row.get(TEST_METRIC) is not None:
+                self.mlc.log_metric(run_id, TEST_METRIC, float(row[TEST_METRIC]))
             status, tags = run_status(row["status"])
             if row["reason"]:
                 tags[TAG_CONVERGED if row["status"] == CONVERGED else TAG_REASON] = row["reason"][:5000]
@@ -409,6 +415,10 @@ class SweepTracker:
         metric = self.sweep.search.metric
         if note:
             self.mlc.set_tag(self.parent_id, TAG_TRACKING_NOTE, note)
+        if held_out:
+            self.mlc.set_tag(self.parent_id, TAG_HELD_OUT, held_out)
+        if winner is not None and winner.get(TEST_METRIC) is not None:
+            self.mlc.log_metric(self.parent_id, f"winner_{TEST_METRIC}", float(winner[TEST_METRIC]))
         if winner is not None:
             self.mlc.set_tag(self.parent_id, TAG_WINNER_TRIAL, winner["trial"])
             self.mlc.set_tag(self.parent_id, TAG_WINNER_RUN, self.children[winner["trial"]])
