@@ -374,7 +374,12 @@ def score_finalists(
     task = ray.remote(num_cpus=tr.cpus_per_worker, num_gpus=tr.gpus_per_worker if tr.use_gpu else 0)(score_split)
     adapters = {r["trial"]: r["adapter"] for r in finalists}
     log.info("sweep: scoring %d finalist(s) on the test split: %s", len(adapters), ", ".join(adapters))
-    scores = ray.get(task.remote(pin_paths(plan.sweep), prepared.run.data_dir, "test", adapters, tr.use_gpu))
+    try:
+        scores = ray.get(task.remote(pin_paths(plan.sweep), prepared.run.data_dir, "test", adapters, tr.use_gpu))
+    except Exception as e:  # the sweep's results must not be lost to the scoring of its finalists
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        log.warning("sweep: scoring the finalists on the test split failed: %s", reason)
+        return f"{validation_only}: scoring the finalists on the test split failed ({reason[:500]})"
     for r in finalists:
         r[TEST_METRIC] = scores[r["trial"]].eval_loss
     return held_out_note(finalists, winner, search.metric, scores[winner["trial"]].examples)
