@@ -128,3 +128,11 @@ def mlflow_server(tmp_path_factory):
 
     with start(tmp_path_factory.mktemp("mlflow")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def search_sweep(ray_cluster, tiny_model, mlflow_server, tmp_path_factory):
+    """The suite's one search sweep (see support.search_sweep), shared by the sweep and MLflow modules."""
+    from .support.search_sweep import run_search_sweep
+
+    return run_search_sweep(tmp_path_factory.mktemp("search-sweep"), tiny_model, mlflow_server.uri)

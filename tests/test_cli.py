@@ -44,7 +44,8 @@ def test_validate_reports_every_problem_one_line_each(tmp_path, tiny_model):
         ),
     )
     cluster = write_yaml(
-        tmp_path / "c.yaml", {**cluster_config(tmp_path), "deepspeed": {"zero_stage": 3}, "capacity": {"cpus": 1}}
+        tmp_path / "c.yaml",
+        {**cluster_config(tmp_path, num_workers=2), "deepspeed": {"zero_stage": 3}, "capacity": {"cpus": 1}},
     )
     r = run_cli("validate", str(sweep), "--cluster", str(cluster))
     assert r.returncode == 2

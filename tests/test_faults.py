@@ -73,7 +73,9 @@ def test_read_only_or_too_small_storage_is_refused_before_anything_starts(tiny_m
 def test_storage_filling_up_mid_run_stops_with_an_error_naming_it(ray_cluster, tiny_model, tmp_path):
     sweep = write_yaml(tmp_path / "sweep.yaml", sweep_config(tiny_model, train={"max_steps": 300, "eval_every": 5}))
     with small_filesystem(tmp_path / "store", 64) as store:
-        cluster = write_yaml(tmp_path / "cluster.yaml", {**cluster_config(store / "runs"), "min_free_gb": 0})
+        # No retries: a restarted worker finds the same full disk (the message is the same after them).
+        profile = {**cluster_config(store / "runs", max_failures=0), "min_free_gb": 0}
+        cluster = write_yaml(tmp_path / "cluster.yaml", profile)
         run = Background("train", str(sweep), "--cluster", str(cluster), logs=tmp_path)
         runs = store / "runs" / "test"
         run.wait_until(lambda: any(committed_state(d) for d in runs.glob("train-*")), timeout=600)

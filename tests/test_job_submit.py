@@ -104,7 +104,9 @@ def shared_storage():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _files(tmp_path: Path, tiny_model: Path, storage: Path, max_steps: int, max_failures: int = 1) -> tuple[Path, Path]:
+def _files(
+    tmp_path: Path, tiny_model: Path, storage: Path, max_steps: int, max_failures: int = 1, num_workers: int = 2
+) -> tuple[Path, Path]:
     cfg = sweep_config(tiny_model, train={"max_steps": max_steps, "eval_every": 5})
     cfg["name"] = "job"
     cfg["search"] = {"space": {"lora.r": {"grid": [4, 8]}}, "algorithm": "grid", "scheduler": "none"}
@@ -113,7 +115,7 @@ def _files(tmp_path: Path, tiny_model: Path, storage: Path, max_steps: int, max_
         tmp_path / "cluster.yaml",
         {
             "capacity": {"nodes": 2, "cpus": 4},
-            "trial": {"num_workers": 2, "cpus_per_worker": 2, "max_failures": max_failures},
+            "trial": {"num_workers": num_workers, "cpus_per_worker": 2, "max_failures": max_failures},
             "deepspeed": {"zero_stage": 2},
             "storage_path": str(storage),
         },
@@ -169,26 +171,12 @@ def _mlflow(storage: Path):
     return parent, children
 
 
-def test_submitted_sweep_spans_both_nodes_and_stores_on_shared_storage(two_nodes, tiny_model, tmp_path, shared_storage):
-    sweep, cluster = _files(tmp_path, tiny_model, shared_storage, max_steps=10)
-    job_id = f"adaptune-test-{uuid.uuid4().hex[:8]}"
-    r = _submit(two_nodes, job_id, str(sweep), "--cluster", str(cluster))
-    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    assert "sweep: " in r.stdout and "winner   " in r.stdout  # the job's logs show progress and the result
-    assert "succeeded" in _job(two_nodes, "status", job_id).stdout.lower()
-
-    (sweep_dir,) = (shared_storage / "job").glob("sweep-*")
-    results = json.loads((sweep_dir / "results.json").read_text())
-    assert [t["status"] for t in results["trials"]] == ["finished", "finished"]
-    for trial in results["trials"]:
-        state = json.loads((Path(trial["adapter"]).parent / "trainer_state.json").read_text())
-        assert len(set(state["nodes"])) == 2, state["nodes"]  # the trial's two workers ran on the two nodes
-    parent, children = _mlflow(shared_storage)
-    assert parent.info.status == "FINISHED" and len(children) == 2
-    assert {c.info.status for c in children} == {"FINISHED"}
-
-
-def test_ray_job_stop_leaves_a_resumable_sweep_and_killed_runs(two_nodes, tiny_model, tmp_path, shared_storage):
+def test_a_submitted_sweep_spans_both_nodes_stops_with_ray_job_stop_and_resumes(
+    two_nodes, tiny_model, tmp_path, shared_storage
+):
+    """One sweep submitted, stopped with `ray job stop` at its first checkpoint (a resumable sweep, its runs
+    KILLED), then resumed by a second submission that succeeds: its logs show progress and the winner, each
+    trial's two workers ran on the two nodes, and results and MLflow runs are on the shared storage."""
     sweep, cluster = _files(tmp_path, tiny_model, shared_storage, max_steps=20)
     job_id = f"adaptune-test-{uuid.uuid4().hex[:8]}"
     r = _submit(two_nodes, job_id, str(sweep), "--cluster", str(cluster), wait=False)
@@ -210,8 +198,13 @@ def test_ray_job_stop_leaves_a_resumable_sweep_and_killed_runs(two_nodes, tiny_m
     (sweep_dir,) = (shared_storage / "job").glob("sweep-*")
     resumed = _submit(two_nodes, f"{job_id}-resume", str(sweep), "--cluster", str(cluster), "--resume", sweep_dir.name)
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
+    assert "sweep: " in resumed.stdout and "winner   " in resumed.stdout  # the job's logs: progress, the result
+    assert "succeeded" in _job(two_nodes, "status", f"{job_id}-resume").stdout.lower()
     results = json.loads((sweep_dir / "results.json").read_text())
     assert [(t["status"], t["steps"]) for t in results["trials"]] == [("finished", 20), ("finished", 20)]
+    for trial in results["trials"]:
+        state = json.loads((Path(trial["adapter"]).parent / "trainer_state.json").read_text())
+        assert len(set(state["nodes"])) == 2, state["nodes"]  # the trial's two workers ran on the two nodes
     again, children = _mlflow(shared_storage)
     assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
     assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
@@ -226,7 +219,8 @@ def test_a_sweep_whose_trials_all_fail_is_a_failed_job(two_nodes, tiny_model, tm
     (header_size,) = struct.unpack("<Q", weights.read_bytes()[:8])
     os.truncate(weights, 8 + header_size + 64)
     # No retries: a trial restarted on the same partial weights fails the same way again.
-    sweep, cluster = _files(tmp_path, model, shared_storage, max_steps=10, max_failures=0)
+    # One worker a trial (spanning nodes is the other test's): both trials fail at once.
+    sweep, cluster = _files(tmp_path, model, shared_storage, max_steps=10, max_failures=0, num_workers=1)
     job_id = f"adaptune-test-{uuid.uuid4().hex[:8]}"
     r = _submit(two_nodes, job_id, str(sweep), "--cluster", str(cluster))
     assert r.returncode != 0, r.stdout[-3000:]

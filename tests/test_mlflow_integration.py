@@ -1,6 +1,6 @@
-"""MLflow for real: an Optuna sweep on a real Ray cluster reporting to a real `mlflow server` backed by
-PostgreSQL; the registry's aliases; a person moving `champion` to another version; `adaptune merge` of the
-champion; and the MLflow UI in headless Chromium."""
+"""MLflow for real: the session's Optuna sweep (support.search_sweep) on a real Ray cluster reporting to a real
+`mlflow server` backed by PostgreSQL; the held-out test scores; the registry's aliases; a person moving
+`champion` to another version; `adaptune merge` of the champion; and the MLflow UI in headless Chromium."""
 
 from __future__ import annotations
 
@@ -9,69 +9,28 @@ from pathlib import Path
 
 import pytest
 
-from .support import REPO, cluster_config, run_cli, sweep_config, write_yaml
+from .support import REPO, run_cli
+from .support.search_sweep import EVAL_EVERY, MODEL
 
 pytestmark = pytest.mark.integration
 
-MODEL = "support-bot"
 ARTIFACTS = REPO / "test-artifacts"
 
 
-@pytest.fixture(scope="module")
-def sweep_run(ray_cluster, tiny_model, mlflow_server, tmp_path_factory):
-    """One sweep of three Optuna trials under ASHA, tracked by the shared MLflow server."""
-    work = tmp_path_factory.mktemp("mlflow-sweep")
-    cfg = sweep_config(tiny_model, train={"max_steps": 20, "eval_every": 10}, data={"test_fraction": 0.1})
-    cfg["name"] = "ml-sweep"
-    cfg["search"] = {
-        "space": {
-            "lora.r": {"choice": [4, 8, 16]},
-            "lora.target_modules": {"choice": ["attention", "all-linear"]},
-            "train.learning_rate": {"loguniform": [1e-3, 6e-3]},
-        },
-        "algorithm": "optuna",
-        "num_samples": 3,
-        "points_to_evaluate": [{"lora.r": 8, "lora.target_modules": "attention", "train.learning_rate": 5e-3}],
-        "scheduler": "asha",
-        "asha": {"grace_period": 1, "reduction_factor": 2},
-        "seed": 3,
-    }
-    cfg["mlflow"] = {"experiment": "support-bot-sweeps", "registered_model": MODEL}
-    sweep = write_yaml(work / "sweep.yaml", cfg)
-    cluster = write_yaml(
-        work / "cluster.yaml", {**cluster_config(work / "runs"), "mlflow": {"tracking_uri": mlflow_server.uri}}
-    )
-    r = run_cli("sweep", str(sweep), "--cluster", str(cluster), timeout=1500)
-    assert r.returncode == 0, r.stderr[-4000:]
-    (sweep_dir,) = (work / "runs" / "ml-sweep").glob("sweep-*")
-    results = json.loads((sweep_dir / "results.json").read_text())
-    from mlflow import MlflowClient
-
-    mlc = MlflowClient(tracking_uri=mlflow_server.uri, registry_uri=mlflow_server.uri)
-    experiment = mlc.get_experiment_by_name("support-bot-sweeps")
-    (parent,) = mlc.search_runs(
-        [experiment.experiment_id], f"tags.`adaptune.sweep_id` = '{sweep_dir.name}' and tags.`adaptune.kind` = 'sweep'"
-    )
-    children = mlc.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
-    return {
-        "r": r,
-        "results": results,
-        "mlc": mlc,
-        "experiment": experiment,
-        "parent": parent,
-        "children": children,
-        "work": work,
-        "sweep_dir": sweep_dir,
-    }
+@pytest.fixture
+def sweep_run(search_sweep):
+    """The session's search sweep (support.search_sweep): six Optuna trials under ASHA, tracked by the shared
+    MLflow server."""
+    return search_sweep
 
 
 def test_parent_run_has_one_child_per_trial_with_params_metrics_and_status(sweep_run, tiny_model):
     results, mlc, parent, children = (sweep_run[k] for k in ("results", "mlc", "parent", "children"))
     trials = {t["trial"]: t for t in results["trials"]}
-    assert len(trials) == 3
+    assert len(trials) == 6
     by_trial = {c.data.tags["adaptune.trial_id"]: c for c in children}
     assert sorted(by_trial) == sorted(trials), "exactly one child run per trial"
-    expected_status = {"finished": "FINISHED", "stopped early": "KILLED"}
+    expected_status = {"finished": "FINISHED", "stopped early": "KILLED", "diverged": "FAILED"}
     for trial_id, row in trials.items():
         run = by_trial[trial_id]
         p = run.data.params
@@ -82,8 +41,12 @@ def test_parent_run_has_one_child_per_trial_with_params_metrics_and_status(sweep
         assert run.info.status == expected_status[row["status"]], (trial_id, row["status"], run.info.status)
         if row["status"] == "stopped early":
             assert run.data.tags["adaptune.stopped_early"] == "true"
+        if row["status"] == "diverged":  # the starting point with a learning rate far too high
+            assert run.data.tags["adaptune.failure_reason"].startswith("loss became NaN/inf or exploded")
+            continue
         history = mlc.get_metric_history(run.info.run_id, "eval_loss")
-        assert sorted(m.step for m in history) == list(range(10, row["steps"] + 1, 10))  # once per evaluation
+        evaluations = list(range(EVAL_EVERY, row["steps"] + 1, EVAL_EVERY))
+        assert sorted(m.step for m in history) == evaluations  # once per evaluation
         assert min(m.value for m in history) == pytest.approx(row["eval_loss"])
         reported = ("perplexity", "train_loss", "tokens_per_s", "peak_memory_mb", "trainable_params", "adapter_size_mb")
         assert set(reported) <= set(run.data.metrics), run.data.metrics
@@ -111,20 +74,23 @@ def test_parent_run_has_one_child_per_trial_with_params_metrics_and_status(sweep
 
 
 def test_finalists_are_scored_on_the_held_out_test_split_next_to_validation(sweep_run):
-    """The three trials are the finalists (search.finalists defaults to 3): each trained one is scored on the 40
-    test rows, which took no part in choosing; the scores are in the results, on each finalist's run, on the
-    parent and on the registered version; the winner is still the validation pick."""
+    """The three best trials are the finalists (search.finalists defaults to 3), scored on the 40 test rows,
+    which took no part in choosing; the scores are in the results, on each finalist's run, on the parent and on
+    the registered version; the others have none; the winner is still the validation pick."""
     results, mlc, parent, children = (sweep_run[k] for k in ("results", "mlc", "parent", "children"))
-    trained = [t for t in results["trials"] if t["adapter"]]
-    assert trained and all(t["test_eval_loss"] > 0 for t in trained)
+    trained = sorted((t for t in results["trials"] if t["adapter"]), key=lambda t: t["eval_loss"])
+    finalists, others = trained[:3], trained[3:]
+    assert len(finalists) == 3 and all(t["test_eval_loss"] > 0 for t in finalists)
+    assert all(t.get("test_eval_loss") is None for t in [*others, *(t for t in results["trials"] if not t["adapter"])])
     winner = results["winner"]
-    assert winner["eval_loss"] == min(t["eval_loss"] for t in trained)  # chosen on validation
+    assert winner["trial"] == finalists[0]["trial"]  # chosen on validation
     note = results["held_out"]
     assert note.startswith(f"winner {winner['trial']} test eval_loss {winner['test_eval_loss']:.4f} on 40 held-out")
     assert f"test     {note}" in sweep_run["r"].stdout and "test eval_loss" in sweep_run["r"].stdout
     by_trial = {c.data.tags["adaptune.trial_id"]: c for c in children}
-    for t in trained:
+    for t in finalists:
         assert by_trial[t["trial"]].data.metrics["test_eval_loss"] == pytest.approx(t["test_eval_loss"])
+    assert all("test_eval_loss" not in by_trial[t["trial"]].data.metrics for t in others)
     p = mlc.get_run(parent.info.run_id)
     assert p.data.tags["adaptune.held_out"] == note
     assert p.data.metrics["winner_test_eval_loss"] == pytest.approx(winner["test_eval_loss"])
@@ -161,7 +127,11 @@ def test_moving_champion_makes_merge_merge_that_version(sweep_run, mlflow_server
 
     results, mlc = sweep_run["results"], sweep_run["mlc"]
     # What a person does in the UI: register another trial's adapter, then move @champion to it.
-    other = next(c for c in sweep_run["children"] if c.data.tags["adaptune.trial_id"] != results["winner"]["trial"])
+    other = next(
+        c
+        for c in sweep_run["children"]
+        if c.data.tags["adaptune.trial_id"] != results["winner"]["trial"] and "adaptune.adapter_model_id" in c.data.tags
+    )
     mlflow.set_tracking_uri(mlflow_server.uri)
     v2 = mlflow.register_model(f"models:/{other.data.tags['adaptune.adapter_model_id']}", MODEL)
     mlc.set_registered_model_alias(MODEL, "champion", v2.version)

@@ -1,5 +1,6 @@
 """The sweep for real: `adaptune sweep` on a real Ray cluster (2 CPUs: exactly two 1-worker trials at once),
-each trial a DeepSpeed ZeRO-2 TorchTrainer inside a Ray Tune trial."""
+each trial a DeepSpeed ZeRO-2 TorchTrainer inside a Ray Tune trial. The search itself (ASHA, divergence, the
+winner) reads the session's search sweep, which the MLflow module reads too."""
 
 from __future__ import annotations
 
@@ -30,32 +31,10 @@ def _results(tmp_path: Path) -> dict:
     return json.loads((sweep_dir / "results.json").read_text())
 
 
-def test_asha_sweep_stops_trials_early_survives_divergence_and_names_the_best(ray_cluster, tiny_model, tmp_path):
-    sweep, cluster = _write(
-        tmp_path,
-        tiny_model,
-        {
-            "space": {
-                "lora.r": {"choice": [4, 8, 16]},
-                "lora.alpha": {"multiple_of_rank": {"choice": [1, 2]}},
-                "train.learning_rate": {"loguniform": [1e-3, 8e-3]},
-            },
-            "num_samples": 6,
-            # Two good starting points run first, then a learning rate far too high: on this tiny model the
-            # loss flat-lines near uniform (it may also go NaN), and ASHA or the divergence check stops it.
-            "points_to_evaluate": [
-                {"lora.r": 8, "lora.alpha_per_rank": 2, "train.learning_rate": 7e-3},
-                {"lora.r": 16, "lora.alpha_per_rank": 1, "train.learning_rate": 5e-3},
-                {"lora.r": 8, "lora.alpha_per_rank": 2, "train.learning_rate": 10.0},
-            ],
-            "scheduler": "asha",
-            "asha": {"grace_period": 1, "reduction_factor": 2},
-            "seed": 1,
-        },
-    )
-    r = run_cli("sweep", str(sweep), "--cluster", str(cluster), timeout=1500)
-    assert r.returncode == 0, r.stderr[-4000:]
-    results = _results(tmp_path)
+def test_asha_sweep_stops_trials_early_survives_divergence_and_names_the_best(search_sweep):
+    """The session's search sweep (support.search_sweep): six Optuna trials under ASHA, two 1-worker trials at a
+    time on a cluster that holds exactly two, a starting point with a learning rate far too high."""
+    r, results = search_sweep["r"], search_sweep["results"]
     trials = results["trials"]
     assert len(trials) == 6 and len({t["trial"] for t in trials}) == 6
     statuses = [t["status"] for t in trials]
@@ -71,10 +50,7 @@ def test_asha_sweep_stops_trials_early_survives_divergence_and_names_the_best(ra
     assert max(running) == 2, running
     # What the user sees: the table, the winner, and the same results as CSV.
     assert "best eval_loss" in r.stdout and f"winner   {results['winner']['trial']}" in r.stdout
-    # No test split: the output says what the winner's figure is.
-    assert "test     the winner's eval_loss is a validation score, on the set it was chosen on" in r.stdout
-    assert results["held_out"].startswith("the winner's eval_loss is a validation score")
-    csv_text = (Path(results["winner"]["adapter"]).parents[3] / "results.csv").read_text()
+    csv_text = (search_sweep["sweep_dir"] / "results.csv").read_text()
     assert csv_text.count("\n") == 7 and "stopped early" in csv_text
 
 
@@ -226,6 +202,9 @@ def test_trials_that_stop_improving_end_converged_alongside_asha(ray_cluster, ti
         ), t["reason"]
     assert all(t["adapter"] for t in converged)  # a converged trial's adapter can win (the best by eval_loss does)
     assert results["winner"]["eval_loss"] == min(t["eval_loss"] for t in trials)
+    # No test split: the output says what the winner's figure is.
+    assert "test     the winner's eval_loss is a validation score, on the set it was chosen on" in r.stdout
+    assert results["held_out"].startswith("the winner's eval_loss is a validation score")
     assert " converged " in r.stdout and re.search(r"\| .*[1-9]\d* converged", r.stderr)  # the table; progress counts
     (sweep_dir,) = (tmp_path / "runs" / "test").glob("sweep-*")
     assert "converged" in (sweep_dir / "results.csv").read_text()

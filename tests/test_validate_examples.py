@@ -56,7 +56,7 @@ def _chat_rows(path: Path, bad_at: int | None = None, n: int = 24) -> Path:
 def _check(tmp_path: Path, model: Path, data: dict, **train) -> list:
     cfg = sweep_config(model, data=data, train=train or {})
     sweep = write_yaml(tmp_path / "s.yaml", cfg)
-    cluster = write_yaml(tmp_path / "c.yaml", cluster_config(tmp_path / "runs"))
+    cluster = write_yaml(tmp_path / "c.yaml", cluster_config(tmp_path / "runs", num_workers=2))
     s, c, problems = read_configs(sweep, cluster)
     assert problems == []
     return check_run(s, c, str(sweep), str(cluster))

@@ -3,6 +3,7 @@ Ray's state API which actors are alive."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -27,7 +28,8 @@ def stop_ray(*nodes: subprocess.Popen, address: str) -> None:
     Like `ray stop`, drop the machine's record of the cluster at `address` (/tmp/ray/ray_current_cluster).
 
     SIGTERM lets `ray start --block` stop its node cleanly; the family is listed before that, since a worker
-    whose raylet has exited is re-parented and no longer found under it. Whatever outlives 60 s is killed.
+    whose raylet has exited is re-parented and no longer found under it. What outlives its node is terminated,
+    then killed.
     """
     import psutil
 
@@ -44,9 +46,16 @@ def stop_ray(*nodes: subprocess.Popen, address: str) -> None:
             node.wait(60)
         except subprocess.TimeoutExpired:
             pass
-    _, alive = psutil.wait_procs(family, timeout=60)
+    # What outlives its node by a few seconds (a worker re-parented when its raylet exited waits for a
+    # connection that is gone) is asked to stop, then killed.
+    _, alive = psutil.wait_procs(family, timeout=5)
     for proc in alive:
-        proc.kill()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=20)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
     _, alive = psutil.wait_procs(alive, timeout=30)
     assert not alive, f"Ray processes survived SIGKILL: {alive}"
     for node in nodes:
