@@ -307,20 +307,21 @@ def merge_histories(reported: list[dict[str, Any]], checkpointed: list[dict[str,
     return sorted(merged, key=lambda r: int(r.get("step") or 0))
 
 
-def pick_winner(rows: list[dict[str, Any]], search: SearchConfig) -> dict[str, Any] | None:
-    """The best trial that trained (finished or stopped early) with an adapter."""
+def ranked(rows: list[dict[str, Any]], search: SearchConfig) -> list[dict[str, Any]]:
+    """The trials that can win (trained: finished, converged or stopped early, with an adapter and a value of
+    `search.metric`), best first."""
     ok = [r for r in rows if r["status"] in TRAINED and r[search.metric] is not None and r["adapter"]]
-    if not ok:
-        return None
-    pick = min if search.mode == "min" else max
-    return pick(ok, key=lambda r: r[search.metric])
+    return sorted(ok, key=lambda r: r[search.metric], reverse=search.mode == "max")
+
+
+def pick_winner(rows: list[dict[str, Any]], search: SearchConfig) -> dict[str, Any] | None:
+    """The best trial that can win, or None."""
+    return next(iter(ranked(rows, search)), None)
 
 
 def pick_finalists(rows: list[dict[str, Any]], search: SearchConfig) -> list[dict[str, Any]]:
-    """The best `search.finalists` trials that could win, best first (the winner is the first)."""
-    ok = [r for r in rows if r["status"] in TRAINED and r[search.metric] is not None and r["adapter"]]
-    ok.sort(key=lambda r: r[search.metric], reverse=search.mode == "max")
-    return ok[: search.finalists]
+    """The best `search.finalists` trials that can win, best first (the winner is the first)."""
+    return ranked(rows, search)[: search.finalists]
 
 
 def held_out_note(finalists: list[dict[str, Any]], winner: dict[str, Any], metric: str, examples: int) -> str:
