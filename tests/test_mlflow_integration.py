@@ -48,9 +48,13 @@ def test_parent_run_has_one_child_per_trial_with_params_metrics_and_status(sweep
         evaluations = list(range(EVAL_EVERY, row["steps"] + 1, EVAL_EVERY))
         assert sorted(m.step for m in history) == evaluations  # once per evaluation
         assert min(m.value for m in history) == pytest.approx(row["eval_loss"])
-        reported = ("perplexity", "train_loss", "tokens_per_s", "peak_memory_mb", "trainable_params", "adapter_size_mb")
+        reported = ("perplexity", "train_loss", "tokens_per_s", "peak_memory_mb", "trainable_params")
         assert set(reported) <= set(run.data.metrics), run.data.metrics
-        assert run.data.tags.get("adaptune.adapter_model_id")
+        if row["adapter"] is None:  # a stopped trial whose recorded best checkpoint Ray's retention removed
+            assert row["status"] == "stopped early" and row["reason"].startswith("no adapter: the checkpoint of")
+            assert run.data.tags["adaptune.failure_reason"] == row["reason"]
+            continue
+        assert "adapter_size_mb" in run.data.metrics and run.data.tags.get("adaptune.adapter_model_id")
 
     # The parent: config, results and plots as artifacts, the data with our digest, versions, the winner.
     pid = parent.info.run_id

@@ -245,7 +245,14 @@ def collect_results(grid: Any, sweep: SweepConfig, trials_dir: Path, unfinished:
             if saved is not None and (saved / ADAPTER_DIR).is_dir():
                 adapter = str(saved / ADAPTER_DIR)
             else:
-                log.warning("trial %s: no adapter checkpoint found for its best step %s", trial_id, best["step"])
+                on_storage = sorted(checkpoints_on_storage(trials_dir / trial_id))
+                # Known gap: Ray keeps the best checkpoint by score and the latest; evaluations a stopped trial's
+                # workers ran after ASHA stopped it (not part of its record) can displace the recorded best.
+                reason = (
+                    f"no adapter: the checkpoint of its best recorded evaluation (step {best['step']}) is not on "
+                    f"storage (checkpoints there: steps {', '.join(map(str, on_storage)) or 'none'})"
+                )
+                log.warning("trial %s: %s", trial_id, reason)
             if status == CONVERGED:
                 reason = converged_reason(sweep, int(best["step"]))
         config = resolve_alpha(dict(result.config or {}), sweep)
