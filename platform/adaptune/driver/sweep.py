@@ -30,7 +30,7 @@ from adaptune.names import (
     TRIALS_DIR,
 )
 from adaptune.preflight.search_space import build_param_space, resolve_alpha
-from adaptune.records import PreparedRun, converged_reason
+from adaptune.records import PreparedRun
 
 log = logging.getLogger("adaptune")
 
@@ -213,7 +213,7 @@ def _status(result: Any, max_steps: int, ended: bool) -> tuple[str, str]:
     if last.get("diverged"):
         return DIVERGED, "loss became NaN/inf or exploded; stopped at once"
     if last.get("converged"):
-        return CONVERGED, ""  # the reason names the best step: collect_results knows it
+        return CONVERGED, ""  # the reason is in its checkpoint: collect_results reads it
     if (last.get("step") or 0) < max_steps:
         return (STOPPED_EARLY, "") if ended else (INTERRUPTED, "")
     return FINISHED, ""
@@ -254,7 +254,7 @@ def collect_results(grid: Any, sweep: SweepConfig, trials_dir: Path, unfinished:
                 )
                 log.warning("trial %s: %s", trial_id, reason)
             if status == CONVERGED:
-                reason = converged_reason(sweep, int(best["step"]))
+                reason = _converged_reason(trials_dir / trial_id) or ""
         config = resolve_alpha(dict(result.config or {}), sweep)
         rows.append(
             {
@@ -302,6 +302,16 @@ def checkpointed_history(run_dir: Path) -> list[dict[str, Any]]:
     latest = by_step[max(by_step)]
     state = json.loads((latest / TRAINER_STATE).read_text(encoding="utf-8"))
     return [{**h, "checkpoint_path": str(by_step.get(h["step"], latest))} for h in state.get("history", [])]
+
+
+def _converged_reason(run_dir: Path) -> str | None:
+    """Why early stopping ended a trial, as its workers recorded it in its latest checkpoint (they know the step
+    its metric last improved at)."""
+    by_step = checkpoints_on_storage(run_dir)
+    if not by_step:
+        return None
+    state = json.loads((by_step[max(by_step)] / TRAINER_STATE).read_text(encoding="utf-8"))
+    return state.get("converged", {}).get("reason")
 
 
 def merge_histories(reported: list[dict[str, Any]], checkpointed: list[dict[str, Any]]) -> list[dict[str, Any]]:
