@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptune.config import SweepConfig
-from adaptune.data import IGNORE_INDEX, load_tokenizer
+from adaptune.data import IGNORE_INDEX
 from adaptune.merge import check_adapter_dir, load_peft_model
 
 Examples = list[tuple[list[int], list[int]]]  # (input ids, labels with IGNORE_INDEX on prompt tokens)
@@ -69,19 +69,17 @@ def score_adapter(
 
 
 def score_adapters(
-    cfg: SweepConfig, examples: Examples, adapters: dict[str, str], batch_size: int, use_gpu: bool
+    cfg: SweepConfig, examples: Examples, pad_token_id: int, adapters: dict[str, str], batch_size: int, use_gpu: bool
 ) -> dict[str, HeldOutScore]:
-    """Score each named adapter directory on `examples` with the sweep's base model and tokenizer's pad id, one
-    after the other in this one process. An adapter trained on another base model does not load (ConfigError
-    naming it)."""
-    tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code, cfg.model.revision)
+    """Score each named adapter directory on `examples` with the sweep's base model, one after the other in this
+    one process. An adapter trained on another base model does not load (ConfigError naming it)."""
     device = "cuda" if use_gpu else "cpu"
     return {
         name: score_adapter(
             Path(adapter),
             cfg.model.path,
             examples,
-            int(tokenizer.pad_token_id),
+            pad_token_id,
             batch_size,
             revision=cfg.model.revision,
             trust_remote_code=cfg.model.trust_remote_code,
@@ -100,8 +98,9 @@ def split_examples(data_dir: str, split: str) -> Examples:
 
 
 def score_split(
-    cfg: SweepConfig, data_dir: str, split: str, adapters: dict[str, str], use_gpu: bool
+    cfg: SweepConfig, data_dir: str, split: str, pad_token_id: int, adapters: dict[str, str], use_gpu: bool
 ) -> dict[str, HeldOutScore]:
     """Score each named adapter on a split of the run's prepared data (the body of a Ray task): the finalists of
-    a sweep on its test split, which took no part in choosing them."""
-    return score_adapters(cfg, split_examples(data_dir, split), adapters, cfg.train.eval_batch_size, use_gpu)
+    a sweep on its test split, which took no part in choosing them. `pad_token_id`: the run's, as prepared."""
+    examples = split_examples(data_dir, split)
+    return score_adapters(cfg, examples, pad_token_id, adapters, cfg.train.eval_batch_size, use_gpu)

@@ -375,7 +375,10 @@ def score_finalists(
     adapters = {r["trial"]: r["adapter"] for r in finalists}
     log.info("sweep: scoring %d finalist(s) on the test split: %s", len(adapters), ", ".join(adapters))
     try:
-        scores = ray.get(task.remote(pin_paths(plan.sweep), prepared.run.data_dir, "test", adapters, tr.use_gpu))
+        run = prepared.run
+        scores = ray.get(
+            task.remote(pin_paths(plan.sweep), run.data_dir, "test", run.pad_token_id, adapters, tr.use_gpu)
+        )
     except Exception as e:  # the sweep's results must not be lost to the scoring of its finalists
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         log.warning("sweep: scoring the finalists on the test split failed: %s", reason)

@@ -106,9 +106,8 @@ def _progress_callback(metric: str, mode: str, max_steps: int) -> Any:
                     done = last.get("step", 0) >= max_steps
                     counts[CONVERGED if last.get("converged") else FINISHED if done else STOPPED_EARLY] += 1
             best = f"; best {metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
-            shown = ", ".join(
-                f"{v} {k}" for k, v in counts.items() if v or k != CONVERGED
-            )  # converged: only with early stopping
+            # `converged` only once a trial has (train.early_stopping is off by default)
+            shown = ", ".join(f"{v} {k}" for k, v in counts.items() if v or k != CONVERGED)
             log.info("sweep: %s | %s%s", event, shown, best)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):

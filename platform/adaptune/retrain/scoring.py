@@ -44,4 +44,5 @@ def score_frozen(cfg: SweepConfig, adapters: dict[str, str], use_gpu: bool) -> d
     base model, one after the other in this one process (the body of a Ray task). An adapter trained on another
     base model does not load (ConfigError naming it)."""
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code, cfg.model.revision)
-    return score_adapters(cfg, frozen_examples(cfg, tokenizer), adapters, cfg.retrain.eval_batch_size, use_gpu)
+    examples, pad_id = frozen_examples(cfg, tokenizer), int(tokenizer.pad_token_id)
+    return score_adapters(cfg, examples, pad_id, adapters, cfg.retrain.eval_batch_size, use_gpu)
