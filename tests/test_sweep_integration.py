@@ -84,7 +84,12 @@ def _each_checkpointed_evaluation_is_in_mlflow_once(tmp_path: Path, sweep_dir: P
         assert logged == [h["step"] for h in state["history"]], (trial, logged)
 
 
-def test_sweep_resumes_after_its_driver_is_killed(ray_cluster, tiny_model, tmp_path):
+def test_a_sweep_stopped_by_ctrl_c_and_then_by_a_killed_driver_resumes_each_time(ray_cluster, tiny_model, tmp_path):
+    """One sweep interrupted twice, the two ways a driver ends early. Ctrl-C while its first two trials train: it
+    exits 130 and prints the command that resumes it. That command resumes it; its driver is then killed (no
+    clean shutdown, no saved results) once one trial has finished and another is partway. `--resume` finishes
+    it: every grid point once, finished trials not trained again, interrupted ones continued from their last
+    committed checkpoint each time, every trial's MLflow run found again."""
     sweep, cluster = _write(
         tmp_path,
         tiny_model,
@@ -95,41 +100,51 @@ def test_sweep_resumes_after_its_driver_is_killed(ray_cluster, tiny_model, tmp_p
         },
         max_steps=40,
     )
-    run = Background("sweep", str(sweep), "--cluster", str(cluster), logs=tmp_path)
-    found: dict = {}
+    runs = tmp_path / "runs" / "test"
+    first = Background("sweep", str(sweep), "--cluster", str(cluster), logs=tmp_path / "first")
+    first.wait_until(lambda: any(runs.glob("sweep-*/trials/*/checkpoint_2*")))
+    first.signal(signal.SIGINT)  # what Ctrl-C in a terminal sends
+    code, out, err = first.finish(600)
+    assert code == 130, err[-3000:]
+    (sweep_dir,) = runs.glob("sweep-*")
+    resume = f"resume with: adaptune sweep {sweep} --cluster {cluster} --resume {sweep_dir.name}"
+    assert resume in err
+    assert json.loads((sweep_dir / "results.json").read_text())["interrupted"] is True
+
+    second = Background(*resume.removeprefix("resume with: adaptune ").split(), logs=tmp_path / "second")
 
     def one_done_one_early() -> bool:
-        dirs = list((tmp_path / "runs" / "test").glob("sweep-*"))
-        states = _committed_states(dirs[0]) if dirs else {}
-        found.update(dir=dirs[0] if dirs else None)
+        states = _committed_states(sweep_dir)
         return any(s["step"] == 40 for s in states.values()) and any(s["step"] <= 10 for s in states.values())
 
-    run.wait_until(one_done_one_early)
-    run.signal(signal.SIGKILL)  # the driver dies: no clean shutdown, no saved results
-    run.finish(60)
+    second.wait_until(one_done_one_early)
+    second.signal(signal.SIGKILL)  # the driver dies: no clean shutdown, no saved results
+    second.finish(60)
     # Ray tears the dead driver's actors down owner by owner, and a trial's workers may train on for a few
     # seconds: what was interrupted is what the trials had committed once their workers were gone.
     deadline = time.monotonic() + 180
     while alive_actors("RayTrainWorker"):
         assert time.monotonic() < deadline, "the killed driver's trial workers are still alive after 180 s"
         time.sleep(2)
-    sweep_dir = found["dir"]
     committed = _committed_states(sweep_dir)  # what Ray Train resumes a trial from
     written = _trial_states(sweep_dir)  # the newest checkpoint on disk, committed or not
     done = [k for k, s in written.items() if s["step"] == 40]  # finished: replayed on resume, not retrained
     partial = [k for k, s in committed.items() if s["step"] < 40 and k not in done]
     assert done and partial, {k: (s["step"], committed.get(k, {}).get("step")) for k, s in written.items()}
-    finished_before = {k: len(written[k]["history"]) for k in done}
     r = run_cli("sweep", str(sweep), "--cluster", str(cluster), "--resume", timeout=1500)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     results = _results(tmp_path)
+    assert results["interrupted"] is False
     assert sorted(t["lora.r"] for t in results["trials"]) == [4, 8, 16, 32]  # each exactly once
-    assert all(t["status"] == "finished" for t in results["trials"])
+    assert all(t["status"] == "finished" and t["steps"] == 40 for t in results["trials"])
     after = _trial_states(sweep_dir)
-    for k, n in finished_before.items():  # finished trials were not run again
-        assert len(after[k]["history"]) == n and after[k]["restarts"] == []
+    # The Ctrl-C resume: the two trials that were training went on from a checkpoint (a restart each).
+    assert sum(1 for s in after.values() if s["restarts"]) >= 2, {k: s["restarts"] for k, s in after.items()}
+    for k in done:  # finished trials were not run again
+        assert len(after[k]["history"]) == len(written[k]["history"]) and after[k]["restarts"] == written[k]["restarts"]
     for k in partial:  # the interrupted trial continued from its last committed checkpoint
-        assert after[k]["step"] == 40 and after[k]["restarts"] == [committed[k]["step"]], after[k]["restarts"]
+        restarts = after[k]["restarts"]
+        assert after[k]["step"] == 40 and restarts == [*committed[k]["restarts"], committed[k]["step"]], restarts
     # ... and in MLflow (the embedded store): the resumed sweep found its parent run and each trial's run again.
     from mlflow import MlflowClient
 
@@ -141,33 +156,6 @@ def test_sweep_resumes_after_its_driver_is_killed(ray_cluster, tiny_model, tmp_p
     children = mlc.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert sorted(c.data.tags["adaptune.trial_id"] for c in children) == sorted(t["trial"] for t in results["trials"])
     assert all(c.info.status == "FINISHED" for c in children) and parent.info.status == "FINISHED"
-    _each_checkpointed_evaluation_is_in_mlflow_once(tmp_path, sweep_dir)
-
-
-def test_ctrl_c_stops_the_sweep_cleanly_and_it_resumes(ray_cluster, tiny_model, tmp_path):
-    sweep, cluster = _write(
-        tmp_path,
-        tiny_model,
-        {
-            "space": {"lora.r": {"grid": [4, 8]}},
-            "algorithm": "grid",
-            "scheduler": "none",
-        },
-        max_steps=60,
-    )
-    run = Background("sweep", str(sweep), "--cluster", str(cluster), logs=tmp_path)
-    run.wait_until(lambda: any((tmp_path / "runs" / "test").glob("sweep-*/trials/*/checkpoint_2*")))
-    run.signal(signal.SIGINT)  # what Ctrl-C in a terminal sends
-    code, out, err = run.finish(600)
-    assert code == 130, err[-3000:]
-    (sweep_dir,) = (tmp_path / "runs" / "test").glob("sweep-*")
-    resume = f"resume with: adaptune sweep {sweep} --cluster {cluster} --resume {sweep_dir.name}"
-    assert resume in err
-    r = run_cli(*resume.removeprefix("resume with: adaptune ").split(), timeout=1500)
-    assert r.returncode == 0, r.stderr[-4000:]
-    results = _results(tmp_path)
-    assert sorted(t["lora.r"] for t in results["trials"]) == [4, 8]
-    assert all(t["status"] == "finished" and t["steps"] == 60 for t in results["trials"])
     _each_checkpointed_evaluation_is_in_mlflow_once(tmp_path, sweep_dir)
 
 

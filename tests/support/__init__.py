@@ -93,6 +93,7 @@ class Background:
     with Ray's logs and block it)."""
 
     def __init__(self, *args: str, logs: Path):
+        logs.mkdir(parents=True, exist_ok=True)
         self.out, self.err = logs / "stdout.txt", logs / "stderr.txt"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "adaptune", *args],

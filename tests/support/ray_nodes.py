@@ -27,9 +27,10 @@ def stop_ray(*nodes: subprocess.Popen, address: str) -> None:
     drivers), and return only once all are gone: a Ray process left behind stalls the next Ray on this host.
     Like `ray stop`, drop the machine's record of the cluster at `address` (/tmp/ray/ray_current_cluster).
 
-    SIGTERM lets `ray start --block` stop its node cleanly; the family is listed before that, since a worker
-    whose raylet has exited is re-parented and no longer found under it. What outlives its node is terminated,
-    then killed.
+    SIGTERM asks every `ray start --block` to stop its node; the family is listed before that, since a worker
+    whose raylet has exited is re-parented and no longer found under it. A node that has run Ray Train keeps
+    `ray start` waiting about 30 s after SIGTERM (measured), so after a few seconds the whole family is
+    terminated, then killed.
     """
     import psutil
 
@@ -42,12 +43,8 @@ def stop_ray(*nodes: subprocess.Popen, address: str) -> None:
             pass
     for node in nodes:
         node.send_signal(signal.SIGTERM)
-        try:
-            node.wait(60)
-        except subprocess.TimeoutExpired:
-            pass
-    # What outlives its node by a few seconds (a worker re-parented when its raylet exited waits for a
-    # connection that is gone) is asked to stop, then killed.
+    # What outlives this (a node still waiting on its processes, a worker re-parented when its raylet exited
+    # waiting for a connection that is gone) is asked to stop, then killed.
     _, alive = psutil.wait_procs(family, timeout=5)
     for proc in alive:
         with contextlib.suppress(psutil.NoSuchProcess):

@@ -324,7 +324,7 @@ def finish(plan: RunPlan, sweep_id: str, grid: Any, prepared: Prepared, tracker:
     winner = pick_winner(rows, plan.sweep.search)
     held_out = score_finalists(plan, prepared, rows, winner) if not unfinished else None
     if not wait_for_server(tracker.uri, TRACKING_WAIT_S):
-        write_results(rows, winner, directory, held_out=held_out)
+        write_results(rows, winner, directory, held_out=held_out, interrupted=bool(unfinished))
         raise RuntimeError(
             f"the MLflow server {tracker.uri} did not answer for {TRACKING_WAIT_S} s at the end of sweep "
             f"{sweep_id}: its results are in {directory / RESULTS_JSON} and its checkpoints on storage. Start the "
@@ -334,7 +334,7 @@ def finish(plan: RunPlan, sweep_id: str, grid: Any, prepared: Prepared, tracker:
     note = tracker.outage_note()
     if note:
         log.warning("%s", note)
-    write_results(rows, winner, directory, note, held_out)
+    write_results(rows, winner, directory, note, held_out, bool(unfinished))
     tracker.close(rows, winner, directory, bool(unfinished), note, held_out)
     return SweepOutcome(
         sweep_id,

@@ -363,9 +363,11 @@ def write_results(
     directory: Path,
     tracking_note: str | None = None,
     held_out: str | None = None,
+    interrupted: bool = False,
 ) -> None:
     """results.csv and results.json (with `tracking_note` when the tracking server had an outage, and
-    `held_out`: what the winner's figures mean) beside the sweep's Tune state."""
+    `held_out`: what the winner's figures mean) beside the sweep's Tune state. `interrupted`: trials were left
+    unfinished (Ctrl-C, a stopped job); `--resume` finishes them and writes both again."""
     columns = list(dict.fromkeys(k for r in rows for k in r))
     with (directory / RESULTS_CSV).open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -376,6 +378,7 @@ def write_results(
         json.dumps(
             {
                 "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "interrupted": interrupted,
                 "winner": winner,
                 **({"held_out": held_out} if held_out else {}),
                 **({"tracking_note": tracking_note} if tracking_note else {}),
