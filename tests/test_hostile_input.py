@@ -162,6 +162,17 @@ def _setting(cluster: dict | None = None, **sections):
     return build
 
 
+def _scorers(code: str, names: list[str]):
+    """A sweep whose eval.scorers name functions of a scorers file with `code`; the problem names that file."""
+
+    def build(c: Ctx) -> tuple[list[str], str]:
+        path = c.file("my_scorers.py", code)
+        sweep = c.sweep(eval={"samples": 4, "scorers": names, "scorers_file": str(path)})
+        return c.run("sweep", sweep), str(path)
+
+    return build
+
+
 def _profile(text: str | None = None, verb: str = "sweep", **sections):
     """A profile with `sections` set (or the raw `text`); the problem names the profile."""
 
@@ -522,6 +533,49 @@ CASES = [
         "search.metric",
         "does not report 'eval_los'",
         "Did you mean `eval_loss`?",
+    ),
+    # ---- generated answers (eval): scorers, samples, the metric they give
+    Case(
+        "scorer-unknown",
+        _setting(eval={"samples": 4, "scorers": ["exact_match", "bleu"]}),
+        "eval.scorers",
+        "unknown scorer 'bleu'",
+        "Use a built-in scorer, or define `def bleu(prompt: str, reference: str, answer: str) -> float`",
+    ),
+    Case(
+        "scorer-file-lacks-the-function",
+        _scorers("def other(prompt, reference, answer):\n    return 1.0\n", ["mine"]),
+        "eval.scorers",
+        "scorer 'mine' is not a function of the scorers file (it defines: other)",
+        "Define `def mine(prompt: str, reference: str, answer: str) -> float` there",
+    ),
+    Case(
+        "scorer-raises",
+        _scorers("def mine(prompt, reference, answer):\n    raise KeyError(answer)\n", ["mine"]),
+        "eval.scorers",
+        "scorer 'mine' raises KeyError",
+        "Make it return a float for any prompt, reference and answer strings",
+    ),
+    Case(
+        "scorer-file-fails-to-import",
+        _scorers("import adaptune_no_such_module\n", ["mine"]),
+        "eval.scorers_file",
+        "the scorers file fails to load (ModuleNotFoundError",
+        "Fix the file so that `python FILE` runs",
+    ),
+    Case(
+        "eval-samples-above-the-validation-split",
+        _setting(eval={"samples": 200}),
+        "eval.samples",
+        "asks for 200 validation prompts, but the validation split has",
+        "Set eval.samples to at most",
+    ),
+    Case(
+        "generated-score-minimised",
+        _setting(eval={"samples": 4}, search={"metric": "rouge_l"}),
+        "search.metric",
+        "'rouge_l' scores generated answers, higher is better, but search.mode is 'min'",
+        "Set search.mode: max",
     ),
     # ---- names that become paths under storage_path
     Case(

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from .support import REPO, run_cli
-from .support.search_sweep import EVAL_EVERY, MODEL
+from .support.search_sweep import EVAL_EVERY, EVAL_SAMPLES, MODEL
 
 pytestmark = pytest.mark.integration
 
 ARTIFACTS = REPO / "test-artifacts"
+SCORES = ("exact_match", "token_f1", "rouge_l")  # eval.scorers' default
 
 
 @pytest.fixture
@@ -55,6 +56,13 @@ def test_parent_run_has_one_child_per_trial_with_params_metrics_and_status(sweep
             assert run.data.tags["adaptune.failure_reason"] == row["reason"]
             continue
         assert "adapter_size_mb" in run.data.metrics and run.data.tags.get("adaptune.adapter_model_id")
+        # The generated answers' scores at every evaluation, and the kept evaluation's answers as a table.
+        for score in SCORES:
+            assert sorted(m.step for m in mlc.get_metric_history(run.info.run_id, score)) == evaluations, score
+            assert 0.0 <= row[score] <= 1.0, row
+        table = json.loads(Path(mlc.download_artifacts(run.info.run_id, "eval/answers.json")).read_text())
+        assert {"step", "prompt", "reference", "answer", *SCORES} <= set(table["columns"]), table["columns"]
+        assert len(table["data"]) == EVAL_SAMPLES
 
     # The parent: config, results and plots as artifacts, the data with our digest, versions, the winner.
     pid = parent.info.run_id

@@ -89,13 +89,33 @@ def test_lora_trial_learns_and_its_adapter_reloads_with_plain_peft(ray_cluster, 
     assert "eval_loss" in r.stdout and "base model before training" in r.stdout
 
 
+# Generated answers in the training module's trials: 4 validation prompts, short answers, one a generate call (so
+# under ZeRO-3 the two ranks' answers end at different lengths, and synced_gpus must keep them stepping together).
+ANSWERING = {"samples": 4, "max_new_tokens": 10, "batch_size": 1}
+SCORES = ("exact_match", "token_f1", "rouge_l")
+
+
+def _answers(adapter: Path, state: dict, r) -> list[dict]:
+    """The kept evaluation's generated answers: scored at every evaluation, shown by `adaptune train`."""
+    for h in state["history"]:
+        assert all(0.0 <= h[k] <= 1.0 for k in SCORES) and h["generation_s"] > 0, h
+    header = next(line for line in r.stdout.splitlines() if "eval_loss" in line and "step" in line)
+    assert all(f" {k}" in header for k in SCORES), header  # the table's columns
+    record = json.loads((adapter.parent / "answers.json").read_text())
+    assert record["step"] == state["step"] and len(record["rows"]) == 4 and record["failures"] == []
+    for row in record["rows"]:
+        assert {"prompt", "reference", "answer", *SCORES} <= set(row) and isinstance(row["answer"], str)
+    return record["rows"]
+
+
 def test_qlora_trial_trains_on_a_4bit_base(ray_cluster, tiny_model, tmp_path):
     import torch
     from transformers import BitsAndBytesConfig
 
-    _, adapter, state = _train(tmp_path, tiny_model, quantization={"mode": "4bit"})
+    r, adapter, state = _train(tmp_path, tiny_model, quantization={"mode": "4bit"}, eval=ANSWERING)
     assert state["quantized_layers"] == 14  # 7 linear layers x 2 blocks hold NF4 weights
     assert min(h["eval_loss"] for h in state["history"]) < state["base_eval_loss"] - 0.2
+    _answers(adapter, state, r)
     nf4 = BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
@@ -106,10 +126,17 @@ def test_qlora_trial_trains_on_a_4bit_base(ray_cluster, tiny_model, tmp_path):
 
 
 def test_zero3_trial_with_accumulation_gathers_a_full_adapter(ray_cluster, tiny_model, tmp_path):
-    """Under ZeRO-3 each rank holds a shard of every LoRA weight; all ranks must gather it for saving."""
-    _, adapter, state = _train(
-        tmp_path, tiny_model, zero_stage=3, train={"gradient_accumulation_steps": 2, "micro_batch_size": 4}
+    """Under ZeRO-3 each rank holds a shard of every LoRA weight; all ranks must gather it for saving, and take
+    part in generating every answer: the answers are the ones plain peft generates with the saved adapter."""
+    r, adapter, state = _train(
+        tmp_path,
+        tiny_model,
+        zero_stage=3,
+        train={"gradient_accumulation_steps": 2, "micro_batch_size": 4},
+        eval=ANSWERING,
     )
+    rows = _answers(adapter, state, r)
+    _same_answers_with_plain_peft(tiny_model, adapter, rows, max_new_tokens=ANSWERING["max_new_tokens"])
     assert min(h["eval_loss"] for h in state["history"]) < state["base_eval_loss"] - 0.2
     from safetensors.torch import load_file
 
@@ -118,6 +145,23 @@ def test_zero3_trial_with_accumulation_gathers_a_full_adapter(ray_cluster, tiny_
     assert all(w.numel() > 0 for w in weights.values())
     assert all(w.abs().sum() > 0 for k, w in weights.items() if "lora_B" in k)  # trained, not the zero init
     _reload_and_compare(tiny_model, adapter)
+
+
+def _same_answers_with_plain_peft(tiny_model: Path, adapter: Path, rows: list[dict], max_new_tokens: int) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from adaptune.data import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model))
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(adapter)).eval()
+    for row in rows:
+        ids = tok(row["prompt"], return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        assert tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip() == row["answer"]
 
 
 def _checkpoints(tmp_path: Path) -> list[Path]:

@@ -228,6 +228,59 @@ class TrainConfig(_Section):
         return self
 
 
+BUILTIN_SCORERS = ("exact_match", "token_f1", "rouge_l")  # adaptune.evaluation computes these
+MAX_EVAL_SAMPLES = 256  # prompts prepared per split for generation (data preparation keeps this many)
+
+
+class EvalConfig(_Section):
+    """Generated answers, scored: at every evaluation round each trial answers the same fixed validation prompts
+    (instruction rows through the prompt template, chat rows through the chat template, up to their last
+    assistant turn) and its answers are scored against the reference answers. Every score is reported like a
+    metric, so `search.metric` may name one (higher is better: `search.mode: max`). Text data has no reference
+    answers: nothing is generated for it."""
+
+    samples: int = Field(
+        8,
+        ge=0,
+        le=MAX_EVAL_SAMPLES,
+        description="Validation prompts answered at every evaluation round: the first this many rows of the "
+        "validation split, the same for every trial (and of the test split for the finalists). 0: no generation.",
+    )
+    max_new_tokens: int = Field(48, gt=0, description="Most tokens generated per answer (an answer ends at EOS).")
+    temperature: float = Field(
+        0.0, ge=0.0, description="0: greedy decoding (deterministic, comparable across trials); above 0: sampling."
+    )
+    batch_size: int = Field(8, gt=0, description="Prompts per worker per generate call.")
+    scorers: list[str] = Field(
+        default_factory=lambda: list(BUILTIN_SCORERS),
+        min_length=1,
+        description="Scores of each answer against its reference, each reported as the mean over the prompts: "
+        "`exact_match`, `token_f1` (SQuAD normalisation) and `rouge_l` (ROUGE-L F-measure), from torchmetrics, "
+        "plus the names of functions defined in `scorers_file`.",
+    )
+    scorers_file: str | None = Field(
+        None,
+        description="A Python file of your own scorers: each name in `scorers` that is not built in is a "
+        "function there, `def NAME(prompt: str, reference: str, answer: str) -> float`, higher is better "
+        "(e.g. 0..1). One that raises on an answer leaves that answer's score missing (named in the trial's log).",
+    )
+
+    @field_validator("scorers")
+    @classmethod
+    def _distinct_scorers(cls, v: list[str]) -> list[str]:
+        repeated = sorted({n for n in v if v.count(n) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)} named more than once. Name each scorer once")
+        bad = [n for n in v if not n.isidentifier()]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a Python function name. Name scorers like `exact_match`")
+        return v
+
+    def generates(self, data_format: str) -> bool:
+        """Whether trials generate answers: some samples asked for, and data with reference answers."""
+        return self.samples > 0 and data_format != "text"
+
+
 class AshaConfig(_Section):
     """ASHA early stopping, counted in evaluation rounds (one round = `train.eval_every` steps)."""
 
@@ -260,7 +313,11 @@ class SearchConfig(_Section):
     )
     scheduler: Literal["asha", "none"] = Field("asha", description="`asha` stops bad trials early; `none` runs all.")
     asha: AshaConfig = Field(default_factory=AshaConfig, description="ASHA settings.")
-    metric: str = Field("eval_loss", description="The reported metric the search optimises.")
+    metric: str = Field(
+        "eval_loss",
+        description="The reported metric the search optimises (and early stopping watches): `eval_loss`, another "
+        "reported metric, or a score of the generated answers (a name in `eval.scorers`, with `mode: max`).",
+    )
     finalists: int = Field(
         3,
         ge=0,
@@ -344,6 +401,9 @@ class SweepConfig(_Section):
         default_factory=QuantizationConfig, description="Base-model quantization (QLoRA)."
     )
     train: TrainConfig = Field(default_factory=TrainConfig, description="The training loop.")
+    eval: EvalConfig = Field(
+        default_factory=EvalConfig, description="Generated answers to validation prompts, scored at every evaluation."
+    )
     search: SearchConfig = Field(default_factory=SearchConfig, description="The hyperparameter search.")
     mlflow: MlflowTracking = Field(default_factory=MlflowTracking, description="MLflow experiment and registry.")
     retrain: RetrainConfig = Field(default_factory=RetrainConfig, description="Scheduled retraining on new data.")

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from adaptune.config import DataConfig, model_source, resolve_path
+from adaptune.config import MAX_EVAL_SAMPLES, DataConfig, model_source, resolve_path
 from adaptune.errors import DataError, Problem, missing_path_hint
 from adaptune.preflight.tokenizer_files import loaded_tokenizer_problems
 
@@ -627,6 +627,36 @@ def tokenize_records(
     return out  # type: ignore[return-value]
 
 
+def eval_prompts(records: list[dict[str, Any]], tokenizer: Any, cfg: DataConfig) -> list[dict[str, Any]]:
+    """The prompts a trial answers in evaluation, from the first records of a split, in order: an instruction
+    row's prompt as the prompt template renders it, a chat row's conversation up to its last assistant turn as
+    the chat template renders it (with the generation prompt); each with its reference answer and token ids
+    (the last `max_seq_length` of them). Text rows have no reference: none."""
+    out = []
+    for record in records:
+        if "prompt" in record:
+            prompt, reference = record["prompt"], record["response"]
+            ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        elif "messages" in record:
+            messages = record["messages"]
+            last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+            if last is None:
+                continue
+            prompt = tokenizer_render(tokenizer)(messages[:last], True)
+            reference = messages[last]["content"]
+            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        else:
+            continue
+        out.append({"prompt": prompt, "reference": reference, "prompt_ids": ids[-cfg.max_seq_length :]})
+    return out
+
+
+def load_eval_prompts(data_dir: str | Path, split: str, n: int) -> list[dict[str, Any]]:
+    """The first `n` evaluation prompts of a split of a prepared copy (see `eval_prompts`)."""
+    path = Path(data_dir) / EVAL_PROMPTS_DIR / f"{split}.json"
+    return json.loads(path.read_text(encoding="utf-8"))[:n] if path.is_file() else []
+
+
 def _ids(tokenizer: Any, texts: list[str], special: bool) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=special)["input_ids"]
 
@@ -685,6 +715,8 @@ def load_tokenizer(model_path: str, trust_remote_code: bool = False, revision: s
 
 
 SPLIT_RULE = "by-prompt"  # rows with the same prompt on one side; part of the key, so older copies re-prepare
+LAYOUT = 2  # what a prepared copy holds (2: eval_prompts/ too); part of the key, so older copies re-prepare
+EVAL_PROMPTS_DIR = "eval_prompts"  # <prepared>/eval_prompts/<split>.json: the prompts answered in evaluation
 
 
 def preparation_key(records: SplitRecords, cfg: DataConfig, tokenizer_id: str) -> str:
@@ -695,6 +727,7 @@ def preparation_key(records: SplitRecords, cfg: DataConfig, tokenizer_id: str) -
             "data": cfg.model_dump(exclude={"path", "eval_path", "test_path"}),
             "tokenizer": tokenizer_id,
             "split": SPLIT_RULE,
+            "layout": LAYOUT,
         },
         sort_keys=True,
     )
@@ -793,6 +826,10 @@ def prepare_dataset(
                 "Raise data.max_seq_length",
             )
         )
+    for split in ("validation", "test"):
+        prompts = eval_prompts(records.splits[split][:MAX_EVAL_SAMPLES], tokenizer, cfg)
+        (tmp / EVAL_PROMPTS_DIR).mkdir(exist_ok=True)
+        (tmp / EVAL_PROMPTS_DIR / f"{split}.json").write_text(json.dumps(prompts), encoding="utf-8")
     manifest = DataManifest(
         key=key,
         digest=records.digests["train"],

@@ -3,7 +3,8 @@
 (`TrialOutcome`, `SweepOutcome`, `TrialRow`'s columns).
 
 `Evaluation` is the one list of metrics: the metrics `search.metric` may name, the step metrics MLflow logs and
-the columns of a trial's table all derive from its fields. Light: imports only the schema and `names`.
+the columns of a trial's table all derive from its fields, plus one score per `eval.scorers` name
+(`generated_metrics`) when trials generate answers. Light: imports only the schema and `names`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class PreparedRun:
     data_dir: str  # the prepared (tokenized) dataset, on storage every node reaches
     pad_token_id: int
     targets: dict[str, list[str]]  # module suffixes of every target setting the run may sample, by `target_key`
+    scorer_code: tuple[str, str] | None = None  # (file name, source) of eval.scorers_file, read once
 
     def spec(self, sweep: SweepConfig, cluster: ClusterProfile, launched_at: float) -> TrialSpec:
         """The spec of one trial with settings `sweep` (the run's base values, or sampled values applied)."""
@@ -36,6 +38,7 @@ class PreparedRun:
             self.targets[target_key(sweep.lora.target_modules)],
             self.pad_token_id,
             launched_at,
+            self.scorer_code,
         )
 
 
@@ -50,6 +53,7 @@ class TrialSpec:
     target_modules: list[str]  # resolved for this trial's `lora.target_modules`
     pad_token_id: int
     launched_at: float  # wall time `fit()` was called: the workers' start-up is measured from it
+    scorer_code: tuple[str, str] | None = None  # eval.scorers_file's (name, source): workers need no copy of it
 
 
 # --------------------------------------------------------------------------------------------------
@@ -76,6 +80,7 @@ class Evaluation:
     step_time_s: float = _metric("step_s", ".3f")
     learning_rate: float = _metric()
     peak_memory_mb: float = _metric("peak_MB", ".0f")
+    generation_s: float = _metric("gen_s", ".2f")  # seconds spent generating this evaluation's answers (eval)
     trainable_params: int = _metric()
     trainable_fraction: float = _metric()
     epoch: float = _metric()
@@ -103,7 +108,13 @@ def converged_reason(sweep: SweepConfig, best_step: int) -> str:
     )
 
 
-REPORTED_METRICS = tuple(f.name for f in fields(Evaluation))  # what search.metric may name
+def generated_metrics(sweep: SweepConfig) -> tuple[str, ...]:
+    """The scores an evaluation reports besides `Evaluation`'s fields: one per `eval.scorers` name, the mean over
+    the evaluation's generated answers (higher is better), when the sweep's trials generate answers."""
+    return tuple(sweep.eval.scorers) if sweep.eval.generates(sweep.data.format) else ()
+
+
+REPORTED_METRICS = tuple(f.name for f in fields(Evaluation))  # what search.metric may name, besides eval.scorers
 STEP_METRICS = tuple(f.name for f in fields(Evaluation) if f.metadata["logged"])  # logged to MLflow at each step
 EVAL_COLUMNS = [(f.name, f.metadata["header"], f.metadata["spec"]) for f in fields(Evaluation) if f.metadata["header"]]
 
@@ -149,3 +160,4 @@ class SweepOutcome:
     ui: str = ""  # how to open the MLflow UI on the runs
     tracking_note: str | None = None  # tracking-server outages during the sweep and what was logged late
     held_out: str | None = None  # the winner's test figure (or that it has only a validation one)
+    scores: tuple[str, ...] = ()  # the generated answers' scores (`generated_metrics`), columns of `rows`

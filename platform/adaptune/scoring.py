@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import gc
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adaptune.config import SweepConfig
-from adaptune.data import IGNORE_INDEX
+from adaptune.config import EvalConfig, SweepConfig
+from adaptune.data import IGNORE_INDEX, load_eval_prompts, load_tokenizer
+from adaptune.evaluation import answer_and_score, load_scorers
 from adaptune.merge import check_adapter_dir, load_peft_model
 
 Examples = list[tuple[list[int], list[int]]]  # (input ids, labels with IGNORE_INDEX on prompt tokens)
@@ -28,6 +29,18 @@ class HeldOutScore:
     perplexity: float
     tokens: int  # response tokens scored
     examples: int
+    scores: dict[str, float] = field(default_factory=dict)  # the generated answers' mean scores (eval), if any
+    prompts: int = 0  # prompts answered for them
+
+
+@dataclass(frozen=True)
+class Answering:
+    """What scoring needs to generate answers too: the prompts of the set, a tokenizer to decode, the scorers."""
+
+    prompts: list[dict[str, Any]]
+    tokenizer: Any
+    scorers: dict[str, Any]
+    settings: EvalConfig
 
 
 def score_adapter(
@@ -40,8 +53,10 @@ def score_adapter(
     revision: str | None = None,
     trust_remote_code: bool = False,
     device: str = "cpu",
+    answering: Answering | None = None,
 ) -> HeldOutScore:
-    """Token-weighted mean NLL of the adapter's responses on `examples`, base model in fp32, eval mode."""
+    """Token-weighted mean NLL of the adapter's responses on `examples`, base model in fp32, eval mode; with
+    `answering`, also its generated answers to those prompts, scored."""
     import torch
     import torch.nn.functional as F
 
@@ -62,14 +77,31 @@ def score_adapter(
             flat = logits[:, :-1].reshape(-1, logits.size(-1))
             total += F.cross_entropy(flat, shifted.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum").item()
             tokens += int((shifted != IGNORE_INDEX).sum())
+    scores: dict[str, float] = {}
+    if answering is not None and answering.prompts:
+        a = answering
+        scores = answer_and_score(model, a.prompts, a.tokenizer, a.scorers, a.settings, device).means
     del model
     gc.collect()
     loss = total / tokens
-    return HeldOutScore(eval_loss=loss, perplexity=math.exp(min(loss, 50.0)), tokens=tokens, examples=len(examples))
+    return HeldOutScore(
+        eval_loss=loss,
+        perplexity=math.exp(min(loss, 50.0)),
+        tokens=tokens,
+        examples=len(examples),
+        scores=scores,
+        prompts=len(answering.prompts) if answering else 0,
+    )
 
 
 def score_adapters(
-    cfg: SweepConfig, examples: Examples, pad_token_id: int, adapters: dict[str, str], batch_size: int, use_gpu: bool
+    cfg: SweepConfig,
+    examples: Examples,
+    pad_token_id: int,
+    adapters: dict[str, str],
+    batch_size: int,
+    use_gpu: bool,
+    answering: Answering | None = None,
 ) -> dict[str, HeldOutScore]:
     """Score each named adapter directory on `examples` with the sweep's base model, one after the other in this
     one process. An adapter trained on another base model does not load (ConfigError naming it)."""
@@ -84,6 +116,7 @@ def score_adapters(
             revision=cfg.model.revision,
             trust_remote_code=cfg.model.trust_remote_code,
             device=device,
+            answering=answering,
         )
         for name, adapter in adapters.items()
     }
@@ -98,9 +131,22 @@ def split_examples(data_dir: str, split: str) -> Examples:
 
 
 def score_split(
-    cfg: SweepConfig, data_dir: str, split: str, pad_token_id: int, adapters: dict[str, str], use_gpu: bool
+    cfg: SweepConfig,
+    data_dir: str,
+    split: str,
+    pad_token_id: int,
+    adapters: dict[str, str],
+    use_gpu: bool,
+    scorer_code: tuple[str, str] | None = None,
 ) -> dict[str, HeldOutScore]:
     """Score each named adapter on a split of the run's prepared data (the body of a Ray task): the finalists of
-    a sweep on its test split, which took no part in choosing them. `pad_token_id`: the run's, as prepared."""
+    a sweep on its test split, which took no part in choosing them; when the sweep's trials generate answers,
+    also their answers to the split's first `eval.samples` prompts, scored as in training. `pad_token_id`: the
+    run's, as prepared."""
     examples = split_examples(data_dir, split)
-    return score_adapters(cfg, examples, pad_token_id, adapters, cfg.train.eval_batch_size, use_gpu)
+    answering = None
+    if cfg.eval.generates(cfg.data.format):
+        prompts = load_eval_prompts(data_dir, split, cfg.eval.samples)
+        tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code, cfg.model.revision)
+        answering = Answering(prompts, tokenizer, load_scorers(cfg.eval, scorer_code), cfg.eval)
+    return score_adapters(cfg, examples, pad_token_id, adapters, cfg.train.eval_batch_size, use_gpu, answering)

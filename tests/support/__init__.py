@@ -43,6 +43,9 @@ def sweep_config(model_dir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
         "data": {"path": str(DEMO_DATA), "val_fraction": 0.1, "max_seq_length": 192},
         "lora": {"r": 8, "alpha": 16, "target_modules": "attention"},
         "train": {"learning_rate": 3e-3, "max_steps": 30, "micro_batch_size": 8, "eval_every": 10, "warmup_ratio": 0.1},
+        # Generated answers cost each evaluation a few seconds on these CPUs: off here, on where they are tested
+        # (the search sweep, the training module's ZeRO-3 and QLoRA trials, the quickstart's defaults).
+        "eval": {"samples": 0},
     }
     for key, value in sections.items():
         cfg[key] = {**cfg.get(key, {}), **value}

@@ -16,15 +16,20 @@ EXPERIMENT = "support-bot-sweeps"
 NAME = "ml-sweep"
 MAX_STEPS = 30
 EVAL_EVERY = 5
+EVAL_SAMPLES = 4  # validation prompts every trial answers at each evaluation (eval.samples)
 
 
 def run_search_sweep(work: Path, tiny_model: Path, tracking_uri: str) -> dict[str, Any]:
     """Six Optuna TPE trials under ASHA on the shared Ray cluster (two at a time), tracked by the server at
     `tracking_uri`: two good starting points first, then a learning rate far too high (on the tiny model the loss
     flat-lines near uniform or goes NaN, and ASHA or the divergence check stops it). A test split is held out,
-    so the finalists are scored on it. Returns what the sweep printed and left behind."""
+    so the finalists are scored on it; every trial answers 4 validation prompts at each evaluation. Returns what
+    the sweep printed and left behind."""
     cfg = sweep_config(
-        tiny_model, train={"max_steps": MAX_STEPS, "eval_every": EVAL_EVERY}, data={"test_fraction": 0.1}
+        tiny_model,
+        train={"max_steps": MAX_STEPS, "eval_every": EVAL_EVERY},
+        data={"test_fraction": 0.1},
+        eval={"samples": EVAL_SAMPLES, "max_new_tokens": 12},
     )
     cfg["name"] = NAME
     cfg["search"] = {

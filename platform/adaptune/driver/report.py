@@ -6,7 +6,7 @@ from typing import Any
 
 from adaptune.data import DataManifest
 from adaptune.names import TEST_METRIC
-from adaptune.records import EVAL_COLUMNS, ROW_COLUMNS, SweepOutcome, TrialOutcome
+from adaptune.records import EVAL_COLUMNS, REPORTED_METRICS, ROW_COLUMNS, SweepOutcome, TrialOutcome
 
 
 def table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
@@ -23,8 +23,9 @@ def table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> st
 def format_trial(manifest: DataManifest, outcome: TrialOutcome) -> str:
     """The evaluations of one trial, its best metrics, and where its adapter is."""
     best = outcome.best
+    scores = [(k, k, ".3f") for k in best if k not in REPORTED_METRICS]  # the generated answers' scores (eval)
     lines = [
-        table(outcome.history, EVAL_COLUMNS),
+        table(outcome.history, EVAL_COLUMNS + scores),
         "",
         f"data digest      {manifest.digest}",
         f"best eval_loss   {best['eval_loss']:.4f} at step {best['step']} (perplexity {best['perplexity']:.2f}; "
@@ -42,7 +43,9 @@ def format_trial(manifest: DataManifest, outcome: TrialOutcome) -> str:
 def format_sweep(outcome: SweepOutcome) -> str:
     """The results table of a sweep, the winner and its adapter, and where the results files are."""
     metric = outcome.metric
-    fixed = {metric, TEST_METRIC, *ROW_COLUMNS}
+    scores = [k for k in outcome.scores if k != metric]  # the generated answers' other scores
+    tested_scores = {f"test_{k}" for k in outcome.scores}  # a finalist's, in results.json and MLflow
+    fixed = {metric, TEST_METRIC, *ROW_COLUMNS, *scores, *tested_scores}
     tested = any(r.get(TEST_METRIC) is not None for r in outcome.rows)  # finalists scored on the test split
     sampled = sorted({k for r in outcome.rows for k in r} - fixed)
 
@@ -56,6 +59,7 @@ def format_sweep(outcome: SweepOutcome) -> str:
             **{k: cell(r.get(k)) for k in sampled},
             "trial": r["trial"],
             metric: r[metric],
+            **{k: r.get(k) for k in scores},
             TEST_METRIC: r.get(TEST_METRIC),
             "steps": r["steps"],
             "wall_s": r["wall_s"],
@@ -68,6 +72,7 @@ def format_sweep(outcome: SweepOutcome) -> str:
         + [(k, k, "") for k in sampled]
         + [
             (metric, f"best {metric}", ".4f"),
+            *[(k, k, ".3f") for k in scores],
             *([(TEST_METRIC, "test eval_loss", ".4f")] if tested else []),
             ("steps", "steps", ""),
             ("wall_s", "wall_s", ""),

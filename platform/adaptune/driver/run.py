@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adaptune.config import ClusterProfile, SweepConfig, model_source, read_configs, resolve_path
-from adaptune.data import DataManifest, prepare_dataset
+from adaptune.config import MAX_EVAL_SAMPLES, ClusterProfile, SweepConfig, model_source, read_configs, resolve_path
+from adaptune.data import DataManifest, load_eval_prompts, prepare_dataset
 from adaptune.driver.sweep import (
     build_tuner,
     collect_results,
@@ -29,12 +29,13 @@ from adaptune.driver.sweep import (
 )
 from adaptune.driver.trial import run_trial
 from adaptune.errors import ConfigError, DataError, Problem, StorageError, storage_failure
+from adaptune.evaluation import scorer_code
 from adaptune.merge import merge_adapter
 from adaptune.names import DATA_DIR, RESULTS_JSON, TEST_METRIC, TRIALS_DIR, target_key
 from adaptune.preflight.architecture import ArchitectureError, target_modules_for
 from adaptune.preflight.search_space import target_candidates
-from adaptune.preflight.validate import MOSTLY_TRUNCATED, check_run
-from adaptune.records import PreparedRun, SweepOutcome, TrialOutcome
+from adaptune.preflight.validate import MOSTLY_TRUNCATED, check_run, eval_samples_problems
+from adaptune.records import PreparedRun, SweepOutcome, TrialOutcome, generated_metrics
 from adaptune.scoring import score_split
 from adaptune.tracking.models import download_adapter, resolve_base
 from adaptune.tracking.registry import log_merged, register_winner, resolve_ref
@@ -133,7 +134,14 @@ def prepare_inputs(plan: RunPlan) -> Prepared:
                 "Add data, or lower train.micro_batch_size or trial.num_workers",
             )
         )
-    return Prepared(manifest, PreparedRun(manifest.path, manifest.pad_token_id, resolve_targets(plan)))
+    scorers = None
+    if sweep.eval.generates(sweep.data.format):  # validate counted small data; this counts what was prepared
+        prompts = len(load_eval_prompts(manifest.path, "validation", MAX_EVAL_SAMPLES))
+        problems = eval_samples_problems(sweep, plan.sweep_file, prompts)
+        if problems:
+            raise DataError(problems)
+        scorers = scorer_code(sweep.eval)
+    return Prepared(manifest, PreparedRun(manifest.path, manifest.pad_token_id, resolve_targets(plan), scorers))
 
 
 def start_local_ray(**init_kwargs: Any) -> None:
@@ -349,6 +357,7 @@ def finish(plan: RunPlan, sweep_id: str, grid: Any, prepared: Prepared, tracker:
         ui=ui_command(tracker.uri),
         tracking_note=note,
         held_out=held_out,
+        scores=generated_metrics(plan.sweep),
     )
 
 
@@ -377,7 +386,9 @@ def score_finalists(
     try:
         run = prepared.run
         scores = ray.get(
-            task.remote(pin_paths(plan.sweep), run.data_dir, "test", run.pad_token_id, adapters, tr.use_gpu)
+            task.remote(
+                pin_paths(plan.sweep), run.data_dir, "test", run.pad_token_id, adapters, tr.use_gpu, run.scorer_code
+            )
         )
     except Exception as e:  # the sweep's results must not be lost to the scoring of its finalists
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
@@ -385,7 +396,9 @@ def score_finalists(
         return f"{validation_only}: scoring the finalists on the test split failed ({reason[:500]})"
     for r in finalists:
         r[TEST_METRIC] = scores[r["trial"]].eval_loss
-    return held_out_note(finalists, winner, search.metric, scores[winner["trial"]].examples)
+        r.update({f"test_{k}": v for k, v in scores[r["trial"]].scores.items()})  # test_exact_match, ...
+    won = scores[winner["trial"]]
+    return held_out_note(finalists, winner, search.metric, won.examples, won.prompts)
 
 
 def register(plan: RunPlan, manifest: DataManifest, tracker: Any, winner: dict[str, Any]) -> Any:

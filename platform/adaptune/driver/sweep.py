@@ -30,7 +30,7 @@ from adaptune.names import (
     TRIALS_DIR,
 )
 from adaptune.preflight.search_space import build_param_space, resolve_alpha
-from adaptune.records import PreparedRun
+from adaptune.records import PreparedRun, generated_metrics
 
 log = logging.getLogger("adaptune")
 
@@ -225,6 +225,7 @@ def collect_results(grid: Any, sweep: SweepConfig, trials_dir: Path, unfinished:
     The adapter is the checkpoint on storage (`trials_dir/<trial id>/`) saved at the trial's best step; the
     path Tune was told is the fallback."""
     s = sweep.search
+    scores = generated_metrics(sweep)
     rows = []
     for result in grid:
         last = result.metrics or {}
@@ -233,7 +234,7 @@ def collect_results(grid: Any, sweep: SweepConfig, trials_dir: Path, unfinished:
         df = result.metrics_dataframe
         reported = df.to_dict("records") if df is not None else []
         evaluations = merge_histories(reported, checkpointed_history(trials_dir / trial_id))
-        best_value, adapter = None, None
+        best_value, adapter, best = None, None, {}
         finite = [e for e in evaluations if _finite(e.get(s.metric))]
         if finite and status not in (DIVERGED, SKIPPED):
             best = (min if s.mode == "min" else max)(finite, key=lambda e: e[s.metric])
@@ -260,6 +261,8 @@ def collect_results(grid: Any, sweep: SweepConfig, trials_dir: Path, unfinished:
                 "trial": trial_id,
                 **{k: config[k] for k in sorted(config)},
                 s.metric: best_value,
+                # the generated answers' scores at that evaluation (the adapter's)
+                **{k: float(best[k]) if _finite(best.get(k)) else None for k in scores if k != s.metric},
                 "steps": last.get("step"),
                 "wall_s": round(float(last.get("time_total_s", 0.0)), 1),
                 "status": status,
@@ -340,14 +343,20 @@ def pick_finalists(rows: list[dict[str, Any]], search: SearchConfig) -> list[dic
     return ranked(rows, search)[: search.finalists]
 
 
-def held_out_note(finalists: list[dict[str, Any]], winner: dict[str, Any], metric: str, examples: int) -> str:
-    """The winner's test figure next to its validation one, and whether the test split ranks another finalist
-    better (the winner stays the validation pick: choosing on the test split would make it optimistic too)."""
+def held_out_note(
+    finalists: list[dict[str, Any]], winner: dict[str, Any], metric: str, examples: int, prompts: int = 0
+) -> str:
+    """The winner's test figure next to its validation one (and its generated answers' test scores, on `prompts`
+    test prompts), and whether the test split ranks another finalist better (the winner stays the validation
+    pick: choosing on the test split would make it optimistic too)."""
     test = winner[TEST_METRIC]
     note = (
         f"winner {winner['trial']} test eval_loss {test:.4f} on {examples} held-out rows not used to choose "
         f"(validation {metric} {winner[metric]:.4f})"
     )
+    generated = {k.removeprefix("test_"): v for k, v in winner.items() if k.startswith("test_") and k != TEST_METRIC}
+    if generated and prompts:
+        note += f"; answers to {prompts} test prompts: " + ", ".join(f"{k} {v:.3f}" for k, v in generated.items())
     best = min(finalists, key=lambda r: r[TEST_METRIC])
     if best is not winner and best[TEST_METRIC] < test:
         note += (

@@ -10,12 +10,13 @@ from pydantic import BaseModel, ValidationError
 
 from adaptune.config import SYNONYMS, SweepConfig
 from adaptune.errors import Problem, short_repr
-from adaptune.records import REPORTED_METRICS
+from adaptune.records import REPORTED_METRICS, generated_metrics
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "qrandint")
 ALPHA_PER_RANK = "multiple_of_rank"  # lora.alpha: {multiple_of_rank: 2} or {multiple_of_rank: {choice: [1, 2]}}
 SEARCHABLE = ("lora", "quantization", "train")  # data is prepared once per sweep, the model is the sweep's
-# A search may optimise any metric an evaluation reports (records.REPORTED_METRICS).
+# A search may optimise any metric an evaluation reports (records.REPORTED_METRICS, and the generated answers'
+# scores: records.generated_metrics).
 
 
 def searchable_keys(model: type[BaseModel] = SweepConfig, prefix: str = "") -> list[str]:
@@ -225,9 +226,30 @@ def check_search(base: SweepConfig, source: str) -> list[Problem]:
     """The whole `search` section: the space, the metric, the starting points, the algorithm's needs."""
     s = base.search
     problems = check_space(base, s.space, source)
-    if s.metric not in REPORTED_METRICS:
-        close = difflib.get_close_matches(s.metric, REPORTED_METRICS, n=1)
-        fix = f"Did you mean `{close[0]}`?" if close else f"Use one of {', '.join(REPORTED_METRICS)}"
+    scores = generated_metrics(base)  # the generated answers' scores, when trials generate answers
+    if s.metric in scores and s.mode != "max":
+        problems.append(
+            Problem(
+                source,
+                "search.metric",
+                f"{s.metric!r} scores generated answers, higher is better, but search.mode is {s.mode!r}",
+                "Set search.mode: max",
+            )
+        )
+    elif s.metric in base.eval.scorers and not scores:
+        why = "text data has no reference answers" if base.data.format == "text" else "eval.samples is 0"
+        problems.append(
+            Problem(
+                source,
+                "search.metric",
+                f"{s.metric!r} scores generated answers, but no answers are generated ({why})",
+                "Set eval.samples above 0 with instruction or chat data, or search on eval_loss",
+            )
+        )
+    elif s.metric not in (*REPORTED_METRICS, *scores):
+        known = (*REPORTED_METRICS, *scores)
+        close = difflib.get_close_matches(s.metric, known, n=1)
+        fix = f"Did you mean `{close[0]}`?" if close else f"Use one of {', '.join(known)}"
         problems.append(Problem(source, "search.metric", f"the trainer does not report {s.metric!r}", fix))
     grids = [k for k, spec in s.space.items() if isinstance(spec, dict) and "grid" in spec]
     if grids and s.algorithm == "optuna":

@@ -15,10 +15,12 @@ from adaptune.data import (
     find_data_files,
     find_overlap,
     load_records,
+    load_splits,
     prompt_key,
     split_indices,
 )
 from adaptune.errors import DataError, Problem, missing_path_hint
+from adaptune.evaluation import check_scorers
 from adaptune.names import TOKENIZER_FILES
 from adaptune.preflight.architecture import (
     ArchitectureError,
@@ -33,6 +35,7 @@ from adaptune.preflight.architecture import (
 from adaptune.preflight.rules import check_compatibility, check_space_compatibility
 from adaptune.preflight.search_space import check_search, finite_values, target_candidates
 from adaptune.preflight.tokenizer_files import read_tokenizer_files, tokenizer_problems
+from adaptune.records import REPORTED_METRICS
 from adaptune.tracking.server import check_tracking  # the server is asked over HTTP: no MLflow import
 
 HEAD_ROWS = 100
@@ -369,6 +372,7 @@ def check_run(
     problems = []
     if sweep is not None:
         problems += check_model(sweep, sweep_file) + check_data(sweep, sweep_file) + check_search(sweep, sweep_file)
+        problems += check_eval(sweep, sweep_file)
     if cluster is not None:
         problems += (
             check_resources(cluster, cluster_source)
@@ -382,6 +386,45 @@ def check_run(
         if all(p.warning for p in problems):  # tokenizing the head is worth it only when nothing else is wrong
             problems += check_examples(sweep, cluster, sweep_file)
     return problems
+
+
+SAMPLES_CHECK_BYTES = 64 * 2**20  # validate counts the validation split exactly below this much data; the run always
+
+
+def check_eval(sweep: SweepConfig, source: str) -> list[Problem]:
+    """The `eval` section, when trials generate answers: every scorer exists, takes (prompt, reference, answer) and
+    answers a sample with a number, none shadows a reported metric, and the validation split has at least
+    `eval.samples` rows (counted here for data under SAMPLES_CHECK_BYTES; the run checks it after preparing)."""
+    ev = sweep.eval
+    if not ev.generates(sweep.data.format):
+        return []
+    problems = check_scorers(ev, source, REPORTED_METRICS)
+    try:
+        files = find_data_files(sweep.data.path, "data.path")
+        if sweep.data.eval_path:
+            files += find_data_files(sweep.data.eval_path, "data.eval_path")
+        if sum(f.stat().st_size for f in files) > SAMPLES_CHECK_BYTES:
+            return problems
+        validation = len(load_splits(sweep.data).splits["validation"])
+    except (DataError, OSError):
+        return problems  # check_data reports what is wrong with the data
+    return problems + eval_samples_problems(sweep, source, validation)
+
+
+def eval_samples_problems(sweep: SweepConfig, source: str, validation: int) -> list[Problem]:
+    """`eval.samples` larger than the validation split (of `validation` rows with a reference answer)."""
+    if sweep.eval.samples <= validation:
+        return []
+    where = "data.eval_path" if sweep.data.eval_path else "data.val_fraction"
+    return [
+        Problem(
+            source,
+            "eval.samples",
+            f"asks for {sweep.eval.samples} validation prompts, but the validation split has {validation} rows "
+            "with a reference answer",
+            f"Set eval.samples to at most {validation}, or enlarge the validation split ({where})",
+        )
+    ]
 
 
 MOSTLY_TRUNCATED = 0.5  # above this share of truncated examples, validate and the run say so

@@ -24,6 +24,8 @@ from pydantic import ValidationError
 from adaptune.config import ClusterProfile, SweepConfig, model_source, resolve_path
 from adaptune.names import (
     ADAPTER_MODEL_NAME,
+    ANSWERS_FILE,
+    ANSWERS_TABLE,
     CONVERGED,
     DIVERGED,
     FAILED,
@@ -54,7 +56,7 @@ from adaptune.names import (
     target_key,
 )
 from adaptune.preflight.search_space import apply_values, resolve_alpha
-from adaptune.records import STEP_METRICS
+from adaptune.records import STEP_METRICS, generated_metrics
 from adaptune.redaction import redact_uri, redacted
 from adaptune.tracking.models import base_reference, log_text_model, version
 from adaptune.tracking.server import embedded_artifacts, server_answers, tracking_uri
@@ -319,7 +321,7 @@ class SweepTracker:
                     continue
                 count += 1
                 logged.add(step)
-                metrics += _step_metrics(result, now, step, Metric)
+                metrics += _step_metrics(result, now, step, Metric, generated_metrics(self.sweep))
             for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
                 self.mlc.log_batch(run_id, metrics=metrics[i : i + 1000])
             self.last_step[run_id] = max(logged, default=-1)
@@ -376,7 +378,7 @@ class SweepTracker:
             self.last_step[run_id] = max((m.step for m in history), default=-1)
         if step <= self.last_step[run_id]:
             return
-        metrics = _step_metrics(result, int(time.time() * 1000), step, Metric)
+        metrics = _step_metrics(result, int(time.time() * 1000), step, Metric, generated_metrics(self.sweep))
         if metrics:
             self.mlc.log_batch(run_id, metrics=metrics)
         self.last_step[run_id] = step
@@ -401,8 +403,10 @@ class SweepTracker:
             run_id = self.child(row["trial"], {k: row[k] for k in self.sweep.search.space if k in row})
             if row["adapter"] and Path(row["adapter"]).is_dir():
                 models[row["trial"]] = self.log_adapter(run_id, Path(row["adapter"]))
-            if row.get(TEST_METRIC) is not None:
-                self.mlc.log_metric(run_id, TEST_METRIC, float(row[TEST_METRIC]))
+                self.log_answers(run_id, Path(row["adapter"]).parent / ANSWERS_FILE)
+            for key in (TEST_METRIC, *(f"test_{k}" for k in generated_metrics(self.sweep))):
+                if isinstance(row.get(key), int | float) and math.isfinite(row[key]):
+                    self.mlc.log_metric(run_id, key, float(row[key]))  # a finalist's scores on the test split
             status, tags = run_status(row["status"])
             if row["reason"]:
                 tags[TAG_CONVERGED if row["status"] == CONVERGED else TAG_REASON] = row["reason"][:5000]
@@ -455,6 +459,20 @@ class SweepTracker:
         self.mlc.log_metric(run_id, "adapter_size_mb", size / 2**20)
         self.mlc.set_tag(run_id, TAG_MODEL_ID, model_id)
         return model_id
+
+    def log_answers(self, run_id: str, answers: Path) -> None:
+        """The generated answers of the trial's kept evaluation (its adapter's) as the run's MLflow table
+        `ANSWERS_TABLE`, one row per prompt: step, prompt, reference, answer and each score. Runs logging the same
+        table compare answer by answer in the UI (the experiment's Evaluation view, grouped by prompt)."""
+        if not answers.is_file():
+            return
+        record = json.loads(answers.read_text(encoding="utf-8"))
+        rows = record["rows"]
+        if not rows:
+            return
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        table = {"step": [record["step"]] * len(rows), **{c: [r.get(c) for r in rows] for c in columns}}
+        self.mlc.log_table(run_id, table, ANSWERS_TABLE)
 
     def _log_plots(self, rows: list[dict[str, Any]]) -> None:
         """eval_loss curves of every trial on one plot; best metric against each searched value."""
@@ -514,10 +532,12 @@ class SweepTracker:
         )
 
 
-def _step_metrics(result: dict[str, Any], timestamp: int, step: int, metric_cls: Any) -> list[Any]:
+def _step_metrics(
+    result: dict[str, Any], timestamp: int, step: int, metric_cls: Any, scores: tuple[str, ...] = ()
+) -> list[Any]:
     return [
         metric_cls(k, float(result[k]), timestamp, step)
-        for k in STEP_METRICS
+        for k in (*STEP_METRICS, *scores)
         if isinstance(result.get(k), int | float) and not isinstance(result.get(k), bool) and math.isfinite(result[k])
     ]
 

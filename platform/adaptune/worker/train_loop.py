@@ -7,6 +7,7 @@ engine, then step, evaluate and report until `train.max_steps`."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import resource
@@ -22,12 +23,15 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from adaptune.config import EarlyStopping, TrainConfig
-from adaptune.data import IGNORE_INDEX
-from adaptune.names import ADAPTER_DIR, PROBE_FILE, TRAINER_STATE
+from adaptune.config import EarlyStopping, EvalConfig, TrainConfig
+from adaptune.data import IGNORE_INDEX, load_eval_prompts, load_tokenizer
+from adaptune.evaluation import ScoredAnswers, Scorer, generate_ids, load_scorers, score_answers
+from adaptune.names import ADAPTER_DIR, ANSWERS_FILE, PROBE_FILE, TRAINER_STATE
 from adaptune.records import Evaluation, TrialSpec, converged_reason, diverged_report
 from adaptune.worker.deepspeed_config import build_deepspeed_config
 from adaptune.worker.model import add_lora, load_adapter_weights, load_base_model, save_adapter, trainable_parameters
+
+log = logging.getLogger(__name__)
 
 PROBE_TOKENS = 32  # the probe is the first validation example, cut to this many tokens
 PROBE_POSITIONS = 4  # logits kept for its last positions: small even for a 128k vocabulary
@@ -177,8 +181,10 @@ def _report(
     probe: dict[str, torch.Tensor],
     rank: int,
     zero3: bool,
+    answers: ScoredAnswers | None = None,
 ) -> None:
-    """ray.train.report from every rank; rank 0 attaches the adapter-only checkpoint."""
+    """ray.train.report from every rank; rank 0 attaches the adapter-only checkpoint (with the evaluation's
+    generated answers, when there are some)."""
     import ray.train
     from ray.train import Checkpoint
     from safetensors.torch import save_file
@@ -190,6 +196,9 @@ def _report(
             save_adapter(peft_model, Path(tmp) / ADAPTER_DIR, state_dict)
             save_file(probe, str(Path(tmp) / PROBE_FILE))
             (Path(tmp) / TRAINER_STATE).write_text(json.dumps(state, indent=1), encoding="utf-8")
+            if answers is not None:
+                record = {"step": metrics["step"], "rows": answers.rows, "failures": answers.failures}
+                (Path(tmp) / ANSWERS_FILE).write_text(json.dumps(record, indent=1), encoding="utf-8")
             checkpoint = Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -231,17 +240,80 @@ class Model:
     hf_ds_config: Any  # transformers' ZeRO-3 hook: must stay alive while the model lives
 
 
+@dataclass
+class Answering:
+    """What a worker needs to answer the evaluation prompts (`eval`) and score the answers."""
+
+    prompts: list[dict[str, Any]]  # the fixed validation prompts (data.eval_prompts), the same for every trial
+    tokenizer: Any  # to decode the answers
+    scorers: dict[str, Scorer]
+    settings: EvalConfig
+
+
+def load_answering(spec: TrialSpec) -> Answering | None:
+    """The evaluation prompts and scorers, when the sweep's trials generate answers (`eval`), else None."""
+    sweep = spec.sweep
+    if not sweep.eval.generates(sweep.data.format):
+        return None
+    prompts = load_eval_prompts(spec.data_dir, "validation", sweep.eval.samples)
+    if not prompts:
+        return None
+    tokenizer = load_tokenizer(sweep.model.path, sweep.model.trust_remote_code, sweep.model.revision)
+    return Answering(prompts, tokenizer, load_scorers(sweep.eval, spec.scorer_code), sweep.eval)
+
+
+def generate_answers(model: Any, prompts: list[dict[str, Any]], me: Rank, ev: EvalConfig, eos_id: int | None):
+    """Each prompt's answer as token ids (up to EOS), in prompt order, on every rank. Each rank answers its share
+    (rank::world), every rank making the same number of generate calls; under ZeRO-3, whose parameters are
+    sharded, `synced_gpus` keeps every rank stepping until the longest answer is done. The model is handed back
+    in training mode."""
+    mine = list(range(me.rank, len(prompts), me.world))
+    ids = generate_ids(
+        model,
+        [prompts[i]["prompt_ids"] for i in mine],
+        me.pad_id,
+        eos_id,
+        ev,
+        me.device,
+        batches=math.ceil(math.ceil(len(prompts) / me.world) / ev.batch_size),
+        synced_gpus=me.zero3 and me.world > 1,
+    )
+    model.train()
+    gathered: list[Any] = [None] * me.world
+    dist.all_gather_object(gathered, dict(zip(mine, ids, strict=True)))
+    merged = {i: a for part in gathered for i, a in part.items()}
+    return [merged[i] for i in range(len(prompts))]
+
+
+def answer_and_score(model: Any, answering: Answering, me: Rank) -> tuple[ScoredAnswers, float]:
+    """This evaluation's answers, scored on rank 0 and the scores shared with every rank (each rank decides
+    early stopping on them), and the seconds spent generating."""
+    started = time.perf_counter()
+    tok = answering.tokenizer
+    ids = generate_answers(model, answering.prompts, me, answering.settings, tok.eos_token_id)
+    seconds = time.perf_counter() - started
+    scored = [None]
+    if me.rank == 0:
+        texts = [tok.decode(a, skip_special_tokens=True).strip() for a in ids]
+        scored = [score_answers(answering.prompts, texts, answering.scorers)]
+        for failure in scored[0].failures:
+            log.warning("eval: %s; that score is missing for that answer", failure)
+    dist.broadcast_object_list(scored, src=0)
+    return scored[0], seconds
+
+
 def train_fn_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker entrypoint; `config["spec"]` is the trial's `TrialSpec`."""
     spec: TrialSpec = config["spec"]
     startup = {"worker_start_s": time.time() - spec.launched_at}  # trainer.fit() to this process running
     me = join_group(spec)
     train_ds, val_ds = load_data(spec, startup)
+    answering = load_answering(spec)
     ds_config = build_deepspeed_config(spec.sweep, spec.cluster, me.world)
     model = build_model(spec, me, ds_config, startup)
     state = resume(spec, model)
     engine = build_engine(spec, me, model, ds_config, state, startup)
-    train(spec, me, engine, model, state, train_ds, val_ds)
+    train(spec, me, engine, model, state, train_ds, val_ds, answering)
 
 
 def join_group(spec: TrialSpec) -> Rank:
@@ -340,10 +412,17 @@ def build_engine(
 
 
 def train(
-    spec: TrialSpec, me: Rank, engine: Any, model: Model, state: dict[str, Any], train_ds: Any, val_ds: Any
+    spec: TrialSpec,
+    me: Rank,
+    engine: Any,
+    model: Model,
+    state: dict[str, Any],
+    train_ds: Any,
+    val_ds: Any,
+    answering: Answering | None = None,
 ) -> None:
-    """Step until `train.max_steps`, evaluating and reporting every `eval_every` steps and at the end; a
-    diverged loss ends the trial at once."""
+    """Step until `train.max_steps`, evaluating (and answering the evaluation prompts) and reporting every
+    `eval_every` steps and at the end; a diverged loss ends the trial at once."""
     t, search = spec.sweep.train, spec.sweep.search
     if "converged" in state:  # resumed after its last report: it had already ended
         return
@@ -384,6 +463,7 @@ def train(
         window_time += time.perf_counter() - started
         if step % t.eval_every == 0 or step == t.max_steps:
             eval_loss = _evaluate(engine, val_ds, me.rank, me.world, t.eval_batch_size, me.pad_id, me.device)
+            answers, generation_s = answer_and_score(model.peft, answering, me) if answering else (None, 0.0)
             evaluation = Evaluation(
                 step=step,
                 train_loss=(window[0] / window[2]).item(),
@@ -394,13 +474,14 @@ def train(
                 step_time_s=window_time / window[2].item(),
                 learning_rate=t.learning_rate * lr_multiplier(step - 1, t),
                 peak_memory_mb=_peak_memory_mb(me.device),
+                generation_s=generation_s,
                 trainable_params=model.trainable,
                 trainable_fraction=model.trainable / model.total,
                 epoch=step * gas * t.micro_batch_size * me.world / len(train_ds),
                 diverged=0,
                 converged=0,
             )
-            metrics = evaluation.report()
+            metrics = {**evaluation.report(), **(answers.means if answers else {})}
             best_step = plateau([*state["history"], metrics], search.metric, search.mode, t.early_stopping)
             if best_step is not None and step < t.max_steps:
                 metrics["converged"] = 1
@@ -411,7 +492,7 @@ def train(
                 }
             state["step"] = step
             state["history"].append(metrics)
-            _report(metrics, model.peft, state, _probe(engine, val_ds, me.device), me.rank, me.zero3)
+            _report(metrics, model.peft, state, _probe(engine, val_ds, me.device), me.rank, me.zero3, answers)
             if metrics["converged"]:
                 return  # the best evaluation's checkpoint is kept (by search.metric); nothing more to learn
             window.zero_()
