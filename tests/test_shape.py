@@ -18,7 +18,18 @@ pytestmark = pytest.mark.unit
 
 PACKAGE = REPO / "platform" / "adaptune"
 # What a light path must not import, and what a function-local import may therefore keep out of one
-HEAVY = ("torch", "transformers", "ray", "mlflow", "deepspeed", "peft", "bitsandbytes", "datasets", "optuna", "torchmetrics")
+HEAVY = (
+    "torch",
+    "transformers",
+    "ray",
+    "mlflow",
+    "deepspeed",
+    "peft",
+    "bitsandbytes",
+    "datasets",
+    "optuna",
+    "torchmetrics",
+)
 LAZY_OK = {*HEAVY, "matplotlib", "pandas", "safetensors", "huggingface_hub", "tokenizers", "pyarrow", "psutil"}
 # Modules that import a heavy library at the top by design: they run only inside Ray Train workers, or are the
 # file MLflow runs when it loads a logged model
