@@ -199,3 +199,32 @@ def test_mlflow_ui_shows_the_sweep_with_its_trials(sweep_run, mlflow_server):
         ARTIFACTS / "mlflow-experiment-page.png",
     )
     assert sweep_run["parent"].info.run_name in text
+
+
+def test_mlflow_ui_compares_two_trials_answers_to_the_same_prompt(sweep_run, mlflow_server):
+    """The Evaluation view of the experiment (headless Chromium): the trials' answers tables grouped by prompt,
+    two trials' answers to the same validation prompt side by side, as someone picking a winner sees them."""
+    from .support.mlflow_ui import check_answers_view
+
+    mlc, results = sweep_run["mlc"], sweep_run["results"]
+    by_trial = {c.data.tags["adaptune.trial_id"]: c for c in sweep_run["children"]}
+    shown = [t["trial"] for t in results["trials"] if t["adapter"]][:2]
+    assert len(shown) == 2, results["trials"]
+    tables = {}
+    for trial in shown:
+        path = mlc.download_artifacts(by_trial[trial].info.run_id, "eval/answers.json")
+        table = json.loads(Path(path).read_text())
+        assert table["columns"][:2] == ["prompt", "answer"]  # what the view groups by and compares
+        tables[trial] = {row[0]: row[1] for row in table["data"]}
+    prompt = next(iter(tables[shown[0]]))
+    assert all(prompt in t for t in tables.values())  # the same fixed prompts for every trial
+    ARTIFACTS.mkdir(exist_ok=True)
+    text = check_answers_view(
+        mlflow_server.uri,
+        sweep_run["experiment"].experiment_id,
+        sweep_run["parent"].info.run_name,
+        {by_trial[t].info.run_name: tables[t][prompt] for t in shown},
+        prompt,
+        ARTIFACTS / "mlflow-answers-compare.png",
+    )
+    assert "eval/answers.json" in text

@@ -64,6 +64,7 @@ TAG_REASON = "adaptune.failure_reason"  # why a trial failed, diverged or was sk
 TAG_CONVERGED = "adaptune.converged"  # why early stopping ended a trial (train.early_stopping)
 TAG_MODEL_ID = "adaptune.adapter_model_id"  # the logged adapter model of a trial's run
 TAG_TRACKING_NOTE = "adaptune.tracking_outage"
+TAG_PARETO = "adaptune.pareto"  # on a trial's run: "true" when in the sweep's Pareto set; on the parent: the trials
 TAG_HELD_OUT = "adaptune.held_out"  # what the winner's figures mean: its test score, or that it has none
 TAG_WINNER_TRIAL = "adaptune.winner_trial"
 TAG_WINNER_RUN = "adaptune.winner_run_id"

@@ -82,6 +82,7 @@ class Evaluation:
     peak_memory_mb: float = _metric("peak_MB", ".0f")
     generation_s: float = _metric("gen_s", ".2f")  # seconds spent generating this evaluation's answers (eval)
     trainable_params: int = _metric()
+    tokens_trained: int = _metric("tokens", "d")  # non-padding tokens through the model in training, all workers
     trainable_fraction: float = _metric()
     epoch: float = _metric()
     diverged: int = _metric(logged=False)  # 1 on the last report of a trial whose loss diverged
@@ -141,6 +142,11 @@ class TrialOutcome:
 
 # The fixed columns of a sweep's results row, besides the sampled values and the best `search.metric`:
 ROW_COLUMNS = ("trial", "steps", "wall_s", "status", "reason", "adapter")
+# What a trial cost, in its results row besides wall_s: worker-seconds (wall time x workers; GPU-seconds on GPUs),
+# tokens trained, peak memory, adapter size, trainable parameters; and whether it is in the sweep's Pareto set
+# (no other trial both better by search.metric and cheaper in worker-seconds).
+COST_COLUMNS = ("worker_s", "gpu_s", "tokens_trained", "peak_memory_mb", "adapter_mb", "trainable_params")
+PARETO = "pareto"
 
 
 @dataclass

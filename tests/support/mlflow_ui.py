@@ -1,7 +1,9 @@
-"""Checks on the MLflow UI in headless Chromium: a sweep's parent run and its nested trial runs in the runs table."""
+"""Checks on the MLflow UI in headless Chromium: a sweep's parent run and its nested trial runs in the runs table,
+and the trials' generated answers compared prompt by prompt in the Evaluation view."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -37,26 +39,71 @@ def check_experiment_page(
     Raises:
         AssertionError: A run name is not visible in time; the message names it and the screenshot.
     """
-    from selenium import webdriver
-    from selenium.common.exceptions import (
-        ElementClickInterceptedException,
-        StaleElementReferenceException,
-        TimeoutException,
-    )
-    from selenium.webdriver.chrome.service import Service
+    url = RUNS_PAGE.format(base=base_url.rstrip("/"), experiment_id=experiment_id)
+    with _page(url, screenshot, timeout) as (driver, fail):
+        _expand(driver, parent_run_name, child_run_names, fail, timeout)
+        driver.save_screenshot(str(screenshot))
+        return _visible_text(driver)
+
+
+def check_answers_view(
+    base_url: str,
+    experiment_id: str,
+    parent_run_name: str,
+    answers: dict[str, str],
+    prompt: str,
+    screenshot: Path,
+    *,
+    timeout: float = TIMEOUT_S,
+) -> str:
+    """Open the experiment's Evaluation view (the runs page's evaluation mode, `compareRunsMode=ARTIFACT`) with the
+    parent run expanded, and check that the trials' answers tables are compared prompt by prompt: grouped by
+    `prompt`, comparing `answer`, each run in `answers` (run name -> its answer to `prompt`) visible with its
+    answer in the row of `prompt`.
+
+    Returns:
+        The page's visible text. Raises AssertionError (naming the screenshot) when something is not shown.
+    """
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
+
+    url = RUNS_PAGE.format(base=base_url.rstrip("/"), experiment_id=experiment_id) + "&compareRunsMode=ARTIFACT"
+    with _page(url, screenshot, timeout) as (driver, fail):
+        _expand(driver, parent_run_name, list(answers), fail, timeout)
+
+        def shown() -> bool:
+            text = _visible_text(driver)
+            if not all(s in text for s in ("Group by:\nprompt", "Compare:\nanswer", f"\n{prompt}\n")):
+                return False
+            headers = [e.text for e in driver.find_elements(By.XPATH, "//a[contains(@href, '/runs/')]")]
+            row = text.split(f"\n{prompt}\n", 1)[1].split("\n")[: len(answers) + 1]  # the row's cells
+            cells = [c if c != "(empty)" else "" for c in row]
+            return all(name in headers for name in answers) and all(a.strip() in cells for a in answers.values())
+
+        try:
+            _wait(driver, timeout).until(lambda d: shown())
+        except TimeoutException:
+            raise fail(
+                f"the answers of {sorted(answers)} to {prompt!r} are not compared in the Evaluation view"
+            ) from None
+        driver.save_screenshot(str(screenshot))
+        return _visible_text(driver)
+
+
+@contextmanager
+def _page(url: str, screenshot: Path, timeout: float):
+    """Headless Chromium on `url`; yields the driver and `fail(problem)`, an AssertionError naming the page, the
+    screenshot (saved) and the visible text."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1000"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=2400,1200"):
         options.add_argument(arg)
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-    url = RUNS_PAGE.format(base=base_url.rstrip("/"), experiment_id=experiment_id)
     try:
         driver.get(url)
-        wait = WebDriverWait(driver, timeout, poll_frequency=0.5, ignored_exceptions=(StaleElementReferenceException,))
 
         def fail(problem: str) -> AssertionError:
             driver.save_screenshot(str(screenshot))
@@ -65,42 +112,55 @@ def check_experiment_page(
                 f"visible text:\n{_visible_text(driver)[:2000]}"
             )
 
-        # Run names are links to the run page, inside the ag-grid rows of the runs table.
-        try:
-            wait.until(ec.visibility_of_element_located((By.XPATH, _run_link(parent_run_name))))
-        except TimeoutException:
-            raise fail(f"parent run {parent_run_name!r} not visible within {timeout:.0f} s") from None
-
-        if not all(_visible(driver, name) for name in child_run_names):
-            # Collapsed (the default): the expander is the button in the parent row's Run Name cell.
-            expander = (
-                _run_link(parent_run_name)
-                + "/ancestor::div[@role='row'][1]//div[@role='gridcell'][contains(@col-id, 'Run Name')]//button"
-            )
-            try:
-                button = wait.until(ec.element_to_be_clickable((By.XPATH, expander)))
-            except TimeoutException:
-                raise fail(
-                    f"no expander button in the row of parent run {parent_run_name!r} "
-                    "(are the children tagged mlflow.parentRunId with its run id?)"
-                ) from None
-            try:
-                button.click()
-            except ElementClickInterceptedException:  # a popover over the table; the button still works
-                driver.execute_script("arguments[0].click();", button)
-            try:
-                wait.until(lambda d: all(_visible(d, name) for name in child_run_names))
-            except TimeoutException:
-                missing = [name for name in child_run_names if not _visible(driver, name)]
-                raise fail(
-                    f"child runs {missing} not visible under parent run {parent_run_name!r} "
-                    f"{timeout:.0f} s after expanding it"
-                ) from None
-
-        driver.save_screenshot(str(screenshot))
-        return _visible_text(driver)
+        yield driver, fail
     finally:
         driver.quit()
+
+
+def _wait(driver, timeout: float):
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.5, ignored_exceptions=(StaleElementReferenceException,))
+
+
+def _expand(driver, parent_run_name: str, child_run_names: list[str], fail, timeout: float) -> None:
+    """Wait for the parent run's row, then expand it until every child run's row is visible."""
+    from selenium.common.exceptions import ElementClickInterceptedException, TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    wait = _wait(driver, timeout)
+    # Run names are links to the run page, inside the ag-grid rows of the runs table.
+    try:
+        wait.until(ec.visibility_of_element_located((By.XPATH, _run_link(parent_run_name))))
+    except TimeoutException:
+        raise fail(f"parent run {parent_run_name!r} not visible within {timeout:.0f} s") from None
+    if all(_visible(driver, name) for name in child_run_names):
+        return
+    # Collapsed (the default): the expander is the button in the parent row's Run Name cell.
+    expander = (
+        _run_link(parent_run_name)
+        + "/ancestor::div[@role='row'][1]//div[@role='gridcell'][contains(@col-id, 'Run Name')]//button"
+    )
+    try:
+        button = wait.until(ec.element_to_be_clickable((By.XPATH, expander)))
+    except TimeoutException:
+        raise fail(
+            f"no expander button in the row of parent run {parent_run_name!r} "
+            "(are the children tagged mlflow.parentRunId with its run id?)"
+        ) from None
+    try:
+        button.click()
+    except ElementClickInterceptedException:  # a popover over the table; the button still works
+        driver.execute_script("arguments[0].click();", button)
+    try:
+        wait.until(lambda d: all(_visible(d, name) for name in child_run_names))
+    except TimeoutException:
+        missing = [name for name in child_run_names if not _visible(driver, name)]
+        raise fail(
+            f"child runs {missing} not visible under parent run {parent_run_name!r} {timeout:.0f} s after expanding it"
+        ) from None
 
 
 def _visible(driver, run_name: str) -> bool:

@@ -6,7 +6,15 @@ from typing import Any
 
 from adaptune.data import DataManifest
 from adaptune.names import TEST_METRIC
-from adaptune.records import EVAL_COLUMNS, REPORTED_METRICS, ROW_COLUMNS, SweepOutcome, TrialOutcome
+from adaptune.records import (
+    COST_COLUMNS,
+    EVAL_COLUMNS,
+    PARETO,
+    REPORTED_METRICS,
+    ROW_COLUMNS,
+    SweepOutcome,
+    TrialOutcome,
+)
 
 
 def table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
@@ -45,7 +53,8 @@ def format_sweep(outcome: SweepOutcome) -> str:
     metric = outcome.metric
     scores = [k for k in outcome.scores if k != metric]  # the generated answers' other scores
     tested_scores = {f"test_{k}" for k in outcome.scores}  # a finalist's, in results.json and MLflow
-    fixed = {metric, TEST_METRIC, *ROW_COLUMNS, *scores, *tested_scores}
+    fixed = {metric, TEST_METRIC, *ROW_COLUMNS, *scores, *tested_scores, *COST_COLUMNS, PARETO}
+    costed = any(r.get("worker_s") is not None for r in outcome.rows)
     tested = any(r.get(TEST_METRIC) is not None for r in outcome.rows)  # finalists scored on the test split
     sampled = sorted({k for r in outcome.rows for k in r} - fixed)
 
@@ -63,6 +72,8 @@ def format_sweep(outcome: SweepOutcome) -> str:
             TEST_METRIC: r.get(TEST_METRIC),
             "steps": r["steps"],
             "wall_s": r["wall_s"],
+            "worker_s": r.get("worker_s"),
+            PARETO: "*" if r.get(PARETO) else "",
             "status": r["status"] + (f" ({r['reason']})" if r["reason"] else ""),
         }
         for r in outcome.rows
@@ -76,6 +87,7 @@ def format_sweep(outcome: SweepOutcome) -> str:
             *([(TEST_METRIC, "test eval_loss", ".4f")] if tested else []),
             ("steps", "steps", ""),
             ("wall_s", "wall_s", ""),
+            *([("worker_s", "worker_s", ""), (PARETO, PARETO, "")] if costed else []),
             ("status", "status", ""),
         ]
     )
@@ -85,6 +97,11 @@ def format_sweep(outcome: SweepOutcome) -> str:
         lines += [f"winner   {w['trial']}: {metric} {w[metric]:.4f}", f"adapter  {w['adapter']}"]
         if outcome.held_out:
             lines.append(f"test     {outcome.held_out}")
+        front = [r["trial"] for r in outcome.rows if r.get(PARETO)]
+        if front:
+            lines.append(
+                f"pareto   {', '.join(front)}: no other trial both better by {metric} and cheaper in worker-seconds"
+            )
     elif outcome.rows and all(r["status"] == "failed" for r in outcome.rows):
         first = (outcome.rows[0]["reason"] or "").strip().splitlines()
         lines.append(f"winner   none: every trial failed; the first: {first[-1] if first else 'no reason recorded'}")

@@ -328,7 +328,7 @@ def finish(plan: RunPlan, sweep_id: str, grid: Any, prepared: Prepared, tracker:
     directory = plan.sweep_root / sweep_id
     trials_dir = directory / TRIALS_DIR
     unfinished = unfinished_trials(grid)
-    rows = collect_results(grid, plan.sweep, trials_dir, unfinished)
+    rows = collect_results(grid, plan.sweep, trials_dir, unfinished, plan.cluster)
     winner = pick_winner(rows, plan.sweep.search)
     held_out = score_finalists(plan, prepared, rows, winner) if not unfinished else None
     if not wait_for_server(tracker.uri, TRACKING_WAIT_S):

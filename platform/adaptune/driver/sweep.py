@@ -30,7 +30,7 @@ from adaptune.names import (
     TRIALS_DIR,
 )
 from adaptune.preflight.search_space import build_param_space, resolve_alpha
-from adaptune.records import PreparedRun, generated_metrics
+from adaptune.records import PARETO, PreparedRun, generated_metrics
 
 log = logging.getLogger("adaptune")
 
@@ -218,9 +218,12 @@ def _status(result: Any, max_steps: int, ended: bool) -> tuple[str, str]:
     return FINISHED, ""
 
 
-def collect_results(grid: Any, sweep: SweepConfig, trials_dir: Path, unfinished: set[str]) -> list[dict[str, Any]]:
-    """One row per trial: id, sampled values, best metric, steps run, wall time, status, adapter path.
-    `unfinished`: the trials an interrupt cut off (`unfinished_trials`).
+def collect_results(
+    grid: Any, sweep: SweepConfig, trials_dir: Path, unfinished: set[str], cluster: ClusterProfile | None = None
+) -> list[dict[str, Any]]:
+    """One row per trial: id, sampled values, best metric (and the generated answers' scores there), steps run,
+    wall time, status, adapter path, what it cost (`COST_COLUMNS`, with `cluster`'s workers per trial) and
+    whether it is in the Pareto set. `unfinished`: the trials an interrupt cut off (`unfinished_trials`).
 
     The adapter is the checkpoint on storage (`trials_dir/<trial id>/`) saved at the trial's best step; the
     path Tune was told is the fallback."""
@@ -256,6 +259,17 @@ def collect_results(grid: Any, sweep: SweepConfig, trials_dir: Path, unfinished:
             if status == CONVERGED:
                 reason = _converged_reason(trials_dir / trial_id) or ""
         config = resolve_alpha(dict(result.config or {}), sweep)
+        wall = float(last.get("time_total_s", 0.0))
+        trial = cluster.trial if cluster is not None else None
+
+        cost = {
+            "worker_s": round(wall * trial.num_workers, 1) if trial else None,
+            "gpu_s": round(wall * trial.num_workers * trial.gpus_per_worker, 1) if trial and trial.use_gpu else None,
+            "tokens_trained": _int(_most(evaluations, "tokens_trained")),
+            "peak_memory_mb": _most(evaluations, "peak_memory_mb"),
+            "adapter_mb": round(_size_mb(Path(adapter)), 3) if adapter else None,
+            "trainable_params": _int(_most(evaluations, "trainable_params")),
+        }
         rows.append(
             {
                 "trial": trial_id,
@@ -268,10 +282,43 @@ def collect_results(grid: Any, sweep: SweepConfig, trials_dir: Path, unfinished:
                 "status": status,
                 "reason": reason,
                 "adapter": adapter,
+                **cost,
             }
         )
     rows.sort(key=lambda r: r["trial"])
+    mark_pareto(rows, sweep.search)
     return rows
+
+
+def _most(evaluations: list[dict[str, Any]], key: str) -> float | None:
+    """The largest value of a cumulative or peak figure over a trial's evaluations."""
+    values = [float(e[key]) for e in evaluations if _finite(e.get(key))]
+    return max(values) if values else None
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _size_mb(directory: Path) -> float:
+    return sum(f.stat().st_size for f in directory.iterdir() if f.is_file()) / 2**20
+
+
+def mark_pareto(rows: list[dict[str, Any]], search: SearchConfig) -> None:
+    """Set each row's `pareto`: true for a trial that can win (`ranked`) which no other such trial beats on both
+    `search.metric` (at least as good) and worker-seconds (at least as cheap), strictly on one; false for the
+    rest, None where nothing can be compared (no worker-seconds)."""
+    sign = 1.0 if search.mode == "min" else -1.0
+    candidates = [r for r in ranked(rows, search) if r.get("worker_s") is not None]
+    for r in rows:
+        r[PARETO] = None if r.get("worker_s") is None else False
+    for r in candidates:
+        q, c = sign * r[search.metric], r["worker_s"]
+        r[PARETO] = not any(
+            (sign * o[search.metric] <= q and o["worker_s"] <= c) and (sign * o[search.metric] < q or o["worker_s"] < c)
+            for o in candidates
+            if o is not r
+        )
 
 
 def _finite(value: Any) -> bool:

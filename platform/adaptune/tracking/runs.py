@@ -44,6 +44,7 @@ from adaptune.names import (
     TAG_KIND,
     TAG_MODEL_ID,
     TAG_PARENT,
+    TAG_PARETO,
     TAG_REASON,
     TAG_STATUS,
     TAG_STOPPED_EARLY,
@@ -56,7 +57,7 @@ from adaptune.names import (
     target_key,
 )
 from adaptune.preflight.search_space import apply_values, resolve_alpha
-from adaptune.records import STEP_METRICS, generated_metrics
+from adaptune.records import PARETO, STEP_METRICS, generated_metrics
 from adaptune.redaction import redact_uri, redacted
 from adaptune.tracking.models import base_reference, log_text_model, version
 from adaptune.tracking.server import embedded_artifacts, server_answers, tracking_uri
@@ -407,7 +408,12 @@ class SweepTracker:
             for key in (TEST_METRIC, *(f"test_{k}" for k in generated_metrics(self.sweep))):
                 if isinstance(row.get(key), int | float) and math.isfinite(row[key]):
                     self.mlc.log_metric(run_id, key, float(row[key]))  # a finalist's scores on the test split
+            for key in ("worker_s", "gpu_s", "tokens_trained"):  # what it cost (adapter_size_mb: log_adapter)
+                if isinstance(row.get(key), int | float) and math.isfinite(row[key]):
+                    self.mlc.log_metric(run_id, key, row[key])
             status, tags = run_status(row["status"])
+            if row.get(PARETO) is not None:
+                tags[TAG_PARETO] = str(bool(row[PARETO])).lower()
             if row["reason"]:
                 tags[TAG_CONVERGED if row["status"] == CONVERGED else TAG_REASON] = row["reason"][:5000]
             for k, v in tags.items():
@@ -421,6 +427,9 @@ class SweepTracker:
             self.mlc.set_tag(self.parent_id, TAG_TRACKING_NOTE, note)
         if held_out:
             self.mlc.set_tag(self.parent_id, TAG_HELD_OUT, held_out)
+        front = [r["trial"] for r in rows if r.get(PARETO)]
+        if front:
+            self.mlc.set_tag(self.parent_id, TAG_PARETO, ",".join(front))
         if winner is not None and winner.get(TEST_METRIC) is not None:
             self.mlc.log_metric(self.parent_id, f"winner_{TEST_METRIC}", float(winner[TEST_METRIC]))
         if winner is not None:
@@ -470,8 +479,9 @@ class SweepTracker:
         rows = record["rows"]
         if not rows:
             return
-        columns = list(dict.fromkeys(k for r in rows for k in r))
-        table = {"step": [record["step"]] * len(rows), **{c: [r.get(c) for r in rows] for c in columns}}
+        # prompt first and answer second: the Evaluation view groups by the first column and compares the second
+        columns = list(dict.fromkeys(["prompt", "answer", *(k for r in rows for k in r)]))
+        table = {**{c: [r.get(c) for r in rows] for c in columns}, "step": [record["step"]] * len(rows)}
         self.mlc.log_table(run_id, table, ANSWERS_TABLE)
 
     def _log_plots(self, rows: list[dict[str, Any]]) -> None:
@@ -495,26 +505,58 @@ class SweepTracker:
         plt.close(fig)
 
         scored = [r for r in rows if r.get(metric) is not None]
+        self._log_quality_vs_cost(plt, scored)
         keys = sorted({k for k in scored[0] if k in self.sweep.search.space or k == "lora.alpha"}) if scored else []
         if not keys:
             return
         fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 4), squeeze=False)
         for ax, key in zip(axes[0], keys, strict=True):
             xs = [r.get(key) for r in scored]
-            ys = [r[metric] for r in scored]
-            if all(isinstance(x, int | float) and not isinstance(x, bool) for x in xs):
-                ax.scatter(xs, ys)
-                if key.endswith("learning_rate") and min(xs) > 0:
-                    ax.set_xscale("log")
-            else:
-                labels = [_param(x) for x in xs]
-                order = sorted(set(labels))
-                ax.scatter([order.index(x) for x in labels], ys)
+            numeric = all(isinstance(x, int | float) and not isinstance(x, bool) for x in xs)
+            order = sorted({_param(x) for x in xs})
+            for status, group in _by_status(scored):  # a loss at step 20 is not a loss at step 60
+                gx = [r.get(key) if numeric else order.index(_param(r.get(key))) for r in group]
+                ax.scatter(gx, [r[metric] for r in group], marker=STATUS_MARKERS.get(status, "o"), label=status)
+            if numeric and key.endswith("learning_rate") and min(xs) > 0:
+                ax.set_xscale("log")
+            if not numeric:
                 ax.set_xticks(range(len(order)), order, rotation=20, fontsize=7)
             ax.set(xlabel=key, ylabel=f"best {metric}")
-        fig.suptitle(f"{self.sweep_id}: best {metric} against each searched value")
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle(f"{self.sweep_id}: best {metric} against each searched value (marker: how the trial ended)")
         fig.tight_layout()
         self.mlc.log_figure(self.parent_id, fig, f"plots/{metric}_by_value.png")
+        plt.close(fig)
+
+    def _log_quality_vs_cost(self, plt: Any, scored: list[dict[str, Any]]) -> None:
+        """Best `search.metric` against worker-seconds, one marker per way a trial ended, the Pareto set joined
+        by a line and labelled."""
+        costed = [r for r in scored if r.get("worker_s") is not None]
+        if not costed:
+            return
+        metric = self.sweep.search.metric
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for status, group in _by_status(costed):
+            ax.scatter(
+                [r["worker_s"] for r in group],
+                [r[metric] for r in group],
+                marker=STATUS_MARKERS.get(status, "o"),
+                label=status,
+            )
+        front = sorted((r for r in costed if r.get(PARETO)), key=lambda r: r["worker_s"])
+        if front:
+            ax.plot([r["worker_s"] for r in front], [r[metric] for r in front], "k--", lw=1, label="Pareto set")
+            for r in front:
+                ax.annotate(
+                    r["trial"], (r["worker_s"], r[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+                )
+        ax.set(
+            xlabel="cost: worker-seconds (wall time x workers)",
+            ylabel=f"best {metric}",
+            title=f"{self.sweep_id}: quality against cost",
+        )
+        ax.legend(fontsize=7)
+        self.mlc.log_figure(self.parent_id, fig, "plots/quality_vs_cost.png")
         plt.close(fig)
 
     # ---- lookups ----
@@ -530,6 +572,14 @@ class SweepTracker:
         return self.mlc.search_runs(
             [self.experiment_id], f"tags.`{TAG_PARENT}` = '{self.parent_id}'", max_results=10000
         )
+
+
+STATUS_MARKERS = {FINISHED: "o", CONVERGED: "s", STOPPED_EARLY: "v"}  # how a trial ended, in the plots
+
+
+def _by_status(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    statuses = list(dict.fromkeys(r["status"] for r in rows))
+    return [(s, [r for r in rows if r["status"] == s]) for s in statuses]
 
 
 def _step_metrics(

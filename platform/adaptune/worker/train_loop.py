@@ -379,6 +379,7 @@ def resume(spec: TrialSpec, model: Model) -> dict[str, Any]:
             "target_modules": spec.target_modules,
             "quantized_layers": model.quantized_layers,
             "base_eval_loss": None,
+            "tokens_trained": 0,
         }
     with checkpoint.as_directory() as d:
         load_adapter_weights(model.peft, Path(d) / ADAPTER_DIR)
@@ -447,6 +448,7 @@ def train(
         step_stats[0] = torch.nan_to_num(step_stats[0], nan=0.0, posinf=0.0, neginf=0.0)
         dist.all_reduce(step_stats)
         step += 1
+        state["tokens_trained"] = state.get("tokens_trained", 0) + int(step_stats[1].item())
         reason = divergence(step_stats[2].item() > 0, (step_stats[0] / me.world).item(), state["base_eval_loss"])
         if reason:
             # Stop at once, without raising: Ray Train would retry a raised error, and diverge again.
@@ -476,6 +478,7 @@ def train(
                 peak_memory_mb=_peak_memory_mb(me.device),
                 generation_s=generation_s,
                 trainable_params=model.trainable,
+                tokens_trained=state["tokens_trained"],
                 trainable_fraction=model.trainable / model.total,
                 epoch=step * gas * t.micro_batch_size * me.world / len(train_ds),
                 diverged=0,
