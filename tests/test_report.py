@@ -67,3 +67,38 @@ def test_the_held_out_note_says_when_the_test_split_disagrees_and_the_table_show
     line = next(x for x in text.splitlines() if x.split()[:1] == ["t1"])
     assert " - " in line  # not a finalist: no test score
     assert "test eval_loss" not in format_sweep(SweepOutcome("s", "/r", "eval_loss", _rows(), None, False))
+
+
+def test_the_pareto_set_is_every_trial_no_other_beats_on_both_quality_and_cost():
+    from adaptune.config import SearchConfig
+    from adaptune.driver.sweep import mark_pareto
+
+    rows = _rows()  # eval_loss t1 1.5, t2 1.2, t3 1.3 (stopped early), t4 1.1 (failed: cannot win)
+    for r, cost in zip(rows, (10.0, 40.0, 20.0, 5.0), strict=True):
+        r["worker_s"] = cost
+    mark_pareto(rows, SearchConfig())
+    # t1 cheapest of those that can win, t2 best, t3 between (better than t1, cheaper than t2); t4 failed
+    assert {r["trial"]: r["pareto"] for r in rows} == {"t1": True, "t2": True, "t3": True, "t4": False}
+    rows[2]["eval_loss"] = 1.6  # t3 now worse than t1 and dearer
+    mark_pareto(rows, SearchConfig())
+    assert [r["trial"] for r in rows if r["pareto"]] == ["t1", "t2"]
+    mark_pareto(rows, SearchConfig(mode="max"))  # higher is better: t3 (1.6) best, t1 cheapest
+    assert [r["trial"] for r in rows if r["pareto"]] == ["t1", "t3"]
+    rows[0]["worker_s"] = None  # no cost figure: nothing to compare it on
+    mark_pareto(rows, SearchConfig())
+    assert rows[0]["pareto"] is None
+
+
+def test_the_table_shows_scores_cost_and_the_pareto_set_and_not_as_searched_values():
+    from adaptune.config import SearchConfig
+    from adaptune.driver.sweep import mark_pareto
+
+    rows = _rows()
+    for r, cost in zip(rows, (10.0, 40.0, 20.0, 5.0), strict=True):
+        r |= {"worker_s": cost, "rouge_l": 0.25, "tokens_trained": 1000, "adapter_mb": 0.1, "test_rouge_l": 0.2}
+    mark_pareto(rows, SearchConfig())
+    out = format_sweep(SweepOutcome("s", "/runs", "eval_loss", rows, rows[1], False, scores=("rouge_l",)))
+    header = out.splitlines()[0].split()
+    assert header[:5] == ["trial", "best", "eval_loss", "rouge_l", "steps"]  # no cost or test column as a value
+    assert header[-3:] == ["worker_s", "pareto", "status"]
+    assert "pareto   t1, t2, t3: no other trial both better by eval_loss and cheaper in worker-seconds" in out
