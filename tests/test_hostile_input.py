@@ -344,6 +344,13 @@ def _retrain_drop_is_frozen_set(c: Ctx):
     return c.run("retrain", sweep, "--data", str(drop)), str(FROZEN)
 
 
+def _guard_set_overlaps_training(c: Ctx):
+    rows = DEMO_DATA.read_text(encoding="utf-8").splitlines()[:5]  # a guard set with rows the sweep trains on
+    guard = c.file("guard.jsonl", "\n".join(rows) + "\n")
+    sweep = c.sweep(retrain={"frozen_eval_path": str(FROZEN), "guard_eval_paths": [str(guard)]})
+    return c.run("sweep", sweep), str(guard)
+
+
 def _retrain_drop_binary(c: Ctx):
     sweep = c.sweep(retrain={"frozen_eval_path": str(FROZEN)})
     drop = c.file("drop.jsonl", b"\xff\xfe\x00\x01" * 64)
@@ -753,6 +760,13 @@ CASES = [
     # ---- retraining on a new drop
     Case("retrain-drop-missing", _retrain_drop_missing, "--data", "does not exist", "Did you mean"),
     Case("retrain-drop-binary", _retrain_drop_binary, "line 1", "not UTF-8", "Re-encode the file as UTF-8"),
+    Case(
+        "guard-set-overlaps-the-training-data",
+        _guard_set_overlaps_training,
+        "retrain.guard_eval_paths[0]",
+        "asks what",
+        "A guard set must never be trained on",
+    ),
     Case(
         "retrain-drop-is-the-frozen-set",
         _retrain_drop_is_frozen_set,

@@ -56,6 +56,11 @@ def test_parent_run_has_one_child_per_trial_with_params_metrics_and_status(sweep
             assert run.data.tags["adaptune.failure_reason"] == row["reason"]
             continue
         assert "adapter_size_mb" in run.data.metrics and run.data.tags.get("adaptune.adapter_model_id")
+        # What it cost, and whether it is in the Pareto set (no other trial both better and cheaper).
+        assert run.data.metrics["worker_s"] == pytest.approx(row["worker_s"]) and row["worker_s"] > 0
+        assert run.data.metrics["tokens_trained"] == row["tokens_trained"] > 0
+        assert row["adapter_mb"] > 0 and row["trainable_params"] > 0 and row["peak_memory_mb"] > 0
+        assert run.data.tags["adaptune.pareto"] == str(row["pareto"]).lower()
         # The generated answers' scores at every evaluation, and the kept evaluation's answers as a table.
         for score in SCORES:
             assert sorted(m.step for m in mlc.get_metric_history(run.info.run_id, score)) == evaluations, score
@@ -74,6 +79,7 @@ def test_parent_run_has_one_child_per_trial_with_params_metrics_and_status(sweep
         "results/results.csv",
         "plots/eval_loss_curves.png",
         "plots/eval_loss_by_value.png",
+        "plots/quality_vs_cost.png",
     } <= files, files
     manifest = json.loads(Path(mlc.download_artifacts(pid, "data/manifest.json")).read_text())
     (dataset,) = mlc.get_run(pid).inputs.dataset_inputs
@@ -82,6 +88,9 @@ def test_parent_run_has_one_child_per_trial_with_params_metrics_and_status(sweep
     assert parent.data.params["version.ray"].startswith("2.") and "version.deepspeed" in parent.data.params
     assert parent.data.tags["mlflow.source.git.commit"]
     assert parent.data.tags["adaptune.winner_trial"] == results["winner"]["trial"]
+    front = [t["trial"] for t in results["trials"] if t["pareto"]]
+    assert results["winner"]["trial"] in front  # nothing is better than the winner, so nothing better and cheaper
+    assert parent.data.tags["adaptune.pareto"] == ",".join(front)
     assert mlc.get_run(pid).info.status == "FINISHED"
 
 

@@ -111,6 +111,25 @@ def test_promotion_needs_the_margin(champion, challenger, decision):
         assert f"{challenger:.4f}" in why and "margin is 0.01" in why
 
 
+def test_a_challenger_that_forgets_a_guard_set_is_kept_out_whatever_it_gains_on_the_frozen_set():
+    guards = {
+        "old/drop-1": {"champion": 1.50, "challenger": 1.51},
+        "general/tasks": {"champion": 2.0, "challenger": 2.2},
+    }
+    got, why = decide(2.0, 1.5, 0.01, guards, tolerance=0.02)
+    assert got == KEPT_CHAMPION
+    assert "beats the champion's 2.0000 by 0.5000" in why and "but it forgets guard set general/tasks" in why
+    assert "worse by 0.2000 > guard_tolerance 0.02" in why and "old/drop-1 (" not in why  # within the tolerance
+    # every guard set is named with both scores
+    assert "guard old/drop-1: eval_loss 1.5100 against the champion's 1.5000" in why
+    assert "guard general/tasks: eval_loss 2.2000 against the champion's 2.0000" in why
+    guards["general/tasks"]["challenger"] = 2.015  # within the tolerance: promoted
+    got, why = decide(2.0, 1.5, 0.01, guards, tolerance=0.02)
+    assert got == PROMOTED and "guard general/tasks: eval_loss 2.0150 against the champion's 2.0000" in why
+    got, why = decide(None, 1.5, 0.01, {"g": {"challenger": 3.0}}, tolerance=0.02)  # no champion to compare with
+    assert got == FIRST_CHAMPION and "guard g: eval_loss 3.0000)" in why
+
+
 def test_the_champions_values_start_the_search_when_the_space_can_take_them():
     space = {
         "lora.r": {"choice": [8, 16]},

@@ -366,6 +366,19 @@ class RetrainConfig(_Section):
         description="Promote the challenger only if its frozen-set eval_loss is lower than the champion's by at "
         "least this much (absolute, in nats per response token).",
     )
+    guard_eval_paths: list[str] = Field(
+        default_factory=list,
+        description="Guard sets (same format): older evaluation sets (earlier drops, general tasks) the challenger "
+        "must not forget. It is scored on each beside the champion and kept out when worse than the champion on "
+        "any by more than `guard_tolerance`, however much it gains on the frozen set. Never trained on: validate "
+        "refuses one whose prompts are in the training data.",
+    )
+    guard_tolerance: float = Field(
+        0.02,
+        ge=0.0,
+        description="How much higher than the champion's a challenger's eval_loss on a guard set may be (absolute, "
+        "in nats per response token) before it counts as forgetting that set.",
+    )
     num_samples: int | None = Field(
         4,
         gt=0,

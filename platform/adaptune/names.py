@@ -76,6 +76,7 @@ TAG_DECISION_WHY = "adaptune.decision_reason"
 TAG_CHALLENGER_VERSION = "adaptune.challenger_version"
 TAG_CHAMPION_AFTER = "adaptune.champion_after"
 TAG_MERGED_TO = "adaptune.merged_to"
+TAG_GUARD_PREFIX = "adaptune.guard"  # adaptune.guard<i>: the path of guard set i (metrics guard<i>_<name>_eval_loss)
 # a rollback run
 TAG_ROLLED_BACK_VERSION = "adaptune.rolled_back_version"
 TAG_RESTORED_VERSION = "adaptune.restored_version"

@@ -229,19 +229,23 @@ def check_data(sweep: SweepConfig, source: str) -> list[Problem]:
 
 
 def check_frozen(sweep: SweepConfig, source: str, training: list[Path] | None = None) -> list[Problem]:
-    """The frozen evaluation set (retrain) exists, parses, and asks nothing the training data (`data.path`, or
-    the given files) asks."""
-    path = sweep.retrain.frozen_eval_path
-    if path is None:
-        return []
-    key = "retrain.frozen_eval_path"
-    try:
-        frozen = find_data_files(path, key)
-        training = training if training is not None else find_data_files(sweep.data.path, "data.path")
-    except DataError as e:
-        return [Problem(source, key, f"{p.source}: {p.message}", p.fix) for p in e.problems if p.key == key]
-    problems = load_records(frozen, sweep.data, limit=HEAD_ROWS)[1]
-    return problems or find_overlap(frozen, training, sweep.data, key)
+    """The frozen evaluation set and the guard sets (retrain) exist, parse, and ask nothing the training data
+    (`data.path`, or the given files) asks."""
+    sets = [("retrain.frozen_eval_path", sweep.retrain.frozen_eval_path, "A frozen evaluation set")]
+    sets += [(f"retrain.guard_eval_paths[{i}]", p, "A guard set") for i, p in enumerate(sweep.retrain.guard_eval_paths)]
+    problems: list[Problem] = []
+    for key, path, what in sets:
+        if path is None:
+            continue
+        try:
+            found = find_data_files(path, key)
+            training = training if training is not None else find_data_files(sweep.data.path, "data.path")
+        except DataError as e:
+            problems += [Problem(source, key, f"{p.source}: {p.message}", p.fix) for p in e.problems if p.key == key]
+            continue
+        head = load_records(found, sweep.data, limit=HEAD_ROWS)[1]
+        problems += head or find_overlap(found, training, sweep.data, key, what)
+    return problems
 
 
 def check_resources(cluster: ClusterProfile, source: str) -> list[Problem]:

@@ -69,7 +69,8 @@ class RetrainOutcome:
     champion_before: str | None = None
     challenger: str | None = None
     champion_after: str | None = None
-    scores: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)  # frozen-set eval_loss by "champion"/"challenger"
+    guards: dict[str, dict[str, float]] = field(default_factory=dict)  # guard set path -> the same
     run_id: str = ""
     sweep: Any = None  # SweepOutcome
     merged: Any = None  # (registration, report) of the merge, when one ran
@@ -233,16 +234,17 @@ def score_and_decide(r: RoundContext, run: Any, outcome: RetrainOutcome, sweep_r
     try:
         connect_ray(cluster)
         named = {"challenger": challenger, **({"champion": before} if before not in (None, challenger) else {})}
-        scores = _score(r.mlc, r.uri, model, named, r.home / outcome.retrain_id, sweep, cluster)
-        outcome.scores = scores
-        decision, why = decide(scores.get("champion"), scores["challenger"], sweep.retrain.margin)
+        scores, guards = _score(r.mlc, r.uri, model, named, r.home / outcome.retrain_id, sweep, cluster)
+        outcome.scores, outcome.guards = scores, guards
+        rt = sweep.retrain
+        decision, why = decide(scores.get("champion"), scores["challenger"], rt.margin, guards, rt.guard_tolerance)
         if before == challenger:  # a resumed sweep registered nothing new
             decision, why = KEPT_CHAMPION, "the challenger is the champion already"
         if decision == PROMOTED:
             promote(r.mlc, model, challenger)
         after = aliases(r.mlc, model).get(CHAMPION)
         outcome.decision, outcome.message, outcome.champion_after = decision, why, after
-        run.record_decision(challenger, decision, why, scores, after, sweep_run_id)
+        run.record_decision(challenger, decision, why, scores, after, sweep_run_id, guards)
     except BaseException as e:
         why = f"retrain {outcome.retrain_id} failed before deciding: {type(e).__name__}: {e}"
         mark_failed(r.mlc, model, challenger, why, run.run_id)
@@ -278,6 +280,7 @@ def _round(o: RetrainOutcome) -> Round:
         dict(o.scores or {}),
         o.run_id,
         time.strftime("%Y-%m-%dT%H:%M:%S"),
+        dict(o.guards or {}),
     )
 
 
@@ -289,9 +292,10 @@ def _score(
     workdir: Path,
     sweep: SweepConfig,
     cluster: ClusterProfile,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Download each version's adapter to shared storage and score them all in one Ray task (on a GPU when the
-    trials use GPUs) with the same code."""
+    trials use GPUs) with the same code, on the frozen set and each guard set: ({name: frozen eval_loss},
+    {guard set path: {name: eval_loss}})."""
     import ray
 
     dirs = {}
@@ -301,17 +305,20 @@ def _score(
         dirs[name] = str(local)
     tr = cluster.trial
     task = ray.remote(num_cpus=tr.cpus_per_worker, num_gpus=tr.gpus_per_worker if tr.use_gpu else 0)(score_frozen)
-    scores = ray.get(task.remote(sweep, dirs, tr.use_gpu))
-    for name, score in scores.items():
-        log.info(
-            "retrain: %s (version %s) frozen eval_loss %.4f over %d response tokens of %d rows",
-            name,
-            versions[name],
-            score.eval_loss,
-            score.tokens,
-            score.examples,
-        )
-    return {name: score.eval_loss for name, score in scores.items()}
+    by_set = ray.get(task.remote(sweep, dirs, tr.use_gpu))
+    for set_name, scores in by_set.items():
+        for name, score in scores.items():
+            log.info(
+                "retrain: %s (version %s) %s eval_loss %.4f over %d response tokens of %d rows",
+                name,
+                versions[name],
+                "frozen" if set_name == "frozen" else f"guard set {set_name}",
+                score.eval_loss,
+                score.tokens,
+                score.examples,
+            )
+    losses = {set_name: {n: s.eval_loss for n, s in scores.items()} for set_name, scores in by_set.items()}
+    return losses.pop("frozen"), losses
 
 
 @dataclass(frozen=True)

@@ -66,17 +66,38 @@ def retrain_sweep(sweep: SweepConfig, training_dir: Path, point: dict[str, Any],
         raise ConfigError(_problems_from_validation(e, SweepConfig, source, {})) from None
 
 
-def decide(champion: float | None, challenger: float, margin: float) -> tuple[str, str]:
-    """Promote only a challenger whose frozen-set loss is lower than the champion's by at least `margin`."""
-    if champion is None:
-        return FIRST_CHAMPION, f"no champion yet: the challenger (frozen eval_loss {challenger:.4f}) becomes it"
-    gain = champion - challenger
-    if gain >= margin:
-        return PROMOTED, (
-            f"frozen eval_loss {challenger:.4f} beats the champion's {champion:.4f} by {gain:.4f} >= margin {margin:g}"
-        )
-    return KEPT_CHAMPION, (
-        f"frozen eval_loss {challenger:.4f} against the champion's {champion:.4f}: "
-        + (f"better by only {gain:.4f}" if gain > 0 else f"worse by {-gain:.4f}")
-        + f", the margin is {margin:g}"
+Guards = dict[str, dict[str, float]]  # guard set path -> {"champion": loss, "challenger": loss}
+
+
+def decide(
+    champion: float | None, challenger: float, margin: float, guards: Guards | None = None, tolerance: float = 0.0
+) -> tuple[str, str]:
+    """Promote only a challenger whose frozen-set loss is lower than the champion's by at least `margin`, and
+    which forgets no guard set: on each its loss may exceed the champion's by at most `tolerance`. The reason
+    names every guard set with both scores."""
+    guards = guards or {}
+    listed = "; ".join(
+        f"guard {path}: eval_loss {s['challenger']:.4f}"
+        + (f" against the champion's {s['champion']:.4f}" if "champion" in s else "")
+        for path, s in guards.items()
     )
+    tail = f" ({listed})" if listed else ""
+    if champion is None:
+        return FIRST_CHAMPION, f"no champion yet: the challenger (frozen eval_loss {challenger:.4f}) becomes it{tail}"
+    gain = champion - challenger
+    if gain < margin:
+        return KEPT_CHAMPION, (
+            f"frozen eval_loss {challenger:.4f} against the champion's {champion:.4f}: "
+            + (f"better by only {gain:.4f}" if gain > 0 else f"worse by {-gain:.4f}")
+            + f", the margin is {margin:g}{tail}"
+        )
+    beats = f"frozen eval_loss {challenger:.4f} beats the champion's {champion:.4f} by {gain:.4f} >= margin {margin:g}"
+    forgotten = [
+        f"{path} (eval_loss {s['challenger']:.4f} against the champion's {s['champion']:.4f}, worse by "
+        f"{s['challenger'] - s['champion']:.4f} > guard_tolerance {tolerance:g})"
+        for path, s in guards.items()
+        if "champion" in s and s["challenger"] - s["champion"] > tolerance
+    ]
+    if forgotten:
+        return KEPT_CHAMPION, f"{beats}, but it forgets guard set {'; '.join(forgotten)}{tail}"
+    return PROMOTED, f"{beats}{tail}"

@@ -14,16 +14,18 @@ from adaptune.scoring import HeldOutScore, score_adapters
 FROZEN_KEY = "retrain.frozen_eval_path"
 
 
-def frozen_examples(sweep: SweepConfig, tokenizer: Any) -> list[tuple[list[int], list[int]]]:
-    """The frozen set tokenized exactly as training tokenizes evaluation data (prompt masking, truncation).
+def set_examples(
+    sweep: SweepConfig, tokenizer: Any, path: str | None, key: str = FROZEN_KEY
+) -> list[tuple[list[int], list[int]]]:
+    """An evaluation set (the frozen set, or a guard set: `key` names it) tokenized exactly as training tokenizes
+    evaluation data (prompt masking, truncation).
 
     Raises:
-        DataError: a bad row, or no row with a response token left.
+        DataError: no set, a bad row, or no row with a response token left.
     """
-    path = sweep.retrain.frozen_eval_path
     if not path:
-        raise DataError(Problem("sweep file", FROZEN_KEY, "no frozen evaluation set", "Set retrain.frozen_eval_path"))
-    records, problems = load_records(find_data_files(path, FROZEN_KEY), sweep.data)
+        raise DataError(Problem("sweep file", key, "no frozen evaluation set", "Set retrain.frozen_eval_path"))
+    records, problems = load_records(find_data_files(path, key), sweep.data)
     if problems:
         raise DataError(problems)
     examples = []
@@ -33,16 +35,23 @@ def frozen_examples(sweep: SweepConfig, tokenizer: Any) -> list[tuple[list[int],
         if any(label != IGNORE_INDEX for label in labels):
             examples.append((ids, labels))
     if not examples:
-        raise DataError(
-            Problem(path, FROZEN_KEY, "no row keeps a response token within data.max_seq_length", "Add rows")
-        )
+        raise DataError(Problem(path, key, "no row keeps a response token within data.max_seq_length", "Add rows"))
     return examples
 
 
-def score_frozen(cfg: SweepConfig, adapters: dict[str, str], use_gpu: bool) -> dict[str, HeldOutScore]:
+def frozen_examples(sweep: SweepConfig, tokenizer: Any) -> list[tuple[list[int], list[int]]]:
+    """The frozen set, tokenized (see `set_examples`)."""
+    return set_examples(sweep, tokenizer, sweep.retrain.frozen_eval_path)
+
+
+def score_frozen(cfg: SweepConfig, adapters: dict[str, str], use_gpu: bool) -> dict[str, dict[str, HeldOutScore]]:
     """Score each named adapter directory (`{"champion": dir, "challenger": dir}`) on the sweep's frozen set and
-    base model, one after the other in this one process (the body of a Ray task). An adapter trained on another
-    base model does not load (ConfigError naming it)."""
+    on each of its guard sets (`retrain.guard_eval_paths`), with its base model, one after the other in this one
+    process (the body of a Ray task). Returns {"frozen" or a guard set's path: {name: score}}. An adapter trained
+    on another base model does not load (ConfigError naming it)."""
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code, cfg.model.revision)
-    examples, pad_id = frozen_examples(cfg, tokenizer), int(tokenizer.pad_token_id)
-    return score_adapters(cfg, examples, pad_id, adapters, cfg.retrain.eval_batch_size, use_gpu)
+    pad_id, batch = int(tokenizer.pad_token_id), cfg.retrain.eval_batch_size
+    sets = {"frozen": frozen_examples(cfg, tokenizer)}
+    for i, path in enumerate(cfg.retrain.guard_eval_paths):
+        sets[path] = set_examples(cfg, tokenizer, path, f"retrain.guard_eval_paths[{i}]")
+    return {name: score_adapters(cfg, examples, pad_id, adapters, batch, use_gpu) for name, examples in sets.items()}

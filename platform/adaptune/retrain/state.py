@@ -203,6 +203,7 @@ class Round:
     scores: dict[str, float] = field(default_factory=dict)
     run_id: str = ""
     finished_at: str = ""
+    guards: dict[str, dict[str, float]] = field(default_factory=dict)  # guard set path -> scores by name
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Round:

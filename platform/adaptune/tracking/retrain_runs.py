@@ -15,6 +15,7 @@ from adaptune.names import (
     TAG_DECISION,
     TAG_DECISION_WHY,
     TAG_FROZEN_LOSS,
+    TAG_GUARD_PREFIX,
     TAG_KIND,
     TAG_MERGED_TO,
     TAG_PARENT,
@@ -66,8 +67,10 @@ class RetrainRun:
         scores: dict[str, float],
         champion_after: str | None,
         sweep_run_id: str,
+        guards: dict[str, dict[str, float]] | None = None,
     ) -> None:
-        """The decision on the challenger's version, and the scores and decision on the retrain run."""
+        """The decision on the challenger's version, and the scores (frozen set, each guard set) and decision on
+        the retrain run."""
         for key, value in {
             TAG_RETRAIN_DECISION: decision,
             TAG_RETRAIN_REASON: why,
@@ -79,6 +82,10 @@ class RetrainRun:
             self.mlc.log_metric(self.run_id, f"{name}_frozen_eval_loss", value)
         if "champion" in scores:
             self.mlc.log_metric(self.run_id, "improvement", scores["champion"] - scores["challenger"])
+        for i, (path, by_name) in enumerate((guards or {}).items()):  # guard<i>_<name>_eval_loss, its path a tag
+            self.mlc.set_tag(self.run_id, f"{TAG_GUARD_PREFIX}{i}", path)
+            for name, value in by_name.items():
+                self.mlc.log_metric(self.run_id, f"guard{i}_{name}_eval_loss", value)
         for key, value in {
             TAG_DECISION: decision,
             TAG_DECISION_WHY: why,

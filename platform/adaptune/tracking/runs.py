@@ -410,7 +410,7 @@ class SweepTracker:
                     self.mlc.log_metric(run_id, key, float(row[key]))  # a finalist's scores on the test split
             for key in ("worker_s", "gpu_s", "tokens_trained"):  # what it cost (adapter_size_mb: log_adapter)
                 if isinstance(row.get(key), int | float) and math.isfinite(row[key]):
-                    self.mlc.log_metric(run_id, key, row[key])
+                    self.mlc.log_metric(run_id, key, row[key], step=int(row.get("steps") or 0))
             status, tags = run_status(row["status"])
             if row.get(PARETO) is not None:
                 tags[TAG_PARETO] = str(bool(row[PARETO])).lower()
