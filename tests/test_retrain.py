@@ -86,7 +86,9 @@ def rounds(request, ray_cluster, tiny_model, tmp_path_factory):
     random.Random(0).shuffle(responses)
     rows = [{**r, "output": o} for r, o in zip(damaged, responses, strict=True)]
     write_jsonl(rows, drops / "2026-11-03" / "faq.jsonl")
-    out[3] = retrain("--data", str(drops), "--newest-drop", "retrain.data_mode=replace")
+    # Round 2's drop, which round 3 does not train on (replace) and the champion did, guards against forgetting.
+    guard = f"retrain.guard_eval_paths=[{drops / '2026-11-02' / 'faq.jsonl'}]"
+    out[3] = retrain("--data", str(drops), "--newest-drop", "retrain.data_mode=replace", guard)
     out["aliases3"] = _aliases(mlc)
 
     # Round 4: round 3's drop again.
@@ -189,6 +191,14 @@ def test_round3_damaged_data_leaves_the_champion_and_says_why_the_challenger_los
     mv = rounds["mlc"].get_model_version(MODEL, "3")
     assert mv.tags["adaptune.retrain.decision"] == "kept-champion"
     assert f"the champion's {champion:.4f}" in mv.tags["adaptune.retrain.reason"]
+    # The guard set (round 2's drop) scored for both, named with both scores in the output, the reason and MLflow.
+    guard = str(rounds["work"] / "drops" / "2026-11-02" / "faq.jsonl")
+    assert run.data.tags["adaptune.guard0"] == guard
+    g_champion, g_challenger = (run.data.metrics[f"guard0_{k}_eval_loss"] for k in ("champion", "challenger"))
+    assert g_champion < g_challenger  # the champion trained on those rows, the challenger on damaged ones
+    named = f"guard {guard}: eval_loss {g_challenger:.4f} against the champion's {g_champion:.4f}"
+    assert named in mv.tags["adaptune.retrain.reason"] and named in run.data.tags["adaptune.decision_reason"]
+    assert f"guard    {guard}: eval_loss champion version 2: {g_champion:.4f}, challenger version 3:" in out
 
 
 @SERVER_ONLY

@@ -136,11 +136,9 @@ def format_retrain(outcome: Any) -> str:
             version = o.champion_before if name == "champion" else o.challenger
             lines.append(f"frozen   {name} version {version}: eval_loss {o.scores[name]:.4f}")
     for path, scores in (o.guards or {}).items():
-        shown = ", ".join(
-            f"{name} version {o.champion_before if name == 'champion' else o.challenger}: {value:.4f}"
-            for name, value in scores.items()
-        )
-        lines.append(f"guard    {path}: eval_loss {shown}")
+        versions = {"champion": o.champion_before, "challenger": o.challenger}
+        shown = [f"{n} version {versions[n]}: {scores[n]:.4f}" for n in ("champion", "challenger") if n in scores]
+        lines.append(f"guard    {path}: eval_loss {', '.join(shown)}")
     lines.append(f"decision {o.decision}: {o.message}")
     if o.champion_after:
         lines.append(f"champion {o.registered_model}@champion -> version {o.champion_after}")
