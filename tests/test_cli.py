@@ -80,7 +80,8 @@ def test_validate_model_directory_problems(tmp_path, tiny_model):
 def test_shipped_sweeps_and_profiles_validate(tiny_model):
     """Every shipped file through the real CLI. The GPU sweeps name hub models and a shared data path this
     machine lacks, and the GPU profile reports to a team's MLflow server: those keys point at the tiny model,
-    the demo data, the demo frozen set and the embedded MLflow store; everything else is as shipped."""
+    the demo data, the demo frozen set and the embedded MLflow store, and the prompts answered in evaluation are
+    as many as the demo data's smallest validation split holds; everything else is as shipped."""
     sweeps = sorted((REPO / "search_spaces").glob("*.yaml"))
     clusters = sorted((REPO / "clusters").glob("*.yaml"))
     assert {s.name for s in sweeps} >= {"quickstart.yaml", "llama3-8b-qlora.yaml", "qwen2.5-7b-lora.yaml"}
@@ -102,6 +103,7 @@ def test_shipped_sweeps_and_profiles_validate(tiny_model):
                 "retrain.frozen_eval_path=data/demo/frozen_eval.jsonl",
                 "retrain.merge_dir=null",
                 "cluster.mlflow.tracking_uri=null",
+                "eval.samples=8",  # 5% of the 400 demo rows is 20
             )
             assert r.returncode == 0, r.stderr
 
