@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from .support import REPO, run_cli
-from .support.search_sweep import EVAL_EVERY, EVAL_SAMPLES, MODEL
+from .support.search_sweep import EVAL_EVERY, EVAL_SAMPLES, MODEL, USER_SCORER, user_scorer_fails_on
 
 pytestmark = pytest.mark.integration
 
@@ -32,6 +32,7 @@ def test_parent_run_has_one_child_per_trial_with_params_metrics_and_status(sweep
     by_trial = {c.data.tags["adaptune.trial_id"]: c for c in children}
     assert sorted(by_trial) == sorted(trials), "exactly one child run per trial"
     expected_status = {"finished": "FINISHED", "stopped early": "KILLED", "diverged": "FAILED"}
+    seen_failures: set[bool] = set()
     for trial_id, row in trials.items():
         run = by_trial[trial_id]
         p = run.data.params
@@ -68,6 +69,15 @@ def test_parent_run_has_one_child_per_trial_with_params_metrics_and_status(sweep
         table = json.loads(Path(mlc.download_artifacts(run.info.run_id, "eval/answers.json")).read_text())
         assert {"step", "prompt", "reference", "answer", *SCORES} <= set(table["columns"]), table["columns"]
         assert len(table["data"]) == EVAL_SAMPLES
+        # the user's scorer: missing exactly where it raised, present elsewhere
+        for answer in (dict(zip(table["columns"], r, strict=True)) for r in table["data"]):
+            failed = user_scorer_fails_on(answer["prompt"])
+            assert (answer[USER_SCORER] is None) == failed, answer
+            seen_failures.add(failed)
+
+    assert seen_failures == {True, False}  # some answers the user's scorer failed on, some it scored
+    logs = sweep_run["r"].stdout + sweep_run["r"].stderr
+    assert f"eval: scorer '{USER_SCORER}' failed on answer" in logs and "that score is missing" in logs
 
     # The parent: config, results and plots as artifacts, the data with our digest, versions, the winner.
     pid = parent.info.run_id
@@ -228,11 +238,12 @@ def test_mlflow_ui_compares_two_trials_answers_to_the_same_prompt(sweep_run, mlf
     prompt = next(iter(tables[shown[0]]))
     assert all(prompt in t for t in tables.values())  # the same fixed prompts for every trial
     ARTIFACTS.mkdir(exist_ok=True)
+    runs = {by_trial[t].info.run_id: (by_trial[t].info.run_name, tables[t][prompt]) for t in shown}
     text = check_answers_view(
         mlflow_server.uri,
         sweep_run["experiment"].experiment_id,
         sweep_run["parent"].info.run_name,
-        {by_trial[t].info.run_name: tables[t][prompt] for t in shown},
+        runs,
         prompt,
         ARTIFACTS / "mlflow-answers-compare.png",
     )

@@ -50,42 +50,49 @@ def check_answers_view(
     base_url: str,
     experiment_id: str,
     parent_run_name: str,
-    answers: dict[str, str],
+    answers: dict[str, tuple[str, str]],
     prompt: str,
     screenshot: Path,
     *,
     timeout: float = TIMEOUT_S,
 ) -> str:
-    """Open the experiment's Evaluation view (the runs page's evaluation mode, `compareRunsMode=ARTIFACT`) with the
-    parent run expanded, and check that the trials' answers tables are compared prompt by prompt: grouped by
-    `prompt`, comparing `answer`, each run in `answers` (run name -> its answer to `prompt`) visible with its
-    answer in the row of `prompt`.
+    """Open the experiment's Evaluation view (the runs page's evaluation mode, `compareRunsMode=ARTIFACT`) on the
+    runs in `answers` (run id -> (run name, its answer to `prompt`); filtered to those runs, so each gets a column,
+    and their parent run `parent_run_name`, which MLflow lists with them and is expanded) and check that their
+    answers tables are compared prompt by prompt: grouped by `prompt`, comparing `answer`, each run's answer in
+    the row of `prompt` (the parent, which has no table, shows "(empty)").
 
     Returns:
         The page's visible text. Raises AssertionError (naming the screenshot) when something is not shown.
     """
-    from selenium.common.exceptions import TimeoutException
-    from selenium.webdriver.common.by import By
+    from urllib.parse import quote
 
-    url = RUNS_PAGE.format(base=base_url.rstrip("/"), experiment_id=experiment_id) + "&compareRunsMode=ARTIFACT"
+    from selenium.common.exceptions import TimeoutException
+
+    ids = ", ".join(f"'{run_id}'" for run_id in answers)
+    url = (
+        RUNS_PAGE.format(base=base_url.rstrip("/"), experiment_id=experiment_id)
+        + "&compareRunsMode=ARTIFACT&searchFilter="
+        + quote(f"attributes.run_id IN ({ids})")
+    )
     with _page(url, screenshot, timeout) as (driver, fail):
-        _expand(driver, parent_run_name, list(answers), fail, timeout)
+        names = [name for name, _ in answers.values()]
+        _expand(driver, parent_run_name, names, fail, timeout)
 
         def shown() -> bool:
             text = _visible_text(driver)
-            if not all(s in text for s in ("Group by:\nprompt", "Compare:\nanswer", f"\n{prompt}\n")):
+            if not all(_visible(driver, n) for n in names) or f"\n{prompt}\n" not in text:
                 return False
-            headers = [e.text for e in driver.find_elements(By.XPATH, "//a[contains(@href, '/runs/')]")]
-            row = text.split(f"\n{prompt}\n", 1)[1].split("\n")[: len(answers) + 1]  # the row's cells
-            cells = [c if c != "(empty)" else "" for c in row]
-            return all(name in headers for name in answers) and all(a.strip() in cells for a in answers.values())
+            if not all(s in text for s in ("Group by:\nprompt", "Compare:\nanswer")):
+                return False
+            row = text.split(f"\n{prompt}\n", 1)[1].split("\n")[: len(answers) + 1]  # a cell per run, the parent's
+            cells = sorted(c if c != "(empty)" else "" for c in row)
+            return cells == sorted(["", *(a.strip() for _, a in answers.values())])
 
         try:
             _wait(driver, timeout).until(lambda d: shown())
         except TimeoutException:
-            raise fail(
-                f"the answers of {sorted(answers)} to {prompt!r} are not compared in the Evaluation view"
-            ) from None
+            raise fail(f"the answers of {names} to {prompt!r} are not compared in the Evaluation view") from None
         driver.save_screenshot(str(screenshot))
         return _visible_text(driver)
 
@@ -138,11 +145,11 @@ def _expand(driver, parent_run_name: str, child_run_names: list[str], fail, time
         raise fail(f"parent run {parent_run_name!r} not visible within {timeout:.0f} s") from None
     if all(_visible(driver, name) for name in child_run_names):
         return
-    # Collapsed (the default): the expander is the button in the parent row's Run Name cell.
-    expander = (
-        _run_link(parent_run_name)
-        + "/ancestor::div[@role='row'][1]//div[@role='gridcell'][contains(@col-id, 'Run Name')]//button"
-    )
+    # Collapsed (the default): the expander is the button in the parent row's Run Name cell (the cell holding the
+    # run's link, in the Evaluation view's narrow list of runs too).
+    row = _run_link(parent_run_name) + "/ancestor::div[@role='row'][1]"
+    expander = f"{row}//div[@role='gridcell'][contains(@col-id, 'Run Name')]//button"
+    expander = f"({expander} | {_run_link(parent_run_name)}/ancestor::div[@role='gridcell'][1]//button)"
     try:
         button = wait.until(ec.element_to_be_clickable((By.XPATH, expander)))
     except TimeoutException:

@@ -17,6 +17,23 @@ NAME = "ml-sweep"
 MAX_STEPS = 30
 EVAL_EVERY = 5
 EVAL_SAMPLES = 4  # validation prompts every trial answers at each evaluation (eval.samples)
+# A user's scorer (eval.scorers_file) with a bug: it raises on the prompts whose digest is odd. Those answers' scores
+# go missing, named in the trials' logs, and the sweep goes on.
+USER_SCORER = "answer_words"
+SCORERS_PY = f"""import hashlib
+
+
+def {USER_SCORER}(prompt, reference, answer):
+    if int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % 2:
+        raise ValueError("fails on this prompt")
+    return float(len(answer.split()))
+"""
+
+
+def user_scorer_fails_on(prompt: str) -> bool:
+    import hashlib
+
+    return bool(int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % 2)
 
 
 def run_search_sweep(work: Path, tiny_model: Path, tracking_uri: str) -> dict[str, Any]:
@@ -29,8 +46,14 @@ def run_search_sweep(work: Path, tiny_model: Path, tracking_uri: str) -> dict[st
         tiny_model,
         train={"max_steps": MAX_STEPS, "eval_every": EVAL_EVERY},
         data={"test_fraction": 0.1},
-        eval={"samples": EVAL_SAMPLES, "max_new_tokens": 12},
+        eval={
+            "samples": EVAL_SAMPLES,
+            "max_new_tokens": 12,
+            "scorers": ["exact_match", "token_f1", "rouge_l", USER_SCORER],
+            "scorers_file": str(work / "scorers.py"),
+        },
     )
+    (work / "scorers.py").write_text(SCORERS_PY, encoding="utf-8")
     cfg["name"] = NAME
     cfg["search"] = {
         "space": {
