@@ -81,13 +81,11 @@ def check_answers_view(
 
         def shown() -> bool:
             text = _visible_text(driver)
-            if not all(_visible(driver, n) for n in names) or f"\n{prompt}\n" not in text:
+            if not all(_visible(driver, n) for n in names):
                 return False
             if not all(s in text for s in ("Group by:\nprompt", "Compare:\nanswer")):
                 return False
-            row = text.split(f"\n{prompt}\n", 1)[1].split("\n")[: len(answers) + 1]  # a cell per run, the parent's
-            cells = sorted(c if c != "(empty)" else "" for c in row)
-            return cells == sorted(["", *(a.strip() for _, a in answers.values())])
+            return _answers_in_row(text, prompt, [a for _, a in answers.values()])
 
         try:
             _wait(driver, timeout).until(lambda d: shown())
@@ -95,6 +93,24 @@ def check_answers_view(
             raise fail(f"the answers of {names} to {prompt!r} are not compared in the Evaluation view") from None
         driver.save_screenshot(str(screenshot))
         return _visible_text(driver)
+
+
+def _answers_in_row(text: str, prompt: str, answers: list[str]) -> bool:
+    """Whether the view's text has the row of `prompt` (shown with its whitespace collapsed, cut short when long)
+    with every answer in it: the text from the prompt's cell to the next row's (the next line starting like the
+    prompt, whose template every row shares); an empty answer shows as "(empty)", as does the parent's cell."""
+    norm = " ".join(prompt.split())
+    lines = text.split("\n")
+    start = next(
+        (i for i, line in enumerate(lines) if len(line) >= 20 and norm.startswith(" ".join(line.split()))), None
+    )
+    if start is None:
+        return False
+    head = norm[:30]
+    end = next((j for j in range(start + 1, len(lines)) if " ".join(lines[j].split()).startswith(head)), len(lines))
+    row = " ".join(" ".join(lines[start + 1 : end]).split())
+    empties = 1 + sum(1 for a in answers if not a.strip())  # the parent's cell too
+    return row.count("(empty)") >= empties and all(" ".join(a.split()) in row for a in answers if a.strip())
 
 
 @contextmanager
