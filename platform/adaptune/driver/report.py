@@ -31,7 +31,8 @@ def table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> st
 def format_trial(manifest: DataManifest, outcome: TrialOutcome) -> str:
     """The evaluations of one trial, its best metrics, and where its adapter is."""
     best = outcome.best
-    scores = [(k, k, ".3f") for k in best if k not in REPORTED_METRICS]  # the generated answers' scores (eval)
+    # the generated answers' scores (eval): what the trainer state's evaluations hold besides Evaluation's fields
+    scores = [(k, k, ".3f") for k in outcome.final if k not in REPORTED_METRICS]
     lines = [
         table(outcome.history, EVAL_COLUMNS + scores),
         "",
