@@ -58,7 +58,8 @@ def test_the_held_out_note_says_when_the_test_split_disagrees_and_the_table_show
     t3[TEST_METRIC] = 1.21
     disagree = held_out_note([t2, t3], t2, "eval_loss", 40)
     assert disagree.endswith(
-        "; the test split disagrees: finalist t3 scores better there (1.2100), the winner is chosen on validation"
+        "; the test split disagrees: finalist t3 scores better there (test eval_loss 1.2100), the winner is chosen "
+        "on validation"
     )
     outcome = SweepOutcome("sweep-1", "/runs", "eval_loss", rows, t2, False, held_out=disagree)
     text = format_sweep(outcome)
@@ -102,3 +103,25 @@ def test_the_table_shows_scores_cost_and_the_pareto_set_and_not_as_searched_valu
     assert header[:5] == ["trial", "best", "eval_loss", "rouge_l", "steps"]  # no cost or test column as a value
     assert header[-3:] == ["worker_s", "pareto", "status"]
     assert "pareto   t1, t2, t3: no other trial both better by eval_loss and cheaper in worker-seconds" in out
+
+
+def test_ties_go_to_the_cheaper_trial_and_a_generated_metric_is_compared_on_its_test_score():
+    from adaptune.config import SearchConfig
+    from adaptune.driver.sweep import held_out_note, mark_pareto, pick_winner
+    from adaptune.names import TEST_METRIC
+
+    rows = _rows()[:3]
+    for r, cost in zip(rows, (30.0, 20.0, 10.0), strict=True):
+        r |= {"exact_match": 0.5, "worker_s": cost}  # equal scores, as 8 prompts often give
+    search = SearchConfig(metric="exact_match", mode="max")
+    winner = pick_winner(rows, search)
+    assert winner["trial"] == "t3"  # the cheapest of the equals
+    mark_pareto(rows, search)
+    assert [r["trial"] for r in rows if r["pareto"]] == ["t3"]
+    t1, t2, t3 = rows
+    for r, test in ((t1, 0.25), (t2, 0.75), (t3, 0.5)):
+        r |= {TEST_METRIC: 1.0, "test_exact_match": test}
+    note = held_out_note([t3, t2, t1], t3, "exact_match", 40, 8, "max")
+    assert note.endswith(
+        "finalist t2 scores better there (test exact_match 0.7500), the winner is chosen on validation"
+    )

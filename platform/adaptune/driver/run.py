@@ -4,6 +4,7 @@ Ray, and launch the run's trials. This is the process `ray job submit` starts.""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import socket
@@ -396,9 +397,10 @@ def score_finalists(
         return f"{validation_only}: scoring the finalists on the test split failed ({reason[:500]})"
     for r in finalists:
         r[TEST_METRIC] = scores[r["trial"]].eval_loss
-        r.update({f"test_{k}": v for k, v in scores[r["trial"]].scores.items()})  # test_exact_match, ...
+        # test_exact_match, ...: a score no answer has (-inf inside) is left out, not written as -Infinity
+        r.update({f"test_{k}": v for k, v in scores[r["trial"]].scores.items() if math.isfinite(v)})
     won = scores[winner["trial"]]
-    return held_out_note(finalists, winner, search.metric, won.examples, won.prompts)
+    return held_out_note(finalists, winner, search.metric, won.examples, won.prompts, search.mode)
 
 
 def register(plan: RunPlan, manifest: DataManifest, tracker: Any, winner: dict[str, Any]) -> Any:

@@ -377,7 +377,10 @@ def ranked(rows: list[dict[str, Any]], search: SearchConfig) -> list[dict[str, A
     """The trials that can win (trained: finished, converged or stopped early, with an adapter and a value of
     `search.metric`), best first."""
     ok = [r for r in rows if r["status"] in TRAINED and r[search.metric] is not None and r["adapter"]]
-    return sorted(ok, key=lambda r: r[search.metric], reverse=search.mode == "max")
+    sign = 1.0 if search.mode == "min" else -1.0
+    # equal scores (likely for a generated score over a few prompts): the cheaper first, so the winner is in the
+    # Pareto set; then by trial id, so the order is the same every time
+    return sorted(ok, key=lambda r: (sign * r[search.metric], r.get("worker_s") or 0.0, r["trial"]))
 
 
 def pick_winner(rows: list[dict[str, Any]], search: SearchConfig) -> dict[str, Any] | None:
@@ -391,11 +394,17 @@ def pick_finalists(rows: list[dict[str, Any]], search: SearchConfig) -> list[dic
 
 
 def held_out_note(
-    finalists: list[dict[str, Any]], winner: dict[str, Any], metric: str, examples: int, prompts: int = 0
+    finalists: list[dict[str, Any]],
+    winner: dict[str, Any],
+    metric: str,
+    examples: int,
+    prompts: int = 0,
+    mode: str = "min",
 ) -> str:
     """The winner's test figure next to its validation one (and its generated answers' test scores, on `prompts`
-    test prompts), and whether the test split ranks another finalist better (the winner stays the validation
-    pick: choosing on the test split would make it optimistic too)."""
+    test prompts), and whether the test split ranks another finalist better by the searched metric's test figure
+    (`test_<metric>` for a generated score, in `mode`; else test eval_loss). The winner stays the validation
+    pick: choosing on the test split would make it optimistic too."""
     test = winner[TEST_METRIC]
     note = (
         f"winner {winner['trial']} test eval_loss {test:.4f} on {examples} held-out rows not used to choose "
@@ -404,10 +413,13 @@ def held_out_note(
     generated = {k.removeprefix("test_"): v for k, v in winner.items() if k.startswith("test_") and k != TEST_METRIC}
     if generated and prompts:
         note += f"; answers to {prompts} test prompts: " + ", ".join(f"{k} {v:.3f}" for k, v in generated.items())
-    best = min(finalists, key=lambda r: r[TEST_METRIC])
-    if best is not winner and best[TEST_METRIC] < test:
+    key, sign = (f"test_{metric}", -1.0 if mode == "max" else 1.0) if f"test_{metric}" in winner else (TEST_METRIC, 1.0)
+    scored = [r for r in finalists if _finite(r.get(key))]
+    best = min(scored, key=lambda r: sign * r[key]) if scored else winner
+    if best is not winner and _finite(winner.get(key)) and sign * best[key] < sign * winner[key]:
+        shown = "test eval_loss" if key == TEST_METRIC else f"test {metric}"
         note += (
-            f"; the test split disagrees: finalist {best['trial']} scores better there ({best[TEST_METRIC]:.4f}), "
+            f"; the test split disagrees: finalist {best['trial']} scores better there ({shown} {best[key]:.4f}), "
             f"the winner is chosen on validation"
         )
     return note

@@ -404,7 +404,8 @@ class SweepTracker:
             run_id = self.child(row["trial"], {k: row[k] for k in self.sweep.search.space if k in row})
             if row["adapter"] and Path(row["adapter"]).is_dir():
                 models[row["trial"]] = self.log_adapter(run_id, Path(row["adapter"]))
-                self.log_answers(run_id, Path(row["adapter"]).parent / ANSWERS_FILE)
+                if row["status"] != INTERRUPTED:  # an interrupted trial's kept evaluation may still change
+                    self.log_answers(run_id, Path(row["adapter"]).parent / ANSWERS_FILE)
             for key in (TEST_METRIC, *(f"test_{k}" for k in generated_metrics(self.sweep))):
                 if isinstance(row.get(key), int | float) and math.isfinite(row[key]):
                     self.mlc.log_metric(run_id, key, float(row[key]))  # a finalist's scores on the test split
@@ -472,8 +473,10 @@ class SweepTracker:
     def log_answers(self, run_id: str, answers: Path) -> None:
         """The generated answers of the trial's kept evaluation (its adapter's) as the run's MLflow table
         `ANSWERS_TABLE`, one row per prompt: step, prompt, reference, answer and each score. Runs logging the same
-        table compare answer by answer in the UI (the experiment's Evaluation view, grouped by prompt)."""
-        if not answers.is_file():
+        table compare answer by answer in the UI (the experiment's Evaluation view, grouped by prompt). Logged once
+        per run: MLflow adds a second `log_table`'s rows to the first's (a resumed sweep closes its runs again)."""
+        folder = ANSWERS_TABLE.rpartition("/")[0]
+        if not answers.is_file() or any(a.path == ANSWERS_TABLE for a in self.mlc.list_artifacts(run_id, folder)):
             return
         record = json.loads(answers.read_text(encoding="utf-8"))
         rows = record["rows"]
