@@ -8,7 +8,7 @@ import pytest
 
 from adaptune.config import EvalConfig
 from adaptune.evaluation import MISSING, check_scorers, load_scorers, score_answers, scorer_code
-from adaptune.records import REPORTED_METRICS
+from adaptune.records import REPORTED_METRICS, TAKEN_NAMES
 
 pytestmark = pytest.mark.unit
 
@@ -62,13 +62,24 @@ def test_a_user_scorer_that_raises_on_one_answer_leaves_that_score_missing(tmp_p
         ("def mine(p, r, a):\n    raise RuntimeError('boom')\n", ["mine"], "raises RuntimeError", "return a float"),
         ("def mine(p, r, a):\n    return 'high'\n", ["mine"], "not a finite number", "return a float"),
         (None, ["eval_loss"], "has the name of a metric the trainer reports", "Rename"),
+        (None, ["answer"], "or a column of the results", "Rename"),
     ],
 )
 def test_validate_refuses_scorers_that_cannot_score(tmp_path, body, scorers, says, fix):
     cfg = EvalConfig(scorers=scorers, scorers_file=_scorers_file(tmp_path, body) if body else None)
-    (problem,) = check_scorers(cfg, "sweep.yaml", REPORTED_METRICS)
+    (problem,) = check_scorers(cfg, "sweep.yaml", (*REPORTED_METRICS, *TAKEN_NAMES))
     assert problem.key == "eval.scorers_file" if "load" in says else problem.key == "eval.scorers"
     assert says in problem.message and fix in problem.fix, problem
+
+
+def test_a_scorer_may_return_any_real_number_numpy_s_too(tmp_path):
+    path = _scorers_file(
+        tmp_path, "import numpy\n\ndef mine(prompt, reference, answer):\n    return numpy.float32(0.5)\n"
+    )
+    cfg = EvalConfig(scorers=["mine"], scorers_file=path)
+    assert check_scorers(cfg, "sweep.yaml", REPORTED_METRICS) == []
+    scored = score_answers([{"prompt": "p", "reference": "r"}], ["a"], load_scorers(cfg, scorer_code(cfg)))
+    assert scored.rows[0]["mine"] == 0.5 and not scored.failures
 
 
 def test_a_scorers_file_that_is_missing_is_named(tmp_path):

@@ -640,7 +640,7 @@ def eval_prompts(records: list[dict[str, Any]], tokenizer: Any, cfg: DataConfig)
         elif "messages" in record:
             messages = record["messages"]
             last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-            if last is None:
+            if not last:  # no assistant turn, or only an opening one: nothing it answers
                 continue
             prompt = tokenizer_render(tokenizer)(messages[:last], True)
             reference = messages[last]["content"]

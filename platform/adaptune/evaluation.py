@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -134,7 +135,7 @@ def check_scorers(cfg: EvalConfig, source: str, reserved: tuple[str, ...]) -> li
             Problem(
                 source,
                 "eval.scorers",
-                f"scorer {clash[0]!r} has the name of a metric the trainer reports",
+                f"scorer {clash[0]!r} has the name of a metric the trainer reports or a column of the results",
                 "Rename the function and its entry in eval.scorers",
             )
         ]
@@ -158,7 +159,7 @@ def check_scorers(cfg: EvalConfig, source: str, reserved: tuple[str, ...]) -> li
             continue
         try:
             value = fn(*sample)
-            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
             why = f"returns {short_repr(value)}, not a finite number"
         except Exception as e:  # noqa: BLE001 - the user's code
             ok, why = False, f"raises {type(e).__name__}: {short_repr(str(e))}"
@@ -193,7 +194,7 @@ def score_answers(prompts: list[dict[str, Any]], answers: list[str], scorers: di
         for name, fn in scorers.items():
             try:
                 value = fn(prompt["prompt"], prompt["reference"], answer)
-                if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                     raise ValueError(f"returned {short_repr(value)}, not a finite number")
                 row[name] = float(value)
             except Exception as e:  # noqa: BLE001 - a user scorer's bug must not end the trial
@@ -227,7 +228,10 @@ def generate_ids(
     from transformers import GenerationConfig
 
     sampling = {"do_sample": True, "temperature": ev.temperature} if ev.temperature > 0 else {"do_sample": False}
-    config = GenerationConfig(max_new_tokens=ev.max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_id, **sampling)
+    stops = stop_ids(model, eos_id)
+    config = GenerationConfig(
+        max_new_tokens=ev.max_new_tokens, pad_token_id=pad_id, eos_token_id=stops or None, **sampling
+    )
     n = batches if batches is not None else math.ceil(len(prompt_ids) / ev.batch_size)
     answers: list[list[int]] = []
     model.eval()
@@ -247,8 +251,17 @@ def generate_ids(
                 synced_gpus=synced_gpus,
             )
             for seq in out[: len(chunk), width:].tolist():
-                answers.append(seq[: seq.index(eos_id)] if eos_id in seq else seq)
+                end = next((i for i, t in enumerate(seq) if t in stops), len(seq))
+                answers.append(seq[:end])
     return answers
+
+
+def stop_ids(model: Any, eos_id: int | None) -> list[int]:
+    """The tokens an answer ends at: the tokenizer's EOS and the model's own (a chat model's end of turn, e.g.
+    `<|im_end|>` or `<|eot_id|>`, is in its generation config)."""
+    own = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    own = own if isinstance(own, list) else [own]
+    return list(dict.fromkeys(t for t in [eos_id, *own] if isinstance(t, int)))
 
 
 def answer_and_score(

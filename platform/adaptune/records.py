@@ -147,6 +147,23 @@ ROW_COLUMNS = ("trial", "steps", "wall_s", "status", "reason", "adapter")
 # (no other trial both better by search.metric and cheaper in worker-seconds).
 COST_COLUMNS = ("worker_s", "gpu_s", "tokens_trained", "peak_memory_mb", "adapter_mb", "trainable_params")
 PARETO = "pareto"
+# Names a user scorer (eval.scorers) may not take: the answers table's columns, a results row's, and the keys Ray
+# Tune adds to every result, besides the reported metrics.
+TAKEN_NAMES = (
+    "prompt",
+    "reference",
+    "answer",
+    *ROW_COLUMNS,
+    *COST_COLUMNS,
+    PARETO,
+    "trial_id",
+    "done",
+    "config",
+    "training_iteration",
+    "timestamp",
+    "time_total_s",
+    "checkpoint_dir_name",
+)
 
 
 @dataclass

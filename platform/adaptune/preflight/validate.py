@@ -35,7 +35,7 @@ from adaptune.preflight.architecture import (
 from adaptune.preflight.rules import check_compatibility, check_space_compatibility
 from adaptune.preflight.search_space import check_search, finite_values, target_candidates
 from adaptune.preflight.tokenizer_files import read_tokenizer_files, tokenizer_problems
-from adaptune.records import REPORTED_METRICS
+from adaptune.records import REPORTED_METRICS, TAKEN_NAMES
 from adaptune.tracking.server import check_tracking  # the server is asked over HTTP: no MLflow import
 
 HEAD_ROWS = 100
@@ -402,7 +402,7 @@ def check_eval(sweep: SweepConfig, source: str) -> list[Problem]:
     ev = sweep.eval
     if not ev.generates(sweep.data.format):
         return []
-    problems = check_scorers(ev, source, REPORTED_METRICS)
+    problems = check_scorers(ev, source, (*REPORTED_METRICS, *TAKEN_NAMES))
     try:
         files = find_data_files(sweep.data.path, "data.path")
         if sweep.data.eval_path:

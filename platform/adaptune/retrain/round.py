@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +174,16 @@ def assemble_training_set(
     if mode == "combine" and before is not None and not kept:
         log.info("retrain: champion version %s was not made by a retrain; training on the new drop alone", before)
     snapshots = [*[s for s in kept if s.digest != drop.digest], drop]
-    return before, snapshots, training_set(snapshots, r.home / "training")
+    training = training_set(snapshots, r.home / "training")
+    # The frozen and guard sets against all of it, before anything reaches MLflow: in `combine`, the champion's
+    # snapshots are trained on again, so an earlier drop cannot guard a combined round.
+    overlap = check_frozen(r.plan.sweep, r.plan.sweep_file, training=find_data_files(str(training), "data.path"))
+    if overlap:
+        if mode == "combine":
+            hint = " (data_mode combine trains on the champion's drops again: guard with data it never trains on)"
+            overlap = [replace(p, fix=p.fix + hint) for p in overlap]
+        raise DataError(overlap)
+    return before, snapshots, training
 
 
 def open_round(

@@ -258,6 +258,9 @@ def load_answering(spec: TrialSpec) -> Answering | None:
     prompts = load_eval_prompts(spec.data_dir, "validation", sweep.eval.samples)
     if not prompts:
         return None
+    room = sweep.data.max_seq_length - sweep.eval.max_new_tokens  # prompt and answer within what training used
+    if room > 0:
+        prompts = [{**p, "prompt_ids": p["prompt_ids"][-room:]} for p in prompts]
     tokenizer = load_tokenizer(sweep.model.path, sweep.model.trust_remote_code, sweep.model.revision)
     return Answering(prompts, tokenizer, load_scorers(sweep.eval, spec.scorer_code), sweep.eval)
 
