@@ -18,8 +18,8 @@ from .support.ray_nodes import alive_actors
 pytestmark = pytest.mark.integration
 
 
-def _write(tmp_path: Path, tiny_model: Path, search: dict, **train) -> tuple[Path, Path]:
-    cfg = sweep_config(tiny_model, train={"max_steps": 30, "eval_every": 5, **train})
+def _write(tmp_path: Path, tiny_model: Path, search: dict, answering: dict | None = None, **train) -> tuple[Path, Path]:
+    cfg = sweep_config(tiny_model, train={"max_steps": 30, "eval_every": 5, **train}, eval=answering or {})
     cfg["search"] = search
     sweep = write_yaml(tmp_path / "sweep.yaml", cfg)
     cluster = write_yaml(tmp_path / "cluster.yaml", cluster_config(tmp_path / "runs"))
@@ -160,8 +160,9 @@ def test_a_sweep_stopped_by_ctrl_c_and_then_by_a_killed_driver_resumes_each_time
 
 
 def test_trials_that_stop_improving_end_converged_alongside_asha(ray_cluster, tiny_model, tmp_path):
-    """`train.early_stopping` that no gain can satisfy (min_delta 10 nats, patience 2) ends each trial at its
-    third evaluation unless ASHA stops it first: `converged`, not `stopped early`, in the printed table,
+    """The search on a score of generated answers (`token_f1`, higher is better), which ASHA and early stopping
+    then work on: `train.early_stopping` that no gain can satisfy (min_delta 10, patience 2) ends each trial at
+    its third evaluation unless ASHA stops it first: `converged`, not `stopped early`, in the printed table,
     results.json and .csv, and MLflow (a finished run, tagged with the reason); a converged trial can win."""
     sweep, cluster = _write(
         tmp_path,
@@ -171,7 +172,10 @@ def test_trials_that_stop_improving_end_converged_alongside_asha(ray_cluster, ti
             "algorithm": "grid",
             "scheduler": "asha",
             "asha": {"grace_period": 1, "reduction_factor": 2},
+            "metric": "token_f1",
+            "mode": "max",
         },
+        answering={"samples": 4, "max_new_tokens": 8},
         max_steps=40,
         early_stopping={"patience": 2, "min_delta": 10.0},
     )
@@ -185,14 +189,15 @@ def test_trials_that_stop_improving_end_converged_alongside_asha(ray_cluster, ti
     for t in converged:
         assert t["steps"] == 15, t
         assert (
-            t["reason"] == "eval_loss did not improve by more than 10 in 2 evaluation round(s) after step 5 "
+            t["reason"] == "token_f1 did not improve by more than 10 in 2 evaluation round(s) after step 5 "
             "(train.early_stopping)"
         ), t["reason"]
-    assert all(t["adapter"] for t in converged)  # a converged trial's adapter can win (the best by eval_loss does)
-    assert results["winner"]["eval_loss"] == min(t["eval_loss"] for t in trials)
+    assert all(t["adapter"] for t in converged)  # a converged trial's adapter can win (the best by token_f1 does)
+    assert results["winner"]["token_f1"] == max(t["token_f1"] for t in trials)
+    assert "best token_f1" in r.stdout  # the table's metric column
     # No test split: the output says what the winner's figure is.
-    assert "test     the winner's eval_loss is a validation score, on the set it was chosen on" in r.stdout
-    assert results["held_out"].startswith("the winner's eval_loss is a validation score")
+    assert "test     the winner's token_f1 is a validation score, on the set it was chosen on" in r.stdout
+    assert results["held_out"].startswith("the winner's token_f1 is a validation score")
     assert " converged " in r.stdout and re.search(r"\| .*[1-9]\d* converged", r.stderr)  # the table; progress counts
     (sweep_dir,) = (tmp_path / "runs" / "test").glob("sweep-*")
     assert "converged" in (sweep_dir / "results.csv").read_text()
