@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gc
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ class Answering:
 def score_adapter(
     adapter_dir: Path,
     base_model: str,
-    examples: Examples,
+    examples: Examples | dict[str, Examples],
     pad_token_id: int,
     batch_size: int,
     *,
@@ -54,14 +54,32 @@ def score_adapter(
     trust_remote_code: bool = False,
     device: str = "cpu",
     answering: Answering | None = None,
-) -> HeldOutScore:
+) -> Any:
     """Token-weighted mean NLL of the adapter's responses on `examples`, base model in fp32, eval mode; with
-    `answering`, also its generated answers to those prompts, scored."""
+    `answering`, also its generated answers to those prompts, scored. `examples` may be several named sets
+    (a retrain's frozen set and guard sets): the model is loaded once and a score returned per set."""
+    trained_on = check_adapter_dir(adapter_dir).get("base_model_name_or_path")
+    model = load_peft_model(adapter_dir, base_model, revision, trust_remote_code, trained_on).to(device)
+    sets = examples if isinstance(examples, dict) else {"": examples}
+    out = {}
+    for name, rows in sets.items():
+        total, tokens = _nll(model, rows, pad_token_id, batch_size, device)
+        loss = total / tokens
+        out[name] = HeldOutScore(loss, math.exp(min(loss, 50.0)), tokens, len(rows))
+    if answering is not None and answering.prompts:
+        a = answering
+        scores = answer_and_score(model, a.prompts, a.tokenizer, a.scorers, a.settings, device).means
+        out = {name: replace(score, scores=scores, prompts=len(a.prompts)) for name, score in out.items()}
+    del model
+    gc.collect()
+    return out if isinstance(examples, dict) else out[""]
+
+
+def _nll(model: Any, examples: Examples, pad_token_id: int, batch_size: int, device: str) -> tuple[float, int]:
+    """Summed negative log-likelihood of the response tokens of `examples`, and how many there are."""
     import torch
     import torch.nn.functional as F
 
-    trained_on = check_adapter_dir(adapter_dir).get("base_model_name_or_path")
-    model = load_peft_model(adapter_dir, base_model, revision, trust_remote_code, trained_on).to(device)
     total, tokens = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
@@ -77,34 +95,21 @@ def score_adapter(
             flat = logits[:, :-1].reshape(-1, logits.size(-1))
             total += F.cross_entropy(flat, shifted.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum").item()
             tokens += int((shifted != IGNORE_INDEX).sum())
-    scores: dict[str, float] = {}
-    if answering is not None and answering.prompts:
-        a = answering
-        scores = answer_and_score(model, a.prompts, a.tokenizer, a.scorers, a.settings, device).means
-    del model
-    gc.collect()
-    loss = total / tokens
-    return HeldOutScore(
-        eval_loss=loss,
-        perplexity=math.exp(min(loss, 50.0)),
-        tokens=tokens,
-        examples=len(examples),
-        scores=scores,
-        prompts=len(answering.prompts) if answering else 0,
-    )
+    return total, tokens
 
 
 def score_adapters(
     cfg: SweepConfig,
-    examples: Examples,
+    examples: Examples | dict[str, Examples],
     pad_token_id: int,
     adapters: dict[str, str],
     batch_size: int,
     use_gpu: bool,
     answering: Answering | None = None,
-) -> dict[str, HeldOutScore]:
-    """Score each named adapter directory on `examples` with the sweep's base model, one after the other in this
-    one process. An adapter trained on another base model does not load (ConfigError naming it)."""
+) -> dict[str, Any]:
+    """Score each named adapter directory on `examples` (or on each of several named sets: {adapter: {set:
+    score}}) with the sweep's base model, one after the other in this one process, each loaded once. An adapter
+    trained on another base model does not load (ConfigError naming it)."""
     device = "cuda" if use_gpu else "cpu"
     return {
         name: score_adapter(

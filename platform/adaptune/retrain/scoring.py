@@ -54,4 +54,5 @@ def score_frozen(cfg: SweepConfig, adapters: dict[str, str], use_gpu: bool) -> d
     sets = {"frozen": frozen_examples(cfg, tokenizer)}
     for i, path in enumerate(cfg.retrain.guard_eval_paths):
         sets[path] = set_examples(cfg, tokenizer, path, f"retrain.guard_eval_paths[{i}]")
-    return {name: score_adapters(cfg, examples, pad_id, adapters, batch, use_gpu) for name, examples in sets.items()}
+    by_adapter = score_adapters(cfg, sets, pad_id, adapters, batch, use_gpu)  # each adapter loaded once
+    return {name: {adapter: by_adapter[adapter][name] for adapter in adapters} for name in sets}
