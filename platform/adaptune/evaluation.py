@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from adaptune.config import BUILTIN_SCORERS, EvalConfig, resolve_path
+from adaptune.config import BUILTIN_SCORERS, EvalConfig, SweepConfig, resolve_path
+from adaptune.data import load_eval_prompts, load_tokenizer
 from adaptune.errors import ConfigError, Problem, short_repr
 
 Scorer = Callable[[str, str, str], float]  # (prompt, reference, answer) -> score, higher is better
@@ -264,12 +265,43 @@ def stop_ids(model: Any, eos_id: int | None) -> list[int]:
     return list(dict.fromkeys(t for t in [eos_id, *own] if isinstance(t, int)))
 
 
-def answer_and_score(
-    model: Any, prompts: list[dict[str, Any]], tokenizer: Any, scorers: dict[str, Scorer], ev: EvalConfig, device: Any
-) -> ScoredAnswers:
+@dataclass(frozen=True)
+class Answering:
+    """What answering a set's evaluation prompts takes: the prompts, a tokenizer to decode, the scorers, `eval`."""
+
+    prompts: list[dict[str, Any]]
+    tokenizer: Any
+    scorers: dict[str, Scorer]
+    settings: EvalConfig
+
+
+def load_answering(cfg: SweepConfig, data_dir: str, split: str, code: tuple[str, str] | None) -> Answering | None:
+    """The first `eval.samples` prompts of a split of the run's prepared data (the validation split in training,
+    the test split for the finalists), each cut so that prompt and answer fit in `data.max_seq_length`, with the
+    tokenizer and scorers; None when the sweep's trials generate no answers."""
+    if not cfg.eval.generates(cfg.data.format):
+        return None
+    prompts = load_eval_prompts(data_dir, split, cfg.eval.samples)
+    if not prompts:
+        return None
+    room = cfg.data.max_seq_length - cfg.eval.max_new_tokens
+    if room > 0:
+        prompts = [{**p, "prompt_ids": p["prompt_ids"][-room:]} for p in prompts]
+    tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code, cfg.model.revision)
+    return Answering(prompts, tokenizer, load_scorers(cfg.eval, code), cfg.eval)
+
+
+def score_ids(answering: Answering, ids: list[list[int]]) -> ScoredAnswers:
+    """Decode each prompt's answer and score it."""
+    texts = [answering.tokenizer.decode(a, skip_special_tokens=True).strip() for a in ids]
+    return score_answers(answering.prompts, texts, answering.scorers)
+
+
+def answer_and_score(model: Any, answering: Answering, device: Any) -> ScoredAnswers:
     """Generate every prompt's answer with `model` in this one process and score them (a finalist on the test
     split, after the search)."""
-    ids = generate_ids(
-        model, [p["prompt_ids"] for p in prompts], int(tokenizer.pad_token_id), tokenizer.eos_token_id, ev, device
+    tok = answering.tokenizer
+    prompt_ids = [p["prompt_ids"] for p in answering.prompts]
+    return score_ids(
+        answering, generate_ids(model, prompt_ids, int(tok.pad_token_id), tok.eos_token_id, answering.settings, device)
     )
-    return score_answers(prompts, [tokenizer.decode(a, skip_special_tokens=True).strip() for a in ids], scorers)

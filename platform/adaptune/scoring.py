@@ -12,9 +12,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from adaptune.config import EvalConfig, SweepConfig
-from adaptune.data import IGNORE_INDEX, load_eval_prompts, load_tokenizer
-from adaptune.evaluation import answer_and_score, load_scorers
+from adaptune.config import SweepConfig
+from adaptune.data import IGNORE_INDEX
+from adaptune.evaluation import Answering, answer_and_score, load_answering
 from adaptune.merge import check_adapter_dir, load_peft_model
 
 Examples = list[tuple[list[int], list[int]]]  # (input ids, labels with IGNORE_INDEX on prompt tokens)
@@ -31,16 +31,6 @@ class HeldOutScore:
     examples: int
     scores: dict[str, float] = field(default_factory=dict)  # the generated answers' mean scores (eval), if any
     prompts: int = 0  # prompts answered for them
-
-
-@dataclass(frozen=True)
-class Answering:
-    """What scoring needs to generate answers too: the prompts of the set, a tokenizer to decode, the scorers."""
-
-    prompts: list[dict[str, Any]]
-    tokenizer: Any
-    scorers: dict[str, Any]
-    settings: EvalConfig
 
 
 def score_adapter(
@@ -67,9 +57,8 @@ def score_adapter(
         loss = total / tokens
         out[name] = HeldOutScore(loss, math.exp(min(loss, 50.0)), tokens, len(rows))
     if answering is not None and answering.prompts:
-        a = answering
-        scores = answer_and_score(model, a.prompts, a.tokenizer, a.scorers, a.settings, device).means
-        out = {name: replace(score, scores=scores, prompts=len(a.prompts)) for name, score in out.items()}
+        scores = answer_and_score(model, answering, device).means
+        out = {name: replace(score, scores=scores, prompts=len(answering.prompts)) for name, score in out.items()}
     del model
     gc.collect()
     return out if isinstance(examples, dict) else out[""]
@@ -149,9 +138,5 @@ def score_split(
     also their answers to the split's first `eval.samples` prompts, scored as in training. `pad_token_id`: the
     run's, as prepared."""
     examples = split_examples(data_dir, split)
-    answering = None
-    if cfg.eval.generates(cfg.data.format):
-        prompts = load_eval_prompts(data_dir, split, cfg.eval.samples)
-        tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code, cfg.model.revision)
-        answering = Answering(prompts, tokenizer, load_scorers(cfg.eval, scorer_code), cfg.eval)
+    answering = load_answering(cfg, data_dir, split, scorer_code)
     return score_adapters(cfg, examples, pad_token_id, adapters, cfg.train.eval_batch_size, use_gpu, answering)

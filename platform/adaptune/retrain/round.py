@@ -175,14 +175,13 @@ def assemble_training_set(
         log.info("retrain: champion version %s was not made by a retrain; training on the new drop alone", before)
     snapshots = [*[s for s in kept if s.digest != drop.digest], drop]
     training = training_set(snapshots, r.home / "training")
-    # The frozen and guard sets against all of it, before anything reaches MLflow: in `combine`, the champion's
-    # snapshots are trained on again, so an earlier drop cannot guard a combined round.
-    overlap = check_frozen(r.plan.sweep, r.plan.sweep_file, training=find_data_files(str(training), "data.path"))
+    # The frozen and guard sets against the champion's snapshots too, before anything reaches MLflow (take_drop
+    # checked the drop): in `combine` they are trained on again, so an earlier drop cannot guard such a round.
+    again = [f for snap in snapshots if snap.digest != drop.digest for f in find_data_files(snap.path, "data.path")]
+    overlap = check_frozen(r.plan.sweep, r.plan.sweep_file, training=again) if again else []
     if overlap:
-        if mode == "combine":
-            hint = " (data_mode combine trains on the champion's drops again: guard with data it never trains on)"
-            overlap = [replace(p, fix=p.fix + hint) for p in overlap]
-        raise DataError(overlap)
+        hint = " (data_mode combine trains on the champion's drops again: guard with data it never trains on)"
+        raise DataError([replace(p, fix=p.fix + hint) for p in overlap])
     return before, snapshots, training
 
 

@@ -24,8 +24,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from adaptune.config import EarlyStopping, EvalConfig, TrainConfig
-from adaptune.data import IGNORE_INDEX, load_eval_prompts, load_tokenizer
-from adaptune.evaluation import ScoredAnswers, Scorer, generate_ids, load_scorers, score_answers
+from adaptune.data import IGNORE_INDEX
+from adaptune.evaluation import Answering, ScoredAnswers, generate_ids, load_answering, score_ids
 from adaptune.names import ADAPTER_DIR, ANSWERS_FILE, PROBE_FILE, TRAINER_STATE
 from adaptune.records import Evaluation, TrialSpec, converged_reason, diverged_report
 from adaptune.worker.deepspeed_config import build_deepspeed_config
@@ -240,31 +240,6 @@ class Model:
     hf_ds_config: Any  # transformers' ZeRO-3 hook: must stay alive while the model lives
 
 
-@dataclass
-class Answering:
-    """What a worker needs to answer the evaluation prompts (`eval`) and score the answers."""
-
-    prompts: list[dict[str, Any]]  # the fixed validation prompts (data.eval_prompts), the same for every trial
-    tokenizer: Any  # to decode the answers
-    scorers: dict[str, Scorer]
-    settings: EvalConfig
-
-
-def load_answering(spec: TrialSpec) -> Answering | None:
-    """The evaluation prompts and scorers, when the sweep's trials generate answers (`eval`), else None."""
-    sweep = spec.sweep
-    if not sweep.eval.generates(sweep.data.format):
-        return None
-    prompts = load_eval_prompts(spec.data_dir, "validation", sweep.eval.samples)
-    if not prompts:
-        return None
-    room = sweep.data.max_seq_length - sweep.eval.max_new_tokens  # prompt and answer within what training used
-    if room > 0:
-        prompts = [{**p, "prompt_ids": p["prompt_ids"][-room:]} for p in prompts]
-    tokenizer = load_tokenizer(sweep.model.path, sweep.model.trust_remote_code, sweep.model.revision)
-    return Answering(prompts, tokenizer, load_scorers(sweep.eval, spec.scorer_code), sweep.eval)
-
-
 def generate_answers(model: Any, prompts: list[dict[str, Any]], me: Rank, ev: EvalConfig, eos_id: int | None):
     """Each prompt's answer as token ids (up to EOS), in prompt order, on every rank. Each rank answers its share
     (rank::world), every rank making the same number of generate calls; under ZeRO-3, whose parameters are
@@ -288,17 +263,15 @@ def generate_answers(model: Any, prompts: list[dict[str, Any]], me: Rank, ev: Ev
     return [merged[i] for i in range(len(prompts))]
 
 
-def answer_and_score(model: Any, answering: Answering, me: Rank) -> tuple[ScoredAnswers, float]:
+def answer_on_ranks(model: Any, answering: Answering, me: Rank) -> tuple[ScoredAnswers, float]:
     """This evaluation's answers, scored on rank 0 and the scores shared with every rank (each rank decides
     early stopping on them), and the seconds spent generating."""
     started = time.perf_counter()
-    tok = answering.tokenizer
-    ids = generate_answers(model, answering.prompts, me, answering.settings, tok.eos_token_id)
+    ids = generate_answers(model, answering.prompts, me, answering.settings, answering.tokenizer.eos_token_id)
     seconds = time.perf_counter() - started
     scored = [None]
     if me.rank == 0:
-        texts = [tok.decode(a, skip_special_tokens=True).strip() for a in ids]
-        scored = [score_answers(answering.prompts, texts, answering.scorers)]
+        scored = [score_ids(answering, ids)]
         for failure in scored[0].failures:
             log.warning("eval: %s; that score is missing for that answer", failure)
     dist.broadcast_object_list(scored, src=0)
@@ -311,7 +284,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     startup = {"worker_start_s": time.time() - spec.launched_at}  # trainer.fit() to this process running
     me = join_group(spec)
     train_ds, val_ds = load_data(spec, startup)
-    answering = load_answering(spec)
+    answering = load_answering(spec.sweep, spec.data_dir, "validation", spec.scorer_code)
     ds_config = build_deepspeed_config(spec.sweep, spec.cluster, me.world)
     model = build_model(spec, me, ds_config, startup)
     state = resume(spec, model)
@@ -468,7 +441,7 @@ def train(
         window_time += time.perf_counter() - started
         if step % t.eval_every == 0 or step == t.max_steps:
             eval_loss = _evaluate(engine, val_ds, me.rank, me.world, t.eval_batch_size, me.pad_id, me.device)
-            answers, generation_s = answer_and_score(model.peft, answering, me) if answering else (None, 0.0)
+            answers, generation_s = answer_on_ranks(model.peft, answering, me) if answering else (None, 0.0)
             evaluation = Evaluation(
                 step=step,
                 train_loss=(window[0] / window[2]).item(),
