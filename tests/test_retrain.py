@@ -1,6 +1,7 @@
 """Scheduled retraining for real, against the shared Ray cluster and `mlflow server`: round 1 makes the first
-champion, round 2 brings more data of the same kind, round 3 damaged data, round 4 round 3's data again; a
-second retrain started while round 2 runs is refused; rollback restores the previous champion."""
+champion, round 2 brings more data of the same kind, round 3 damaged data, round 4 round 3's data again, round 5
+a new task that forgets the old one; a second retrain started while round 2 runs is refused; rollback restores the
+previous champion."""
 
 from __future__ import annotations
 
@@ -30,10 +31,10 @@ def _aliases(mlc) -> dict[str, str]:
 
 @pytest.fixture(scope="module", params=["server", "embedded"])
 def rounds(request, ray_cluster, tiny_model, tmp_path_factory):
-    """All four rounds, one after the other, as a schedule would run them; what each printed and left behind.
+    """All five rounds, one after the other, as a schedule would run them; what each printed and left behind.
     Against an `mlflow server` on PostgreSQL; and rounds 1 and 2 (what each store does differently: the first
     champion, a promotion, the merged model, then rollback) on the embedded SQLite store a new user gets (which
-    hands model versions back as ints). Rounds 3 and 4 decide through the same registry calls as round 2."""
+    hands model versions back as ints). Rounds 3 to 5 decide through the same registry calls as round 2."""
     from mlflow import MlflowClient
 
     work = tmp_path_factory.mktemp(f"retrain-{request.param}")
@@ -95,7 +96,27 @@ def rounds(request, ray_cluster, tiny_model, tmp_path_factory):
     out["runs_before4"] = len(_retrain_runs(mlc))
     out[4] = retrain("--data", str(drops / "2026-11-03"))
     out["aliases4"] = _aliases(mlc)
+    out["runs_after4"] = len(_retrain_runs(mlc))
+    out["versions4"] = sorted(str(mv.version) for mv in mlc.search_model_versions(f"name = '{MODEL}'"))
+
+    # Round 5: the company's data moves to a new task (sums), and its frozen set with it; the old frozen set (the
+    # FAQ) becomes a guard set. The challenger, trained on the sums alone (`replace`), beats the champion on them
+    # by far, and has forgotten the FAQ it was not trained on: it must be kept out.
+    sums = _sum_rows(480)
+    write_jsonl(sums[:400], drops / "2026-11-04" / "sums.jsonl")
+    write_jsonl(sums[400:], work / "sums-frozen.jsonl")
+    new_task = (f"retrain.frozen_eval_path={work / 'sums-frozen.jsonl'}", f"retrain.guard_eval_paths=[{FROZEN}]")
+    out[5] = retrain("--data", str(drops), "--newest-drop", "retrain.data_mode=replace", *new_task)
+    out["aliases5"] = _aliases(mlc)
     return out
+
+
+def _sum_rows(n: int) -> list[dict[str, str]]:
+    """n instruction rows of another task than the FAQ, each a different sum."""
+    pairs = random.Random(5).sample([(a, b) for a in range(100) for b in range(100)], n)
+    return [
+        {"instruction": f"What is {a} plus {b}?", "input": "", "output": f"{a} plus {b} is {a + b}."} for a, b in pairs
+    ]
 
 
 def _retrain_runs(mlc) -> list:
@@ -109,7 +130,7 @@ def _ok(r) -> str:
 
 
 def _run_of(rounds, n: int):
-    """The MLflow retrain run of round n (rounds 1-3 each made one, in order)."""
+    """The n-th MLflow retrain run (rounds 1-3 and 5 each made one, in order)."""
     return _retrain_runs(rounds["mlc"])[n - 1]
 
 
@@ -206,9 +227,29 @@ def test_round3_damaged_data_leaves_the_champion_and_says_why_the_challenger_los
 def test_round4_same_data_again_is_a_no_op(rounds):
     out = _ok(rounds[4])
     assert "no-op" in out and "already trained on" in out
-    assert len(_retrain_runs(rounds["mlc"])) == rounds["runs_before4"]
+    assert rounds["runs_after4"] == rounds["runs_before4"]
     assert rounds["aliases4"] == rounds["aliases3"]
-    assert sorted(str(mv.version) for mv in rounds["mlc"].search_model_versions(f"name = '{MODEL}'")) == ["1", "2", "3"]
+    assert rounds["versions4"] == ["1", "2", "3"]
+
+
+@SERVER_ONLY
+def test_round5_a_challenger_better_on_the_frozen_set_that_forgets_a_guard_set_is_kept_out(rounds):
+    out = _ok(rounds[5])
+    run = _run_of(rounds, 4)  # round 4 made no run
+    champion, challenger = (run.data.metrics[f"{k}_frozen_eval_loss"] for k in ("champion", "challenger"))
+    assert challenger <= champion - MARGIN, (champion, challenger)  # better on the new frozen set, by the margin
+    g_champion, g_challenger = (run.data.metrics[f"guard0_{k}_eval_loss"] for k in ("champion", "challenger"))
+    assert g_challenger - g_champion > 0.02, (g_champion, g_challenger)  # ... and worse on the FAQ than allowed
+    assert rounds["aliases5"] == {"champion": "2", "previous-champion": "1", "challenger": "4"}
+    assert run.data.tags["adaptune.decision"] == "kept-champion" and "decision kept-champion" in out
+    forgot = (
+        f"but it forgets guard set {FROZEN} (eval_loss {g_challenger:.4f} against the champion's {g_champion:.4f}, "
+        f"worse by {g_challenger - g_champion:.4f} > guard_tolerance 0.02)"
+    )
+    reason = rounds["mlc"].get_model_version(MODEL, "4").tags["adaptune.retrain.reason"]
+    assert forgot in reason and forgot in run.data.tags["adaptune.decision_reason"] and forgot in out
+    assert f"beats the champion's {champion:.4f}" in reason
+    assert f"guard    {FROZEN}: eval_loss champion version 2: {g_champion:.4f}, challenger version 4:" in out
 
 
 def test_rollback_restores_the_previous_champion_and_is_recorded(rounds):
