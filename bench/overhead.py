@@ -51,7 +51,7 @@ def plain_loop(model_dir: Path, data_dir: Path, steps: int, batch: int, lr: floa
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        loss = model(**collate(train[next(batches)], pad_id, torch.device("cpu"))).loss
+        loss = model(**collate(train[next(batches)], pad_id, torch.device("cpu")).inputs).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -67,3 +67,38 @@ def test_missing_targets_list_what_exists(arch_model):
 def test_unknown_architecture_asks_for_a_list():
     with pytest.raises(ArchitectureError, match=r"no named target sets for model type 'mamba'.*explicit list.*: a.x"):
         resolve_target_modules("attention", "mamba", ["model.a.x"])
+
+
+def test_packed_examples_see_only_themselves_in_every_resolved_architecture(arch_model):
+    """A packed row (`data.packing`) gives each example the logits it has alone, under sdpa and eager
+    attention, for every architecture whose target sets adaptune resolves; without the boundaries it does not."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from adaptune.worker.train_loop import collate
+
+    _, model_dir = arch_model
+    a, b = torch.randint(5, 290, (7,)).tolist(), torch.randint(5, 290, (5,)).tolist()
+    cpu = torch.device("cpu")
+    for attention in ("sdpa", "eager"):
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation=attention).eval()
+        with torch.no_grad():
+            alone = [model(input_ids=torch.tensor([x])).logits[0] for x in (a, b)]
+            packed = collate({"input_ids": [a + b], "labels": [[]], "lengths": [[7, 5]]}, 0, cpu).inputs
+            together = model(**{**packed, "labels": None}).logits[0]
+            joined = model(input_ids=torch.tensor([a + b])).logits[0]
+        assert torch.allclose(together, torch.cat(alone), atol=1e-5), attention
+        assert not torch.allclose(joined[7:], alone[1], atol=1e-3), attention
+
+
+def test_an_attention_implementation_the_model_class_lacks_is_refused(tmp_path):
+    from adaptune.config import SweepConfig
+    from adaptune.preflight.validate import attention_problems
+
+    (tmp_path / "config.json").write_text('{"model_type": "gemma2"}')  # transformers has no sdpa for Gemma 2
+    sweep = SweepConfig.model_validate({"name": "t", "model": {"path": str(tmp_path)}, "data": {"path": "d"}})
+    (problem,) = attention_problems(sweep, "sweep.yaml")
+    assert problem.key == "train.attention" and "Gemma2ForCausalLM (gemma2) has no sdpa attention" in problem.message
+    assert problem.fix == "Use train.attention=eager"
+    eager = sweep.model_copy(update={"train": sweep.train.model_copy(update={"attention": "eager"})})
+    assert attention_problems(eager, "sweep.yaml") == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -209,9 +210,23 @@ def test_prepare_once_truncates_packs_and_reuses(tmp_path, tiny_model):
     assert len(train) == m.examples["train"] and max(len(x) for x in train["input_ids"]) <= 80
     again = prepare_dataset(cfg, str(tiny_model), tmp_path)
     assert again.path == m.path and len(list(tmp_path.iterdir())) == 1  # reused, not re-tokenized
-    packed = prepare_dataset(cfg.model_copy(update={"packing": True, "max_seq_length": 128}), str(tiny_model), tmp_path)
-    lengths = [len(x) for x in load_from_disk(f"{packed.path}/train")["input_ids"]]
-    assert packed.path != m.path and all(n == 128 for n in lengths[:-1])
+    packed = prepare_dataset(cfg.model_copy(update={"packing": True, "max_seq_length": 512}), str(tiny_model), tmp_path)
+    plain = prepare_dataset(cfg.model_copy(update={"max_seq_length": 512}), str(tiny_model), tmp_path)
+    rows = load_from_disk(f"{packed.path}/train")
+    examples = load_from_disk(f"{plain.path}/train")
+    assert packed.path != m.path and packed.examples["train"] < plain.examples["train"] / 2
+    # Whole examples, in order, each row at most max_seq_length; an example's first token is never a target.
+    assert all(len(ids) == sum(ls) <= 512 for ids, ls in zip(rows["input_ids"], rows["lengths"], strict=True))
+    assert [n for ls in rows["lengths"] for n in ls] == [len(x) for x in examples["input_ids"]]
+    assert [t for ids in rows["input_ids"] for t in ids] == [t for ids in examples["input_ids"] for t in ids]
+    flat = [lab for labels in rows["labels"] for lab in labels]
+    offsets = itertools.accumulate([0, *(len(x) for x in rows["input_ids"][:-1])])
+    starts = [o + sum(ls[:i]) for o, ls in zip(offsets, rows["lengths"], strict=True) for i in range(len(ls))]
+    assert all(flat[s] == -100 for s in starts)
+    # Validation and test are never packed: the same examples as without packing.
+    for split in ("validation", "test"):
+        assert packed.examples[split] == plain.examples[split]
+        assert "lengths" not in load_from_disk(f"{packed.path}/{split}").column_names
 
 
 # ---- files exported by common tools ----

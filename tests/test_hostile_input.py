@@ -447,6 +447,20 @@ CASES = [
         "Use a finite number",
     ),
     Case(
+        "packing-and-length-grouping-together",
+        _setting(data={"packing": True, "group_by_length": True}),
+        "data",
+        "packing and group_by_length are both on",
+        "Set one",
+    ),
+    Case(
+        "flash-attention-on-cpu-workers",
+        _setting(train={"attention": "flash_attention_2"}),
+        "train.attention",
+        "flash_attention_2 runs on GPUs only",
+        "Use train.attention=sdpa on CPU workers, or a GPU cluster profile",
+    ),
+    Case(
         "eval-every-beyond-max-steps",
         _setting(train={"max_steps": 10, "eval_every": 50}),
         "train",

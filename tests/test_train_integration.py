@@ -112,8 +112,11 @@ def test_qlora_trial_trains_on_a_4bit_base(ray_cluster, tiny_model, tmp_path):
     import torch
     from transformers import BitsAndBytesConfig
 
-    r, adapter, state = _train(tmp_path, tiny_model, quantization={"mode": "4bit"}, eval=ANSWERING)
+    r, adapter, state = _train(
+        tmp_path, tiny_model, quantization={"mode": "4bit"}, eval=ANSWERING, data={"group_by_length": True}
+    )
     assert state["quantized_layers"] == 14  # 7 linear layers x 2 blocks hold NF4 weights
+    assert 0 < state["history"][-1]["pad_share"] < 0.05  # length-grouped batches (about 0.2 without)
     assert min(h["eval_loss"] for h in state["history"]) < state["base_eval_loss"] - 0.2
     _answers(adapter, state, r)
     nf4 = BitsAndBytesConfig(
@@ -127,14 +130,17 @@ def test_qlora_trial_trains_on_a_4bit_base(ray_cluster, tiny_model, tmp_path):
 
 def test_zero3_trial_with_accumulation_gathers_a_full_adapter(ray_cluster, tiny_model, tmp_path):
     """Under ZeRO-3 each rank holds a shard of every LoRA weight; all ranks must gather it for saving, and take
-    part in generating every answer: the answers are the ones plain peft generates with the saved adapter."""
+    part in generating every answer: the answers are the ones plain peft generates with the saved adapter. It
+    trains on packed rows (the packed loss is unit-tested against the unpacked one)."""
     r, adapter, state = _train(
         tmp_path,
         tiny_model,
         zero_stage=3,
         train={"gradient_accumulation_steps": 2, "micro_batch_size": 4},
         eval=ANSWERING,
+        data={"packing": True, "max_seq_length": 512},
     )
+    assert state["history"][-1]["pad_share"] < 0.2  # packed rows of whole examples
     rows = _answers(adapter, state, r)
     _same_answers_with_plain_peft(tiny_model, adapter, rows, max_new_tokens=ANSWERING["max_new_tokens"])
     assert min(h["eval_loss"] for h in state["history"]) < state["base_eval_loss"] - 0.2

@@ -1,4 +1,5 @@
-"""Pieces of the worker loop that need no cluster: the LR schedule and resumable data order."""
+"""Pieces of the worker loop that need no cluster: the LR schedule, resumable (and length-grouped) data order,
+and packed batches that keep their examples apart."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import itertools
 import pytest
 
 from adaptune.config import EarlyStopping, TrainConfig
-from adaptune.worker.train_loop import divergence, lr_multiplier, plateau, train_batches
+from adaptune.worker.train_loop import collate, divergence, lr_multiplier, plateau, train_batches
+
+from .support import DEMO_DATA
 
 pytestmark = pytest.mark.unit
 
@@ -33,6 +36,55 @@ def test_batches_are_disjoint_across_ranks_and_resume_where_they_left_off():
     resumed = list(itertools.islice(train_batches(n, 0, world, bs, seed=1, start=17), 13))
     assert resumed == straight[17:]
     assert straight[12] != straight[0]  # a new epoch is reshuffled
+
+
+def test_length_grouped_batches_pad_less_cover_every_row_once_and_resume_where_they_left_off():
+    import random
+
+    n, world, bs = 1000, 2, 4
+    lengths = [random.Random(i).randint(5, 200) for i in range(n)]
+    per_epoch = (n // world) // bs  # 125 batches per rank
+
+    def padding(batches):
+        return sum(bs * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batches)
+
+    for rank in range(world):
+        grouped = list(itertools.islice(train_batches(n, rank, world, bs, 1, 0, lengths), per_epoch))
+        plain = list(itertools.islice(train_batches(n, rank, world, bs, 1, 0), per_epoch))
+        assert sorted(i for b in grouped for i in b) == sorted(i for b in plain for i in b)  # the same rows, once
+        assert padding(grouped) < padding(plain) / 4, (padding(grouped), padding(plain))
+    straight = list(itertools.islice(train_batches(n, 0, world, bs, 1, 0, lengths), 300))
+    assert list(itertools.islice(train_batches(n, 0, world, bs, 1, 170, lengths), 130)) == straight[170:]
+    assert straight[125:250] != straight[:125]  # a new epoch is regrouped from a new shuffle
+
+
+def test_a_packed_batch_takes_the_loss_its_examples_take_unpacked(tmp_path, tiny_model):
+    """Two packed rows of whole examples give the same per-token loss, within float error, as the same
+    examples in an ordinary padded batch: positions restart at each example and no token attends to another.
+    The same packed rows without their examples' boundaries (one long sequence) do not."""
+    import torch
+    from datasets import load_from_disk
+    from transformers import AutoModelForCausalLM
+
+    from adaptune.config import DataConfig
+    from adaptune.data import PACKED_LENGTHS, prepare_dataset
+
+    cfg = DataConfig(path=str(DEMO_DATA), max_seq_length=512)
+    packed_m = prepare_dataset(cfg.model_copy(update={"packing": True}), str(tiny_model), tmp_path)
+    plain_m = prepare_dataset(cfg, str(tiny_model), tmp_path)
+    packed, plain = load_from_disk(f"{packed_m.path}/train"), load_from_disk(f"{plain_m.path}/train")
+    rows = packed[[0, 1]]
+    k = sum(len(lengths) for lengths in rows[PACKED_LENGTHS])
+    assert k > 4 and [len(x) for x in plain[:k]["input_ids"]] == [n for ls in rows[PACKED_LENGTHS] for n in ls]
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).eval()
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        loss_packed = model(**collate(rows, 0, cpu).inputs).loss.item()
+        loss_plain = model(**collate(plain[:k], 0, cpu).inputs).loss.item()
+        joined = collate({"input_ids": rows["input_ids"], "labels": rows["labels"]}, 0, cpu).inputs
+        loss_joined = model(**joined).loss.item()
+    assert loss_packed == pytest.approx(loss_plain, abs=1e-5), (loss_packed, loss_plain)
+    assert abs(loss_joined - loss_plain) > 1e-3, (loss_joined, loss_plain)  # what packing without boundaries does
 
 
 def test_divergence_rule():

@@ -16,7 +16,7 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -690,10 +690,27 @@ class DataManifest:
         return m
 
 
-def _pack(examples: list[tuple[list[int], list[int]]], block: int) -> list[tuple[list[int], list[int]]]:
-    flat_ids = [t for ids, _ in examples for t in ids]
-    flat_labels = [t for _, labels in examples for t in labels]
-    return [(flat_ids[i : i + block], flat_labels[i : i + block]) for i in range(0, len(flat_ids), block)]
+Example = tuple[list[int], list[int]]  # (input_ids, labels)
+Block = tuple[list[int], list[int], list[int]]  # a packed row: (input_ids, labels, lengths of its examples)
+
+
+def pack_examples(
+    examples: Iterable[Example], block: int, open_block: Block | None = None
+) -> tuple[list[Block], Block | None]:
+    """Whole examples packed into rows of at most `block` tokens, in order, a new row started when the next one
+    does not fit (each example is at most `block` long already); each row records its examples' lengths, from
+    which a trial gives every example positions from 0 and an attention that does not cross into its
+    neighbours. An example's first token is never a target (predicting it from the previous example would be
+    learning across examples; unpacked, nothing predicts it either). Returns the full rows and the one still
+    open, to go on with the next chunk of examples."""
+    rows: list[Block] = []
+    ids, labels, lengths = open_block or ([], [], [])
+    for x, y in examples:
+        if ids and len(ids) + len(x) > block:
+            rows.append((ids, labels, lengths))
+            ids, labels, lengths = [], [], []
+        ids, labels, lengths = ids + x, labels + [IGNORE_INDEX] + y[1:], lengths + [len(x)]
+    return rows, ((ids, labels, lengths) if ids else None)
 
 
 def load_tokenizer(model_path: str, trust_remote_code: bool = False, revision: str | None = None) -> Any:
@@ -715,7 +732,8 @@ def load_tokenizer(model_path: str, trust_remote_code: bool = False, revision: s
 
 
 SPLIT_RULE = "by-prompt"  # rows with the same prompt on one side; part of the key, so older copies re-prepare
-LAYOUT = 2  # what a prepared copy holds (2: eval_prompts/ too); part of the key, so older copies re-prepare
+LAYOUT = 3  # what a prepared copy holds (2: eval_prompts/, 3: packed rows of whole examples); part of the key
+PACKED_LENGTHS = "lengths"  # a packed row's column: the lengths of the examples it holds, in order
 EVAL_PROMPTS_DIR = "eval_prompts"  # <prepared>/eval_prompts/<split>.json: the prompts answered in evaluation
 
 
@@ -756,12 +774,13 @@ def _tokenizer_id(tokenizer: Any) -> str:
 PREPARE_CHUNK = 4096  # rows tokenized and converted to Arrow at a time
 
 
-def _arrow_chunk(examples: list[tuple[list[int], list[int]]], features: Any) -> Any:
+def _arrow_chunk(examples: list[Example] | list[Block], features: Any) -> Any:
     from datasets import Dataset
 
-    return Dataset.from_dict(
-        {"input_ids": [e[0] for e in examples], "labels": [e[1] for e in examples]}, features=features
-    )
+    columns = {"input_ids": [e[0] for e in examples], "labels": [e[1] for e in examples]}
+    if PACKED_LENGTHS in features:
+        columns[PACKED_LENGTHS] = [e[2] for e in examples]  # type: ignore[misc]
+    return Dataset.from_dict(columns, features=features)
 
 
 def prepare_dataset(
@@ -782,34 +801,35 @@ def prepare_dataset(
 
     from datasets import Features, Sequence, Value, concatenate_datasets
 
-    features = Features({"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32"))})
     out_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=out_root))
     stats: dict[str, dict[str, int]] = {"examples": {}, "truncated": {}, "dropped": {}, "tokens": {}}
     for split, rows in records.splits.items():
+        packed = cfg.packing and split == "train"  # validation and test are scored example by example
+        columns = {"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32"))}
+        features = Features({**columns, **({PACKED_LENGTHS: Sequence(Value("int32"))} if packed else {})})
         # Tokenized a chunk at a time and turned into Arrow (int32) at once: Python lists of token ids cost
         # tens of bytes per token, which at a million rows is more memory than the machine has.
-        parts, carry, n, tokens, truncated, dropped = [], [], 0, 0, 0, 0
+        parts, open_block, n, tokens, truncated, dropped = [], None, 0, 0, 0, 0
         for start in range(0, len(rows), PREPARE_CHUNK):
-            examples = []
+            examples: list[Any] = []
             for ids, labels in tokenize_records(rows[start : start + PREPARE_CHUNK], tokenizer, cfg):
-                if len(ids) > cfg.max_seq_length and not cfg.packing:
+                if len(ids) > cfg.max_seq_length:
                     ids, labels = ids[: cfg.max_seq_length], labels[: cfg.max_seq_length]
                     truncated += 1
-                if all(lab == IGNORE_INDEX for lab in labels):
+                if all(lab == IGNORE_INDEX for lab in labels[1:]):
                     dropped += 1  # the prompt fills max_seq_length: no response token left to learn from
                     continue
                 examples.append((ids, labels))
-            if cfg.packing:  # full blocks now; the remainder goes on with the next chunk
-                examples = _pack(carry + examples, cfg.max_seq_length)
-                carry = [examples.pop()] if examples and len(examples[-1][0]) < cfg.max_seq_length else []
+            if packed:
+                examples, open_block = pack_examples(examples, cfg.max_seq_length, open_block)
             parts.append(_arrow_chunk(examples, features))
             n += len(examples)
             tokens += sum(len(e[0]) for e in examples)
-        if carry:
-            parts.append(_arrow_chunk(carry, features))
+        if open_block:
+            parts.append(_arrow_chunk([open_block], features))
             n += 1
-            tokens += len(carry[0][0])
+            tokens += len(open_block[0])
         parts = parts or [_arrow_chunk([], features)]
         concatenate_datasets(parts).save_to_disk(str(tmp / split))
         stats["examples"][split] = n

@@ -83,6 +83,7 @@ class Evaluation:
     generation_s: float = _metric("gen_s", ".2f")  # seconds spent generating this evaluation's answers (eval)
     trainable_params: int = _metric()
     tokens_trained: int = _metric("tokens", "d")  # non-padding tokens through the model in training, all workers
+    pad_share: float = _metric("pad", ".2f")  # padding's share of the training batches' token slots so far
     trainable_fraction: float = _metric()
     epoch: float = _metric()
     diverged: int = _metric(logged=False)  # 1 on the last report of a trial whose loss diverged

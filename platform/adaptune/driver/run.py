@@ -35,7 +35,7 @@ from adaptune.merge import merge_adapter
 from adaptune.names import DATA_DIR, RESULTS_JSON, TEST_METRIC, TRIALS_DIR, target_key
 from adaptune.preflight.architecture import ArchitectureError, target_modules_for
 from adaptune.preflight.search_space import target_candidates
-from adaptune.preflight.validate import MOSTLY_TRUNCATED, check_run, eval_samples_problems
+from adaptune.preflight.validate import MOSTLY_TRUNCATED, attention_problems, check_run, eval_samples_problems
 from adaptune.records import PreparedRun, SweepOutcome, TrialOutcome, generated_metrics
 from adaptune.scoring import score_split
 from adaptune.tracking.models import download_adapter, resolve_base
@@ -99,6 +99,9 @@ class Prepared:
 def prepare_inputs(plan: RunPlan) -> Prepared:
     """Tokenize the data once for the whole run and resolve the LoRA targets of every setting it may sample."""
     sweep, cluster = plan.sweep, plan.cluster
+    problems = attention_problems(sweep, plan.sweep_file)
+    if problems:
+        raise ConfigError(problems)
     started = time.perf_counter()
     manifest = prepare_dataset(
         sweep.data, sweep.model.path, plan.sweep_root / DATA_DIR, sweep.model.trust_remote_code, sweep.model.revision
@@ -115,7 +118,7 @@ def prepare_inputs(plan: RunPlan) -> Prepared:
         time.perf_counter() - started,
         manifest.path,
     )
-    truncated, examples = manifest.truncated.get("train", 0), manifest.examples["train"]
+    truncated, examples = manifest.truncated.get("train", 0), manifest.rows["train"]  # rows: packing or not
     if truncated > MOSTLY_TRUNCATED * examples:
         log.warning(
             "warning: %d of %d training examples were longer than data.max_seq_length=%d and were cut: raise it "
@@ -130,9 +133,11 @@ def prepare_inputs(plan: RunPlan) -> Prepared:
             Problem(
                 sweep.data.path,
                 "train.micro_batch_size",
-                f"the train split has {manifest.examples['train']} examples, fewer than one batch "
-                f"across {cluster.trial.num_workers} workers ({need})",
-                "Add data, or lower train.micro_batch_size or trial.num_workers",
+                f"the train split has {manifest.examples['train']} "
+                + ("packed rows" if manifest.packing else "examples")
+                + f", fewer than one batch across {cluster.trial.num_workers} workers ({need})",
+                "Add data, or lower train.micro_batch_size or trial.num_workers"
+                + (", or set data.packing=false" if manifest.packing else ""),
             )
         )
     scorers = None

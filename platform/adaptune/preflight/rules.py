@@ -11,7 +11,13 @@ from adaptune.errors import Problem
 from adaptune.preflight.search_space import apply_values, finite_values
 
 # The settings whose combination `check_compatibility` judges
-COMPAT_KEYS = ("quantization.mode", "quantization.quant_storage", "quantization.compute_dtype", "train.precision")
+COMPAT_KEYS = (
+    "quantization.mode",
+    "quantization.quant_storage",
+    "quantization.compute_dtype",
+    "train.precision",
+    "train.attention",
+)
 
 
 def check_compatibility(sweep: SweepConfig, cluster: ClusterProfile, source: str, cluster_source: str) -> list[Problem]:
@@ -46,6 +52,15 @@ def check_compatibility(sweep: SweepConfig, cluster: ClusterProfile, source: str
                 "deepspeed.offload_params",
                 "quantized weights cannot be offloaded by ZeRO-3",
                 "Set offload_params: false",
+            )
+        )
+    if sweep.train.attention == "flash_attention_2" and not cluster.trial.use_gpu:
+        problems.append(
+            Problem(
+                source,
+                "train.attention",
+                "flash_attention_2 runs on GPUs only (got it with CPU workers)",
+                "Use train.attention=sdpa on CPU workers, or a GPU cluster profile (clusters/gpu-node.yaml)",
             )
         )
     if resolve_precision(sweep, cluster) == "fp16" and not cluster.trial.use_gpu:

@@ -4,6 +4,7 @@ model exist, the head of the data parses, target modules exist, trials fit the c
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import re
 from pathlib import Path
@@ -110,6 +111,54 @@ def check_model(sweep: SweepConfig, source: str) -> list[Problem]:
                     )
                 )
     return problems
+
+
+def check_attention(sweep: SweepConfig, source: str) -> list[Problem]:
+    """flash_attention_2 (as `train.attention` or a searched value) needs the flash-attn package: a warning
+    where it is not installed, since the GPU workers may have it where this runs does not. (Whether the model
+    has the implementation is `attention_problems`', asked where transformers is imported anyway.)"""
+    wanted = {sweep.train.attention, *(finite_values(sweep.search.space, "train.attention") or [])}
+    if "flash_attention_2" not in wanted or importlib.util.find_spec("flash_attn") is not None:
+        return []
+    return [
+        Problem(
+            source,
+            "train.attention",
+            "flash_attention_2 needs the flash-attn package, which is not installed here",
+            "Install flash-attn on the GPU nodes (pip install flash-attn), or use train.attention=sdpa",
+            warning=True,
+        )
+    ]
+
+
+ATTENTION_FLAGS = {"sdpa": "_supports_sdpa", "flash_attention_2": "_supports_flash_attn"}  # transformers' own
+
+
+def attention_problems(sweep: SweepConfig, source: str) -> list[Problem]:
+    """The attention implementations asked for (`train.attention` and its searched values) exist for the
+    model's class in the installed transformers (imports it: the run asks this before any trial starts)."""
+    wanted = {sweep.train.attention, *(finite_values(sweep.search.space, "train.attention") or [])} & set(
+        ATTENTION_FLAGS
+    )
+    try:
+        model_type = read_model_type(resolve_path(sweep.model.path))
+    except ArchitectureError:
+        return []  # a hub model, or one check_model already refused
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    model_class = getattr(transformers, name, None) if isinstance(name, str) else None
+    return [
+        Problem(
+            source,
+            "train.attention",
+            f"{name} ({model_type}) has no {attention} attention in transformers {transformers.__version__}",
+            "Use train.attention=eager" + ("" if attention == "sdpa" else " or sdpa"),
+        )
+        for attention in sorted(wanted)
+        if model_class is not None and not getattr(model_class, ATTENTION_FLAGS[attention], False)
+    ]
 
 
 def _rank_problems(
@@ -376,7 +425,7 @@ def check_run(
     problems = []
     if sweep is not None:
         problems += check_model(sweep, sweep_file) + check_data(sweep, sweep_file) + check_search(sweep, sweep_file)
-        problems += check_eval(sweep, sweep_file)
+        problems += check_eval(sweep, sweep_file) + check_attention(sweep, sweep_file)
     if cluster is not None:
         problems += (
             check_resources(cluster, cluster_source)
@@ -475,30 +524,29 @@ def check_examples(sweep: SweepConfig, cluster: ClusterProfile, source: str) -> 
             lengths.append(sum(n for n, _ in sizes))
             prompts.append(next((sum(n for n, _ in sizes[:i]) for i, (_, r) in enumerate(sizes) if r), 0))
     found = []
-    if not d.packing:
-        truncated = sum(n > d.max_seq_length for n in lengths)
-        if all(p >= d.max_seq_length for p in prompts) and d.mask_prompt:
-            return [
-                Problem(
-                    source,
-                    "data.max_seq_length",
-                    f"every prompt of the first {len(head)} rows fills max_seq_length={d.max_seq_length}: no "
-                    "response token is left to learn from",
-                    "Raise data.max_seq_length",
-                )
-            ]
-        if truncated > MOSTLY_TRUNCATED * len(lengths):
-            longest = sorted(lengths)[len(lengths) // 2]
-            found.append(
-                Problem(
-                    source,
-                    "data.max_seq_length",
-                    f"{truncated} of the first {len(lengths)} examples are longer than max_seq_length="
-                    f"{d.max_seq_length} tokens and will be cut (half are longer than {longest}), losing their ends",
-                    f"Raise data.max_seq_length (to about {max(lengths)} to keep them whole), or shorten the rows",
-                    warning=True,
-                )
+    truncated = sum(n > d.max_seq_length for n in lengths)
+    if all(p >= d.max_seq_length for p in prompts) and d.mask_prompt:
+        return [
+            Problem(
+                source,
+                "data.max_seq_length",
+                f"every prompt of the first {len(head)} rows fills max_seq_length={d.max_seq_length}: no "
+                "response token is left to learn from",
+                "Raise data.max_seq_length",
             )
+        ]
+    if truncated > MOSTLY_TRUNCATED * len(lengths):
+        longest = sorted(lengths)[len(lengths) // 2]
+        found.append(
+            Problem(
+                source,
+                "data.max_seq_length",
+                f"{truncated} of the first {len(lengths)} examples are longer than max_seq_length="
+                f"{d.max_seq_length} tokens and will be cut (half are longer than {longest}), losing their ends",
+                f"Raise data.max_seq_length (to about {max(lengths)} to keep them whole), or shorten the rows",
+                warning=True,
+            )
+        )
     complete = all(len(records) < HEAD_ROWS for records, _ in heads)
     return found + _check_batch(sweep, cluster, source, files, head, complete)
 

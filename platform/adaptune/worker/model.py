@@ -52,6 +52,7 @@ def load_base_model(sweep: SweepConfig, cluster: ClusterProfile, device: torch.d
         "trust_remote_code": sweep.model.trust_remote_code,
         "revision": sweep.model.revision,
         "use_safetensors": True,
+        "attn_implementation": sweep.train.attention,
     }
     qcfg = quantization_config(sweep, cluster)
     if qcfg is not None:

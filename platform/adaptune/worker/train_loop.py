@@ -23,8 +23,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from adaptune.config import EarlyStopping, EvalConfig, TrainConfig
-from adaptune.data import IGNORE_INDEX
+from adaptune.config import EarlyStopping, EvalConfig, TrainConfig, resolve_precision
+from adaptune.data import IGNORE_INDEX, PACKED_LENGTHS
 from adaptune.evaluation import Answering, ScoredAnswers, generate_ids, load_answering, score_ids
 from adaptune.names import ADAPTER_DIR, ANSWERS_FILE, PROBE_FILE, TRAINER_STATE
 from adaptune.records import Evaluation, TrialSpec, converged_reason, diverged_report
@@ -83,24 +83,64 @@ def lr_multiplier(step: int, t: TrainConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def train_batches(n: int, rank: int, world: int, batch_size: int, seed: int, start: int) -> Iterator[list[int]]:
+GROUP_BATCHES = 50  # length-grouped batching sorts each group of this many batches by length (as transformers')
+
+
+def train_batches(
+    n: int, rank: int, world: int, batch_size: int, seed: int, start: int, lengths: list[int] | None = None
+) -> Iterator[list[int]]:
     """Endless per-rank micro-batches of row indices, reshuffled each epoch, skipping the first `start`.
 
     Ranks get disjoint, equal-length slices of each epoch's permutation, so resuming from a step count
-    lands on exactly the batches that come next without touching the data.
+    lands on exactly the batches that come next without touching the data. With the rows' `lengths`
+    (`data.group_by_length`), each group of GROUP_BATCHES batches holds rows of similar length, and the
+    batches come in shuffled order.
     """
     per_epoch = (n // world) // batch_size
     epoch, offset = divmod(start, per_epoch)
     while True:
         g = torch.Generator().manual_seed(seed + epoch)
         mine = torch.randperm(n, generator=g)[rank::world][: per_epoch * batch_size].tolist()
+        if lengths is not None:
+            mine = _grouped_by_length(mine, lengths, batch_size, g)
         for b in range(offset, per_epoch):
             yield mine[b * batch_size : (b + 1) * batch_size]
         epoch, offset = epoch + 1, 0
 
 
-def collate(rows: dict[str, list[list[int]]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Pad a batch of tokenized rows to its longest row."""
+def _grouped_by_length(rows: list[int], lengths: list[int], batch_size: int, g: torch.Generator) -> list[int]:
+    """`rows` reordered so that each consecutive `batch_size` holds rows of similar length: sorted by length
+    within each group of GROUP_BATCHES batches, then the batches shuffled."""
+    group = batch_size * GROUP_BATCHES
+    batches = []
+    for start in range(0, len(rows), group):
+        ordered = sorted(rows[start : start + group], key=lambda i: -lengths[i])
+        batches += [ordered[b : b + batch_size] for b in range(0, len(ordered), batch_size)]
+    return [i for b in torch.randperm(len(batches), generator=g).tolist() for i in batches[b]]
+
+
+def row_lengths(ds: Any) -> list[int]:
+    """The token count of every row of a prepared split, read from its Arrow column (no row is decoded)."""
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(ds.data.column("input_ids")).to_pylist()
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A padded micro-batch: the model's inputs, and how many of its token slots hold real tokens."""
+
+    inputs: dict[str, Any]
+    tokens: int
+    slots: int
+
+
+def collate(rows: dict[str, list[list[int]]], pad_id: int, device: torch.device) -> Batch:
+    """Pad a batch of tokenized rows to its longest row. Rows packed from several examples (`data.packing`)
+    carry their examples' lengths: they get position ids that restart at every example and no attention mask,
+    from which transformers builds an attention in which no token sees another example (a block-diagonal
+    causal mask; flash attention's variable-length kernel on GPUs). The padding after them is a segment of its
+    own, which no real token sees."""
     longest = max(len(x) for x in rows["input_ids"])
     ids = torch.full((len(rows["input_ids"]), longest), pad_id, dtype=torch.long)
     labels = torch.full_like(ids, IGNORE_INDEX)
@@ -109,7 +149,49 @@ def collate(rows: dict[str, list[list[int]]], pad_id: int, device: torch.device)
         ids[i, : len(x)] = torch.tensor(x)
         labels[i, : len(y)] = torch.tensor(y)
         mask[i, : len(x)] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+    tokens = int(mask.sum())
+    inputs: dict[str, Any] = {"input_ids": ids.to(device), "labels": labels.to(device)}
+    if PACKED_LENGTHS in rows:
+        positions = torch.zeros_like(ids)
+        for i, lengths in enumerate(rows[PACKED_LENGTHS]):
+            segments = [*lengths, longest - sum(lengths)]
+            positions[i] = torch.cat([torch.arange(n) for n in segments])
+        inputs.update(position_ids=positions.to(device), use_cache=False)
+    else:
+        inputs["attention_mask"] = mask.to(device)
+    return Batch(inputs, tokens, ids.numel())
+
+
+PACKED_TOLERANCE = {"fp32": 1e-3, "bf16": 3e-2, "fp16": 3e-2}  # relative, for check_packing's logits
+
+
+def check_packing(engine: Any, train_ds: Any, me: Rank, precision: str) -> None:
+    """Before training on packed rows: the model must give a packed example the logits it gives that example
+    alone (its positions restarted, nothing attended across). transformers builds that attention from the
+    position ids for the models that use its masking code; a model that does not (remote code, say) would
+    silently train across examples, so this refuses it. Every rank runs the same forward passes."""
+    probe = next((i for i in range(min(len(train_ds), 64)) if len(train_ds[i][PACKED_LENGTHS]) > 1), None)
+    if probe is None:
+        return  # no row holds two examples (every example nearly max_seq_length long): nothing crosses
+    row = train_ds[[probe]]
+    first, second = row[PACKED_LENGTHS][0][:2]
+    alone = {"input_ids": [row["input_ids"][0][first : first + second]], "labels": [[]]}
+    engine.eval()
+    with torch.no_grad():
+        got = _logits(engine, row, me)[first : first + second]
+        want = _logits(engine, alone, me)
+    engine.train()
+    err = (got - want).abs().max().item()
+    if err > PACKED_TOLERANCE[precision] * (1.0 + want.abs().max().item()):
+        raise ValueError(
+            f"data.packing: this model's attention lets a packed example see the one before it (its logits move "
+            f"by {err:.3g} against the example alone), so training would cross examples. Set data.packing=false "
+            "(data.group_by_length cuts padding without packing)"
+        )
+
+
+def _logits(engine: Any, rows: dict[str, list], me: Rank) -> torch.Tensor:
+    return engine(**{**collate(rows, me.pad_id, me.device).inputs, "labels": None}).logits[0].float()
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -129,7 +211,7 @@ def _evaluate(engine: Any, val: Any, rank: int, world: int, batch_size: int, pad
         for b in range(n_batches):
             chunk = mine[b * batch_size : (b + 1) * batch_size]
             weight = 1.0 if chunk else 0.0
-            batch = collate(val[chunk or [0]], pad_id, device)
+            batch = collate(val[chunk or [0]], pad_id, device).inputs
             logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             labels = batch["labels"][:, 1:]
             loss = F.cross_entropy(
@@ -403,28 +485,34 @@ def train(
     t, search = spec.sweep.train, spec.sweep.search
     if "converged" in state:  # resumed after its last report: it had already ended
         return
+    if spec.sweep.data.packing:
+        check_packing(engine, train_ds, me, resolve_precision(spec.sweep, spec.cluster))
     if state["base_eval_loss"] is None:  # the untouched base model, the bar every trial must clear
         state["base_eval_loss"] = _evaluate(engine, val_ds, me.rank, me.world, t.eval_batch_size, me.pad_id, me.device)
     gas = t.gradient_accumulation_steps
     step = state["step"]
-    batches = train_batches(len(train_ds), me.rank, me.world, t.micro_batch_size, t.seed, start=step * gas)
+    lengths = row_lengths(train_ds) if spec.sweep.data.group_by_length else None
+    batches = train_batches(len(train_ds), me.rank, me.world, t.micro_batch_size, t.seed, step * gas, lengths)
     window = torch.zeros(3, dtype=torch.float64, device=me.device)  # loss sum, tokens, steps since report
     window_time = 0.0
     while step < t.max_steps:
         started = time.perf_counter()
-        step_stats = torch.zeros(3, dtype=torch.float64, device=me.device)  # loss, tokens, non-finite
+        step_stats = torch.zeros(4, dtype=torch.float64, device=me.device)  # loss, tokens, non-finite, slots
         for _ in range(gas):
             batch = collate(train_ds[next(batches)], me.pad_id, me.device)
-            loss = engine(**batch).loss
+            loss = engine(**batch.inputs).loss
             engine.backward(loss)
             engine.step()
             step_stats[0] += loss.detach().double() / gas
-            step_stats[1] += batch["attention_mask"].sum()
+            step_stats[1] += batch.tokens
+            step_stats[3] += batch.slots
         step_stats[2] = 0.0 if torch.isfinite(step_stats[0]) else 1.0
         step_stats[0] = torch.nan_to_num(step_stats[0], nan=0.0, posinf=0.0, neginf=0.0)
         dist.all_reduce(step_stats)
         step += 1
         state["tokens_trained"] = state.get("tokens_trained", 0) + int(step_stats[1].item())
+        state["token_slots"] = state.get("token_slots", 0) + int(step_stats[3].item())
+        state["pad_slots"] = state.get("pad_slots", 0) + int((step_stats[3] - step_stats[1]).item())
         reason = divergence(step_stats[2].item() > 0, (step_stats[0] / me.world).item(), state["base_eval_loss"])
         if reason:
             # Stop at once, without raising: Ray Train would retry a raised error, and diverge again.
@@ -455,6 +543,7 @@ def train(
                 generation_s=generation_s,
                 trainable_params=model.trainable,
                 tokens_trained=state["tokens_trained"],
+                pad_share=state["pad_slots"] / state["token_slots"],
                 trainable_fraction=model.trainable / model.total,
                 epoch=step * gas * t.micro_batch_size * me.world / len(train_ds),
                 diverged=0,
