@@ -87,6 +87,35 @@ def test_a_packed_batch_takes_the_loss_its_examples_take_unpacked(tmp_path, tiny
     assert abs(loss_joined - loss_plain) > 1e-3, (loss_joined, loss_plain)  # what packing without boundaries does
 
 
+def test_a_packed_trial_refuses_a_model_that_lets_examples_see_each_other(tmp_path, tiny_model):
+    """The check a packed trial runs on its model before training: the tiny Llama passes; the same model
+    behind a forward that drops the position ids (as a model whose code ignores them would) is refused."""
+    import torch
+    from datasets import load_from_disk
+    from transformers import AutoModelForCausalLM
+
+    from adaptune.config import DataConfig
+    from adaptune.data import prepare_dataset
+    from adaptune.worker.train_loop import Rank, check_packing
+
+    m = prepare_dataset(DataConfig(path=str(DEMO_DATA), max_seq_length=512, packing=True), str(tiny_model), tmp_path)
+    rows = load_from_disk(f"{m.path}/train")
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
+    me = Rank(0, 1, torch.device("cpu"), False, m.pad_token_id)
+    check_packing(model, rows, me, "fp32")
+
+    class IgnoresPositions(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, position_ids=None, **inputs):
+            return self.inner(**inputs)
+
+    with pytest.raises(ValueError, match=r"data.packing: this model's attention lets a packed example see the one"):
+        check_packing(IgnoresPositions(model), rows, me, "fp32")
+
+
 def test_divergence_rule():
     assert divergence(True, 0.0, 5.0) == "NaN/inf loss"
     assert divergence(False, 16.0, 5.0) == "loss 16 exploded (over 3x the base model's 5)"
