@@ -42,14 +42,14 @@ def test_bad_paths_get_suggestions():
             "lora.rank": {"choice": [8]},
             "train.lr": {"choice": [1e-4]},
             "data.max_seq_length": {"choice": [128]},
-            "optimizer.beta": {"choice": [0.9]},
+            "adam.beta1": {"choice": [0.9]},
         }
     ) == [
         "s.yaml: search.space.lora.rank: unknown key. Did you mean `lora.r`?",
         "s.yaml: search.space.train.lr: unknown key. Did you mean `train.learning_rate`?",
         "s.yaml: search.space.data.max_seq_length: data settings cannot be searched. The data is prepared once "
         "per sweep; run one sweep per model/data choice",
-        "s.yaml: search.space.optimizer.beta: unknown key. Searchable keys start with lora, quantization, train",
+        "s.yaml: search.space.adam.beta1: unknown key. Searchable keys start with lora, quantization, train",
     ]
 
 

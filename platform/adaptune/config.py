@@ -160,6 +160,26 @@ class LoraConfig(_Section):
         "`all-linear`) or an explicit list of module names (`[q_proj, v_proj]`).",
     )
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases are trained.")
+    use_dora: bool = Field(
+        False,
+        description="DoRA: learn each adapted weight's magnitude apart from its direction (a magnitude vector "
+        "per layer on top of LoRA's A and B; slower steps).",
+    )
+    use_rslora: bool = Field(
+        False,
+        description="rsLoRA: scale the update by alpha / sqrt(r) instead of alpha / r, so that higher ranks keep "
+        "learning. With `lora.alpha: {multiple_of_rank: k}` the scale is then k * sqrt(r).",
+    )
+    init: Literal["default", "gaussian", "pissa", "olora", "loftq", "eva"] = Field(
+        "default",
+        description="How A and B start: `default` (A Kaiming-uniform, B zero: the update starts at 0), "
+        "`gaussian` (A Gaussian), `pissa` (A and B from the weight's top singular vectors, the rest left in "
+        "the base), `olora` (from a QR decomposition of the weight), `loftq` (QLoRA: A and B that cancel "
+        "the 4-bit quantization error; needs `quantization.mode: 4bit`), `eva` (data-driven: the top "
+        "singular vectors of each layer's inputs on training batches, ranks redistributed across layers). "
+        "pissa and olora change the base weights they train on: their adapter is saved converted to a plain "
+        "LoRA of rank 2r on the unchanged base, so it loads, merges and serves like any other.",
+    )
 
     @model_validator(mode="after")
     def _target_modules_well_formed(self) -> LoraConfig:
@@ -230,6 +250,18 @@ class TrainConfig(_Section):
     seed: int = Field(0, description="Seed for model init of the adapter and data order.")
     precision: Dtype = Field("auto", description="`auto`: bf16 on GPU, fp32 on CPU.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit"] = Field(
+        "adamw",
+        description="`adamw` (DeepSpeed's, fused on GPUs), `adamw_8bit` (bitsandbytes: optimizer state in 8 "
+        "bits for tensors of at least 4096 elements), `paged_adamw` and `paged_adamw_8bit` (QLoRA's paged "
+        "optimizers: state in CUDA unified memory, paged out under memory pressure; GPU workers only).",
+    )
+    loraplus_lr_ratio: float | None = Field(
+        None,
+        gt=0,
+        description="LoRA+: the B matrices learn at this many times `learning_rate` (the paper suggests 16); "
+        "empty: one learning rate for all.",
+    )
     attention: Literal["sdpa", "eager", "flash_attention_2"] = Field(
         "sdpa",
         description="The attention implementation: `sdpa` (torch's scaled dot-product attention), `eager` "

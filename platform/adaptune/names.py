@@ -35,6 +35,9 @@ DATA_DIR = "data"  # <storage>/<sweep name>/data: the data prepared once per run
 TRAINER_STATE = "trainer_state.json"  # in each checkpoint: step, history of evaluations, restarts
 ADAPTER_DIR = "adapter"  # in each checkpoint: the adapter alone
 PROBE_FILE = "probe.safetensors"  # in each checkpoint: a few logits to check a reloaded adapter against
+# In a pissa/olora trial's checkpoint: the adapter as trained (on the decomposed base), to resume from; its
+# adapter/ holds it converted to a plain LoRA on the unchanged base.
+TRAINED_ADAPTER_FILE = "trained_adapter.safetensors"
 ANSWERS_FILE = "answers.json"  # in each checkpoint: that evaluation's generated answers and their scores
 ANSWERS_TABLE = "eval/answers.json"  # a trial run's MLflow table of them (prompt, reference, answer, scores)
 ADAPTER_CONFIG = "adapter_config.json"  # peft's files of an adapter (safetensors only, never pickles)

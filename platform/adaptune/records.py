@@ -80,6 +80,7 @@ class Evaluation:
     step_time_s: float = _metric("step_s", ".3f")
     learning_rate: float = _metric()
     peak_memory_mb: float = _metric("peak_MB", ".0f")
+    optimizer_state_mb: float = _metric("opt_MB", ".2f")  # optimizer state held by all workers together
     generation_s: float = _metric("gen_s", ".2f")  # seconds spent generating this evaluation's answers (eval)
     trainable_params: int = _metric()
     tokens_trained: int = _metric("tokens", "d")  # non-padding tokens through the model in training, all workers
@@ -146,7 +147,16 @@ ROW_COLUMNS = ("trial", "steps", "wall_s", "status", "reason", "adapter")
 # What a trial cost, in its results row besides wall_s: worker-seconds (wall time x workers; GPU-seconds on GPUs),
 # tokens trained, peak memory, adapter size, trainable parameters; and whether it is in the sweep's Pareto set
 # (no other trial both better by search.metric and cheaper in worker-seconds).
-COST_COLUMNS = ("worker_s", "gpu_s", "tokens_trained", "peak_memory_mb", "adapter_mb", "trainable_params")
+COST_COLUMNS = (
+    "worker_s",
+    "gpu_s",
+    "tokens_trained",
+    "peak_memory_mb",
+    "optimizer_state_mb",
+    "adapter_mb",
+    "trainable_params",
+    "pad_share",
+)
 PARETO = "pareto"
 # Names a user scorer (eval.scorers) may not take: the answers table's columns, a results row's, and the keys Ray
 # Tune adds to every result, besides the reported metrics.

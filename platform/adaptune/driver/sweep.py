@@ -267,8 +267,10 @@ def collect_results(
             "gpu_s": round(wall * trial.num_workers * trial.gpus_per_worker, 1) if trial and trial.use_gpu else None,
             "tokens_trained": _int(_most(evaluations, "tokens_trained")),
             "peak_memory_mb": _most(evaluations, "peak_memory_mb"),
+            "optimizer_state_mb": _most(evaluations, "optimizer_state_mb"),
             "adapter_mb": round(_size_mb(Path(adapter)), 3) if adapter else None,
             "trainable_params": _int(_most(evaluations, "trainable_params")),
+            "pad_share": evaluations[-1].get("pad_share") if evaluations else None,  # over the whole trial
         }
         rows.append(
             {

@@ -17,7 +17,12 @@ COMPAT_KEYS = (
     "quantization.compute_dtype",
     "train.precision",
     "train.attention",
+    "train.optimizer",
+    "train.loraplus_lr_ratio",
+    "lora.init",
+    "lora.use_dora",
 )
+DECOMPOSING_INITS = ("pissa", "olora")  # lora.init values that take A and B out of the base weights
 
 
 def check_compatibility(sweep: SweepConfig, cluster: ClusterProfile, source: str, cluster_source: str) -> list[Problem]:
@@ -63,6 +68,7 @@ def check_compatibility(sweep: SweepConfig, cluster: ClusterProfile, source: str
                 "Use train.attention=sdpa on CPU workers, or a GPU cluster profile (clusters/gpu-node.yaml)",
             )
         )
+    problems += _lora_variant_problems(sweep, cluster, source, cluster_source)
     if resolve_precision(sweep, cluster) == "fp16" and not cluster.trial.use_gpu:
         problems.append(
             Problem(
@@ -118,3 +124,69 @@ def check_space_compatibility(
             "Widen the space or change the cluster",
         )
     ]
+
+
+def _lora_variant_problems(
+    sweep: SweepConfig, cluster: ClusterProfile, source: str, cluster_source: str
+) -> list[Problem]:
+    """LoRA initialisations, DoRA and optimizers that cannot train together, or not on this cluster."""
+    lora, t, q, zero = sweep.lora, sweep.train, sweep.quantization, cluster.deepspeed.zero_stage
+    found = []
+
+    def refuse(key: str, message: str, fix: str, where: str = source) -> None:
+        found.append(Problem(where, key, message, fix))
+
+    if lora.init in DECOMPOSING_INITS:
+        if zero == 3:
+            refuse(
+                "lora.init",
+                f"{lora.init} decomposes each whole base weight, which ZeRO-3 shards across the workers",
+                "Use deepspeed.zero_stage=2, or lora.init=default or gaussian under ZeRO-3",
+            )
+        if q.mode != "none":
+            refuse(
+                "lora.init",
+                f"{lora.init} decomposes full-precision base weights, but quantization.mode is {q.mode}",
+                "Use lora.init=loftq for a quantized base, or quantization.mode=none",
+            )
+        if lora.use_dora:
+            refuse(
+                "lora.init",
+                f"{lora.init} with DoRA cannot be saved as an adapter on the unchanged base (DoRA's magnitudes "
+                "are of the decomposed weights)",
+                "Set lora.use_dora=false, or lora.init=default or gaussian with DoRA",
+            )
+    if lora.init == "loftq":
+        if q.mode != "4bit":
+            refuse(
+                "lora.init",
+                f"loftq starts A and B from the 4-bit quantization error, but quantization.mode is {q.mode}",
+                "Set quantization.mode=4bit (QLoRA), or use lora.init=pissa or default",
+            )
+        if zero == 3:
+            refuse(
+                "lora.init",
+                "loftq reads each whole base weight, which ZeRO-3 shards across the workers",
+                "Use deepspeed.zero_stage=2 with loftq",
+            )
+    if lora.init == "eva" and zero == 3:
+        refuse(
+            "lora.init",
+            "eva computes each layer's input statistics on the whole layer, which ZeRO-3 shards",
+            "Use deepspeed.zero_stage=2 with eva",
+        )
+    if t.optimizer.startswith("paged_") and not cluster.trial.use_gpu:
+        refuse(
+            "train.optimizer",
+            f"{t.optimizer} pages optimizer state through CUDA unified memory: it needs GPU workers",
+            "Use train.optimizer=adamw or adamw_8bit on CPU workers, or a GPU cluster profile (clusters/gpu-node.yaml)",
+        )
+    if cluster.deepspeed.offload_optimizer and (t.optimizer != "adamw" or t.loraplus_lr_ratio is not None):
+        what = t.optimizer if t.optimizer != "adamw" else "LoRA+ (train.loraplus_lr_ratio)"
+        refuse(
+            "deepspeed.offload_optimizer",
+            f"an offloaded optimizer is DeepSpeed's CPU Adam, which {what} replaces",
+            "Set offload_optimizer: false, or use train.optimizer=adamw without loraplus_lr_ratio",
+            cluster_source,
+        )
+    return found

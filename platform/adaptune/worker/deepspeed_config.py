@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from adaptune.config import ClusterProfile, SweepConfig, resolve_precision
+from adaptune.config import ClusterProfile, SweepConfig, TrainConfig, resolve_precision
+
+
+def client_optimizer(t: TrainConfig) -> bool:
+    """Whether the trial builds its optimizer itself (`model.build_optimizer`) rather than DeepSpeed from its
+    config: for bitsandbytes' optimizers and for LoRA+'s parameter groups, which DeepSpeed's would flatten
+    into one learning rate."""
+    return t.optimizer != "adamw" or t.loraplus_lr_ratio is not None
 
 
 def build_deepspeed_config(sweep: SweepConfig, cluster: ClusterProfile, world_size: int) -> dict[str, Any]:
@@ -49,6 +56,9 @@ def build_deepspeed_config(sweep: SweepConfig, cluster: ClusterProfile, world_si
         "steps_per_print": 10**9,  # progress goes through ray.train.report, not DeepSpeed's stdout
         "wall_clock_breakdown": False,
     }
+    if client_optimizer(t):
+        del config["optimizer"]
+        config["zero_allow_untested_optimizer"] = True  # bitsandbytes' optimizers are not on DeepSpeed's list
     if precision == "fp16":
         config["fp16"].update(loss_scale=0, initial_scale_power=16)
     return config

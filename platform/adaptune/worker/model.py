@@ -3,6 +3,7 @@ with peft, and saving/loading adapter-only safetensors. Imports torch, transform
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +12,13 @@ import torch
 from adaptune.config import (
     ClusterProfile,
     SweepConfig,
+    TrainConfig,
     model_source,
     resolve_compute_dtype,
     resolve_precision,
     resolve_quant_storage,
 )
-from adaptune.names import ADAPTER_WEIGHTS
+from adaptune.worker.deepspeed_config import client_optimizer
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "uint8": torch.uint8}
 
@@ -97,9 +99,18 @@ def remote_code_refusal(source: str, revision: str | None = None) -> str | None:
     return None
 
 
-def add_lora(model: Any, sweep: SweepConfig, target_modules: list[str]) -> Any:
-    """Freeze the base and attach a LoRA adapter; returns the peft model."""
-    from peft import LoraConfig, get_peft_model
+# lora.init -> peft's init_lora_weights. loftq starts from peft's default and is then replaced (`add_lora`);
+# eva is computed on training batches after the model is built (`initialize_eva`).
+PEFT_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora", "loftq": True, "eva": "eva"}
+
+
+def add_lora(
+    model: Any, sweep: SweepConfig, target_modules: list[str], rank_pattern: dict[str, int] | None = None
+) -> Any:
+    """Freeze the base and attach a LoRA adapter (DoRA, rsLoRA and the initialisation as configured); returns
+    the peft model. `rank_pattern`: an eva adapter's ranks per layer, when resuming one (its A and B are then
+    loaded, not computed again)."""
+    from peft import EvaConfig, LoraConfig, get_peft_model
 
     for p in model.parameters():
         p.requires_grad_(False)
@@ -107,6 +118,7 @@ def add_lora(model: Any, sweep: SweepConfig, target_modules: list[str]) -> Any:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     lora = sweep.lora
+    init = PEFT_INIT[lora.init] if rank_pattern is None else True
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -114,8 +126,93 @@ def add_lora(model: Any, sweep: SweepConfig, target_modules: list[str]) -> Any:
         target_modules=target_modules,
         bias=lora.bias,
         task_type="CAUSAL_LM",
+        use_dora=lora.use_dora,
+        use_rslora=lora.use_rslora,
+        init_lora_weights=init,
+        rank_pattern=rank_pattern or {},
+        **({"eva_config": EvaConfig()} if init == "eva" else {}),
     )
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config, low_cpu_mem_usage=init == "eva")
+    if lora.init == "loftq":
+        from peft import replace_lora_weights_loftq
+
+        source = model_source(sweep.model.path)
+        replace_lora_weights_loftq(peft_model, model_path=source if Path(source).is_dir() else None)
+    return peft_model
+
+
+def initialize_eva(peft_model: Any, batches: Any) -> None:
+    """eva: A from the top singular vectors of each adapted layer's inputs on training batches, the ranks
+    redistributed across layers by explained variance (peft's; every rank gathers all ranks' inputs, so all
+    compute the same adapter)."""
+    from peft import initialize_lora_eva_weights
+
+    initialize_lora_eva_weights(peft_model, dataloader=batches)
+
+
+def plain_lora(
+    peft_model: Any, state_dict: dict[str, torch.Tensor], initial: dict[str, torch.Tensor]
+) -> tuple[Any, dict[str, torch.Tensor]]:
+    """A pissa/olora adapter as a plain LoRA on the unchanged base: those initialisations take B0 A0 out of the
+    base weights (W = W_res + B0 A0) and train B A on W_res, so the trained model is W + (B A - B0 A0), which
+    is the LoRA [B | -B0] [A ; A0] of rank 2r with the same scale (peft's own conversion, `subtract_mutated_init`,
+    done on state dicts: it would otherwise load the initial adapter into the model being trained). Returns
+    the adapter config and weights to save."""
+    config = copy.deepcopy(peft_model.peft_config["default"])
+    config.init_lora_weights = True
+    config.r *= 2
+    config.lora_alpha *= 2**0.5 if config.use_rslora else 2  # alpha / r (or / sqrt(r)) stays the same
+    weights = {}
+    for name, tensor in state_dict.items():
+        if "lora_A" in name:
+            weights[name] = torch.cat([tensor, initial[name]], dim=0)
+        elif "lora_B" in name:
+            weights[name] = torch.cat([tensor, -initial[name]], dim=1)
+        else:
+            weights[name] = tensor
+    return config, weights
+
+
+def build_optimizer(peft_model: Any, t: TrainConfig) -> Any | None:
+    """The optimizer a trial hands DeepSpeed, or None for DeepSpeed's own AdamW (`client_optimizer`): the
+    bitsandbytes 8-bit and paged AdamW, and LoRA+'s parameter groups (peft's `create_loraplus_optimizer`: B
+    matrices, and one-dimensional weights like DoRA's magnitudes, at `loraplus_lr_ratio` x the rate). Groups
+    that come out empty are left out (ZeRO cannot flatten an empty group)."""
+    if not client_optimizer(t):
+        return None
+    if t.optimizer == "adamw":
+        cls: Any = torch.optim.AdamW
+    else:
+        import bitsandbytes as bnb
+
+        cls = {
+            "adamw_8bit": bnb.optim.AdamW8bit,
+            "paged_adamw": bnb.optim.PagedAdamW,
+            "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
+        }[t.optimizer]
+    settings = {"betas": (0.9, 0.999), "eps": 1e-8}
+    if t.loraplus_lr_ratio is None:
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+        return cls(params, lr=t.learning_rate, weight_decay=t.weight_decay, **settings)
+    from peft.optimizers import create_loraplus_optimizer
+
+    grouped = create_loraplus_optimizer(
+        peft_model,
+        torch.optim.SGD,  # only to build the groups; the real optimizer is made from them below
+        lr=t.learning_rate,
+        loraplus_lr_ratio=t.loraplus_lr_ratio,
+        loraplus_weight_decay=t.weight_decay,
+    )
+    keep = ("params", "lr", "weight_decay")
+    groups = [{k: g[k] for k in keep} for g in grouped.param_groups if g["params"]]
+    return cls(groups, lr=t.learning_rate, **settings)
+
+
+def optimizer_state_mb(optimizer: Any) -> float:
+    """MiB of optimizer state this rank holds (under ZeRO its partition; 8-bit states count at their size)."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # DeepSpeed's ZeRO optimizers wrap the torch one
+    tensors = [v for state in inner.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    return sum(v.numel() * v.element_size() for v in tensors) / 2**20
 
 
 def trainable_parameters(peft_model: Any) -> tuple[int, int]:
@@ -123,17 +220,28 @@ def trainable_parameters(peft_model: Any) -> tuple[int, int]:
     return peft_model.get_nb_trainable_parameters()
 
 
-def save_adapter(peft_model: Any, directory: Path, state_dict: dict[str, torch.Tensor]) -> None:
-    """Write adapter_config.json + adapter_model.safetensors only (never the base weights)."""
-    peft_model.save_pretrained(str(directory), state_dict=state_dict, safe_serialization=True)
+def save_adapter(
+    peft_model: Any,
+    directory: Path,
+    state_dict: dict[str, torch.Tensor],
+    initial: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write adapter_config.json + adapter_model.safetensors only (never the base weights). `initial`: a
+    pissa/olora adapter's initial weights, to save it as the plain LoRA on the unchanged base (`plain_lora`)."""
+    if initial is None:
+        peft_model.save_pretrained(str(directory), state_dict=state_dict, safe_serialization=True)
+        return
+    config, weights = plain_lora(peft_model, state_dict, initial)
+    peft_model.save_pretrained(str(directory), state_dict=weights, safe_serialization=True)
+    config.save_pretrained(str(directory))  # over the config peft wrote: rank 2r, plain init
 
 
-def load_adapter_weights(peft_model: Any, directory: Path) -> None:
-    """Load saved adapter weights (safetensors) into an already-built peft model."""
+def load_adapter_weights(peft_model: Any, weights: Path) -> None:
+    """Load saved adapter weights (a safetensors file) into an already-built peft model."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    result = set_peft_model_state_dict(peft_model, load_file(str(directory / ADAPTER_WEIGHTS)))
+    result = set_peft_model_state_dict(peft_model, load_file(str(weights)))
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
-        raise RuntimeError(f"adapter in {directory} does not fit this model: unexpected {unexpected[:3]}")
+        raise RuntimeError(f"adapter {weights} does not fit this model: unexpected {unexpected[:3]}")

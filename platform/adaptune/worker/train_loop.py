@@ -26,10 +26,28 @@ import torch.nn.functional as F
 from adaptune.config import EarlyStopping, EvalConfig, TrainConfig, resolve_precision
 from adaptune.data import IGNORE_INDEX, PACKED_LENGTHS
 from adaptune.evaluation import Answering, ScoredAnswers, generate_ids, load_answering, score_ids
-from adaptune.names import ADAPTER_DIR, ANSWERS_FILE, PROBE_FILE, TRAINER_STATE
+from adaptune.names import (
+    ADAPTER_CONFIG,
+    ADAPTER_DIR,
+    ADAPTER_WEIGHTS,
+    ANSWERS_FILE,
+    PROBE_FILE,
+    TRAINED_ADAPTER_FILE,
+    TRAINER_STATE,
+)
+from adaptune.preflight.rules import DECOMPOSING_INITS
 from adaptune.records import Evaluation, TrialSpec, converged_reason, diverged_report
 from adaptune.worker.deepspeed_config import build_deepspeed_config
-from adaptune.worker.model import add_lora, load_adapter_weights, load_base_model, save_adapter, trainable_parameters
+from adaptune.worker.model import (
+    add_lora,
+    build_optimizer,
+    initialize_eva,
+    load_adapter_weights,
+    load_base_model,
+    optimizer_state_mb,
+    save_adapter,
+    trainable_parameters,
+)
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +151,7 @@ class Batch:
     inputs: dict[str, Any]
     tokens: int
     slots: int
+    mask: torch.Tensor  # 1 on real tokens, 0 on padding
 
 
 def collate(rows: dict[str, list[list[int]]], pad_id: int, device: torch.device) -> Batch:
@@ -159,7 +178,7 @@ def collate(rows: dict[str, list[list[int]]], pad_id: int, device: torch.device)
         inputs.update(position_ids=positions.to(device), use_cache=False)
     else:
         inputs["attention_mask"] = mask.to(device)
-    return Batch(inputs, tokens, ids.numel())
+    return Batch(inputs, tokens, ids.numel(), mask.to(device))
 
 
 PACKED_TOLERANCE = {"fp32": 1e-3, "bf16": 3e-2, "fp16": 3e-2}  # relative, for check_packing's logits
@@ -258,7 +277,7 @@ def _probe(engine: Any, val: Any, device: torch.device) -> dict[str, torch.Tenso
 
 def _report(
     metrics: dict[str, Any],
-    peft_model: Any,
+    model: Model,
     state: dict[str, Any],
     probe: dict[str, torch.Tensor],
     rank: int,
@@ -266,16 +285,18 @@ def _report(
     answers: ScoredAnswers | None = None,
 ) -> None:
     """ray.train.report from every rank; rank 0 attaches the adapter-only checkpoint (with the evaluation's
-    generated answers, when there are some)."""
+    generated answers, when there are some; and a pissa/olora adapter as trained, to resume from)."""
     import ray.train
     from ray.train import Checkpoint
     from safetensors.torch import save_file
 
-    state_dict = _adapter_state_dict(peft_model, zero3, rank)
+    state_dict = _adapter_state_dict(model.peft, zero3, rank)
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
-            save_adapter(peft_model, Path(tmp) / ADAPTER_DIR, state_dict)
+            save_adapter(model.peft, Path(tmp) / ADAPTER_DIR, state_dict, model.initial)
+            if model.initial is not None:
+                save_file(state_dict, str(Path(tmp) / TRAINED_ADAPTER_FILE))
             save_file(probe, str(Path(tmp) / PROBE_FILE))
             (Path(tmp) / TRAINER_STATE).write_text(json.dumps(state, indent=1), encoding="utf-8")
             if answers is not None:
@@ -320,6 +341,7 @@ class Model:
     total: int
     quantized_layers: int
     hf_ds_config: Any  # transformers' ZeRO-3 hook: must stay alive while the model lives
+    initial: dict[str, torch.Tensor] | None = None  # a pissa/olora adapter's initial weights (`save_adapter`)
 
 
 def generate_answers(model: Any, prompts: list[dict[str, Any]], me: Rank, ev: EvalConfig, eos_id: int | None):
@@ -368,7 +390,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     train_ds, val_ds = load_data(spec, startup)
     answering = load_answering(spec.sweep, spec.data_dir, "validation", spec.scorer_code)
     ds_config = build_deepspeed_config(spec.sweep, spec.cluster, me.world)
-    model = build_model(spec, me, ds_config, startup)
+    model = build_model(spec, me, ds_config, train_ds, startup)
     state = resume(spec, model)
     engine = build_engine(spec, me, model, ds_config, state, startup)
     train(spec, me, engine, model, state, train_ds, val_ds, answering)
@@ -404,8 +426,13 @@ def load_data(spec: TrialSpec, startup: dict[str, float]) -> tuple[Any, Any]:
     return train_ds, val_ds
 
 
-def build_model(spec: TrialSpec, me: Rank, ds_config: dict[str, Any], startup: dict[str, float]) -> Model:
-    """The frozen base (quantized when asked) with a LoRA adapter on the resolved target modules."""
+def build_model(
+    spec: TrialSpec, me: Rank, ds_config: dict[str, Any], train_ds: Any, startup: dict[str, float]
+) -> Model:
+    """The frozen base (quantized when asked) with a LoRA adapter on the resolved target modules, initialised
+    as `lora.init` says (eva on this trial's first training batches; on resume, from the checkpoint instead)."""
+    from peft import get_peft_model_state_dict
+
     sweep, cluster = spec.sweep, spec.cluster
     hf_ds_config = None
     if me.zero3:
@@ -417,11 +444,44 @@ def build_model(spec: TrialSpec, me: Rank, ds_config: dict[str, Any], startup: d
     base = load_base_model(sweep, cluster, me.device)
     if sweep.quantization.mode == "none" and not me.zero3:
         base.to(me.device)
-    peft_model = add_lora(base, sweep, spec.target_modules)
+    eva_ranks = _resumed_eva_ranks() if sweep.lora.init == "eva" else None
+    peft_model = add_lora(base, sweep, spec.target_modules, eva_ranks)
+    if sweep.lora.init == "eva" and eva_ranks is None:
+        initialize_eva(peft_model, _eva_batches(train_ds, me, sweep.train))
+    initial = None
+    if sweep.lora.init in DECOMPOSING_INITS:  # never under ZeRO-3 (rules): every rank holds the whole adapter
+        initial = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
     trainable, total = trainable_parameters(peft_model)
     startup["model_load_s"] = time.perf_counter() - mark
     quantized = sum(type(m).__module__.startswith("bitsandbytes") for m in peft_model.modules())  # not peft's wrappers
-    return Model(peft_model, trainable, total, quantized, hf_ds_config)
+    return Model(peft_model, trainable, total, quantized, hf_ds_config, initial)
+
+
+EVA_BATCHES = 16  # training micro-batches per rank whose layer inputs eva decomposes
+
+
+def _eva_batches(train_ds: Any, me: Rank, t: TrainConfig) -> list[dict[str, Any]]:
+    """The inputs eva reads: this rank's first training micro-batches, each with the attention mask eva uses
+    to leave padding out (on packed rows all real tokens, so eva's statistics, not the training, see across
+    examples)."""
+    batches = train_batches(len(train_ds), me.rank, me.world, t.micro_batch_size, t.seed, 0)
+    out = []
+    for _ in range(EVA_BATCHES):
+        batch = collate(train_ds[next(batches)], me.pad_id, me.device)
+        out.append({"input_ids": batch.inputs["input_ids"], "attention_mask": batch.mask})
+    return out
+
+
+def _resumed_eva_ranks() -> dict[str, int] | None:
+    """The per-layer ranks of the eva adapter in the checkpoint being resumed, or None when starting fresh."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as d:
+        config = json.loads((Path(d) / ADAPTER_DIR / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    return dict(config.get("rank_pattern") or {})
 
 
 def resume(spec: TrialSpec, model: Model) -> dict[str, Any]:
@@ -440,7 +500,8 @@ def resume(spec: TrialSpec, model: Model) -> dict[str, Any]:
             "tokens_trained": 0,
         }
     with checkpoint.as_directory() as d:
-        load_adapter_weights(model.peft, Path(d) / ADAPTER_DIR)
+        trained = Path(d) / TRAINED_ADAPTER_FILE  # a pissa/olora adapter as trained; adapter/ holds it converted
+        load_adapter_weights(model.peft, trained if trained.is_file() else Path(d) / ADAPTER_DIR / ADAPTER_WEIGHTS)
         state = json.loads((Path(d) / TRAINER_STATE).read_text(encoding="utf-8"))
     state["restarts"].append(state["step"])
     return state
@@ -454,12 +515,18 @@ def build_engine(
     import ray
 
     mark = time.perf_counter()
+    optimizer = build_optimizer(model.peft, spec.sweep.train)  # None: DeepSpeed's AdamW, from ds_config
     engine, _, _, _ = deepspeed.initialize(
         model=model.peft,
-        model_parameters=[p for p in model.peft.parameters() if p.requires_grad],
+        model_parameters=None if optimizer else [p for p in model.peft.parameters() if p.requires_grad],
+        optimizer=optimizer,
         config=ds_config,
         lr_scheduler=partial(_scheduler, t=spec.sweep.train, start=state["step"]),
     )
+    state["optimizer"] = {
+        "name": spec.sweep.train.optimizer,
+        "learning_rates": sorted({g["lr"] for g in engine.optimizer.param_groups}),  # LoRA+: two
+    }
     engine.train()
     startup["deepspeed_init_s"] = time.perf_counter() - mark
     startup["torch_threads"] = torch.get_num_threads()
@@ -530,6 +597,8 @@ def train(
         if step % t.eval_every == 0 or step == t.max_steps:
             eval_loss = _evaluate(engine, val_ds, me.rank, me.world, t.eval_batch_size, me.pad_id, me.device)
             answers, generation_s = answer_on_ranks(model.peft, answering, me) if answering else (None, 0.0)
+            opt_mb = torch.tensor(optimizer_state_mb(engine.optimizer), dtype=torch.float64, device=me.device)
+            dist.all_reduce(opt_mb)
             evaluation = Evaluation(
                 step=step,
                 train_loss=(window[0] / window[2]).item(),
@@ -540,6 +609,7 @@ def train(
                 step_time_s=window_time / window[2].item(),
                 learning_rate=t.learning_rate * lr_multiplier(step - 1, t),
                 peak_memory_mb=_peak_memory_mb(me.device),
+                optimizer_state_mb=opt_mb.item(),
                 generation_s=generation_s,
                 trainable_params=model.trainable,
                 tokens_trained=state["tokens_trained"],
@@ -560,7 +630,7 @@ def train(
                 }
             state["step"] = step
             state["history"].append(metrics)
-            _report(metrics, model.peft, state, _probe(engine, val_ds, me.device), me.rank, me.zero3, answers)
+            _report(metrics, model, state, _probe(engine, val_ds, me.device), me.rank, me.zero3, answers)
             if metrics["converged"]:
                 return  # the best evaluation's checkpoint is kept (by search.metric); nothing more to learn
             window.zero_()
