@@ -6,7 +6,8 @@ trainable-parameter fraction for each searched LoRA rank. Prints Markdown tables
     .venv/bin/python bench/memory.py [--hidden 1024] [--layers 8] [--steps 5]
 
 Target: the 4-bit base weights about an eighth of fp32 (a quarter of bf16); report the peak-RSS ratio as measured.
-Starts a local Ray for each trial (unset RAY_ADDRESS; no other Ray on the host). About 5 minutes on 2 cores.
+A second table: what gradient checkpointing and 8-bit AdamW save on the same LoRA trial. Starts a local Ray for
+each trial (unset RAY_ADDRESS; no other Ray on the host). About 10 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -95,7 +96,9 @@ def build_model(out: Path, hidden: int, layers: int) -> Path:
     return build_tiny_model(out, corpus_text(generate_rows(400)), hidden_size=hidden, layers=layers, vocab_size=4096)
 
 
-def sweep_config(model: Path, mode: str, steps: int, rank: int = 8, target: str = "all-linear") -> dict:
+def sweep_config(
+    model: Path, mode: str, steps: int, rank: int = 8, target: str = "all-linear", **train: object
+) -> dict:
     return {
         "name": f"memory-{mode}",
         "model": {"path": str(model)},
@@ -110,6 +113,7 @@ def sweep_config(model: Path, mode: str, steps: int, rank: int = 8, target: str 
             "eval_batch_size": 4,
             "warmup_ratio": 0.0,
             "lr_scheduler": "constant",
+            **train,
         },
     }
 
@@ -180,13 +184,29 @@ def trainable_by_rank(model: Path, steps: int) -> list[tuple[int, str, int, int]
     return rows
 
 
-def run_trial(work: Path, model: Path, mode: str, steps: int, threads: int) -> dict:
+# The methods table: what gradient checkpointing and the 8-bit optimizer save, on longer batches than the first
+# table's so that activations weigh something (micro-batch 4 of rows packed to 512 tokens).
+METHODS = {
+    "LoRA (AdamW)": {},
+    "+ gradient checkpointing": {"gradient_checkpointing": True},
+    "+ 8-bit AdamW (bitsandbytes)": {"optimizer": "adamw_8bit"},
+}
+METHOD_BATCH = {"micro_batch_size": 4}
+
+
+def run_trial(
+    work: Path, model: Path, mode: str, steps: int, threads: int, name: str | None = None, **train: object
+) -> dict:
     """`adaptune train` in a fresh process (its own local Ray); the worker's memory sampled meanwhile."""
     import json
 
-    sweep = work / f"sweep-{mode}.yaml"
+    sweep = work / f"sweep-{name or mode}.yaml"
     cluster = work / "cluster.yaml"
-    sweep.write_text(yaml.safe_dump(sweep_config(model, mode, steps)))
+    cfg = sweep_config(model, mode, steps, **train)
+    if name:
+        cfg["name"] = name
+        cfg["data"].update(packing=True, max_seq_length=512)
+    sweep.write_text(yaml.safe_dump(cfg))
     cluster.write_text(
         yaml.safe_dump(
             {
@@ -218,6 +238,7 @@ def run_trial(work: Path, model: Path, mode: str, steps: int, threads: int) -> d
         "sampled_anon": sampled.peak_anon,
         "last": sampled.last,
         "step_time_s": last["step_time_s"],
+        "optimizer_state_mb": last["optimizer_state_mb"],
         "trainable_params": last["trainable_params"],
         "quantized_layers": state["quantized_layers"],
         "model_load_s": state["startup"][0]["model_load_s"],
@@ -242,6 +263,10 @@ def main() -> None:
     loaded = load_both_ways(model, args.steps)
     ranks = trainable_by_rank(model, args.steps)
     trials = {mode: run_trial(work, model, mode, args.steps, args.threads) for mode in ("none", "4bit")}
+    methods = {
+        label: run_trial(work, model, "none", args.steps, args.threads, f"memory-method-{i}", **METHOD_BATCH, **train)
+        for i, (label, train) in enumerate(METHODS.items())
+    }
 
     fp32, nf4 = loaded["none"], loaded["4bit"]
     lora, qlora = trials["none"], trials["4bit"]
@@ -330,6 +355,24 @@ def main() -> None:
         + ". The saving QLoRA exists for, base weights at a quarter of bf16 in GPU memory, is the first row; on "
         "a GPU, `peak_memory_mb` reports `torch.cuda.max_memory_allocated` instead of RSS. Times were measured on "
         "a shared 2-core machine and are indicative only.\n"
+    )
+    md(
+        "*Gradient checkpointing and the 8-bit optimizer: the same LoRA trial (fp32 base, r=8 on all linear layers, "
+        f"{args.steps} steps) on micro-batches of 4 rows packed to 512 tokens, each in a fresh process.*\n"
+    )
+    md("| method | peak anonymous memory | step time | optimizer state (`optimizer_state_mb`) |")
+    md("|---|---|---|---|")
+    plain = methods["LoRA (AdamW)"]
+    for label, m in methods.items():
+        md(
+            f"| {label} | {m['sampled_anon'] / MB:,.0f} MB ({m['sampled_anon'] / plain['sampled_anon']:.2f}x) | "
+            f"{m['step_time_s'] * 1000:,.0f} ms ({m['step_time_s'] / plain['step_time_s']:.2f}x) | "
+            f"{m['optimizer_state_mb']:,.2f} MB ({m['optimizer_state_mb'] / plain['optimizer_state_mb']:.2f}x) |"
+        )
+    md(
+        "\nGradient checkpointing keeps one activation per layer and recomputes the rest in the backward pass "
+        "(memory for time); 8-bit AdamW stores the two moments in 8 bits. On a GPU both matter more: activations "
+        "and optimizer state are most of a LoRA trial's GPU memory beside the base weights.\n"
     )
     md(f"*Trainable parameters by LoRA rank (peft's count on this {params / 1e6:.1f}M model):*\n")
     md("| rank | target_modules | trainable parameters | share of the model |")

@@ -108,12 +108,17 @@ def _answers(adapter: Path, state: dict, r) -> list[dict]:
     return record["rows"]
 
 
-def test_qlora_trial_trains_on_a_4bit_base(ray_cluster, tiny_model, tmp_path):
+def test_qlora_trial_trains_on_a_4bit_base_with_gradient_checkpointing(ray_cluster, tiny_model, tmp_path):
     import torch
     from transformers import BitsAndBytesConfig
 
     r, adapter, state = _train(
-        tmp_path, tiny_model, quantization={"mode": "4bit"}, eval=ANSWERING, data={"group_by_length": True}
+        tmp_path,
+        tiny_model,
+        quantization={"mode": "4bit"},
+        eval=ANSWERING,
+        data={"group_by_length": True},
+        train={"gradient_checkpointing": True},
     )
     assert state["quantized_layers"] == 14  # 7 linear layers x 2 blocks hold NF4 weights
     assert 0 < state["history"][-1]["pad_share"] < 0.05  # length-grouped batches (about 0.2 without)

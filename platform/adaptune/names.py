@@ -99,6 +99,7 @@ TAG_RETRAIN_RUN = "adaptune.retrain_run_id"  # also on a retrain's sweep run: th
 TAG_DIGEST = "adaptune.dataset_digest"
 TAG_BASE = "adaptune.base_model"  # hub:<id>@<revision> | storage:<path under storage_path> | path:<absolute path>
 TAG_BASE_FINGERPRINT = "adaptune.base_model_fingerprint"  # preflight.architecture.model_fingerprint of a local base
+TAG_LORA_INIT = "adaptune.lora_init"  # how the adapter started, and for pissa/olora the form it was saved in
 TAG_METRIC = "adaptune.metric"
 TAG_METRIC_VALUE = "adaptune.metric_value"
 TAG_TEST_VALUE = "adaptune.test_eval_loss"  # the version's eval_loss on its sweep's test split (finalists only)

@@ -3,6 +3,7 @@ Ray, and launch the run's trials. This is the process `ray job submit` starts.""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -32,8 +33,9 @@ from adaptune.driver.trial import run_trial
 from adaptune.errors import ConfigError, DataError, Problem, StorageError, storage_failure
 from adaptune.evaluation import scorer_code
 from adaptune.merge import merge_adapter
-from adaptune.names import DATA_DIR, RESULTS_JSON, TEST_METRIC, TRIALS_DIR, target_key
+from adaptune.names import ADAPTER_CONFIG, DATA_DIR, RESULTS_JSON, TEST_METRIC, TRIALS_DIR, target_key
 from adaptune.preflight.architecture import ArchitectureError, target_modules_for
+from adaptune.preflight.rules import DECOMPOSING_INITS
 from adaptune.preflight.search_space import target_candidates
 from adaptune.preflight.validate import MOSTLY_TRUNCATED, attention_problems, check_run, eval_samples_problems
 from adaptune.records import PreparedRun, SweepOutcome, TrialOutcome, generated_metrics
@@ -422,7 +424,17 @@ def register(plan: RunPlan, manifest: DataManifest, tracker: Any, winner: dict[s
         metric,
         winner[metric],
         winner.get(TEST_METRIC),
+        lora_init(winner.get("lora.init", plan.sweep.lora.init), winner.get("adapter")),
     )
+
+
+def lora_init(init: str, adapter: str | None) -> str:
+    """The registry's account of how an adapter started: for pissa/olora, also that it was saved as a plain
+    LoRA (of twice the rank) on the unchanged base, which is the base it needs."""
+    if init not in DECOMPOSING_INITS or not adapter:
+        return init
+    rank = json.loads((Path(adapter) / ADAPTER_CONFIG).read_text(encoding="utf-8"))["r"]
+    return f"{init}, saved as a plain LoRA of rank {rank} on the unchanged base model"
 
 
 def _fmt(counts: dict[str, int]) -> str:

@@ -169,6 +169,12 @@ def _lora_variant_problems(
                 "loftq reads each whole base weight, which ZeRO-3 shards across the workers",
                 "Use deepspeed.zero_stage=2 with loftq",
             )
+        if not cluster.trial.use_gpu:
+            refuse(
+                "lora.init",
+                "peft computes LoftQ's initialisation of a 4-bit model on CUDA only (got CPU workers)",
+                "Use a GPU cluster profile (clusters/gpu-node.yaml) for loftq, or lora.init=default or gaussian",
+            )
     if lora.init == "eva" and zero == 3:
         refuse(
             "lora.init",

@@ -31,6 +31,7 @@ from adaptune.names import (
     TAG_BASE_FINGERPRINT,
     TAG_DIGEST,
     TAG_KIND,
+    TAG_LORA_INIT,
     TAG_MERGE_RUN,
     TAG_METRIC,
     TAG_METRIC_VALUE,
@@ -72,10 +73,11 @@ def register_winner(
     metric: str,
     value: float,
     test_value: float | None = None,
+    lora_init: str | None = None,
 ) -> Registration:
     """Register the winning adapter as a new version of `name`, alias `challenger`, and `champion` if the model
-    has none yet, tagged with the base model it needs (`base_reference`). A resumed sweep that already
-    registered its winner gets that version back."""
+    has none yet, tagged with the base model it needs (`base_reference`) and how it was initialised
+    (`lora_init`). A resumed sweep that already registered its winner gets that version back."""
     _ensure_registered_model(mlc, name, "LoRA adapters registered by adaptune sweeps.")
     for mv in mlc.search_model_versions(f"name = '{name}'"):
         if mv.tags.get(TAG_SWEEP_RUN) == parent_run_id:
@@ -93,6 +95,7 @@ def register_winner(
             TAG_METRIC: metric,
             TAG_METRIC_VALUE: f"{value:.6g}",
             **({TAG_TEST_VALUE: f"{test_value:.6g}"} if test_value is not None else {}),
+            **({TAG_LORA_INIT: lora_init} if lora_init else {}),
         },
     )
     version = version_str(mv.version)

@@ -525,7 +525,7 @@ def build_engine(
     )
     state["optimizer"] = {
         "name": spec.sweep.train.optimizer,
-        "learning_rates": sorted({g["lr"] for g in engine.optimizer.param_groups}),  # LoRA+: two
+        "learning_rates": sorted({g["initial_lr"] for g in engine.optimizer.param_groups}),  # LoRA+: two
     }
     engine.train()
     startup["deepspeed_init_s"] = time.perf_counter() - mark
