@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from .support import DEMO_DATA, REPO, cluster_config, run_cli, sweep_config, write_yaml
 
@@ -78,8 +79,9 @@ def test_validate_model_directory_problems(tmp_path, tiny_model):
 
 
 def test_shipped_sweeps_and_profiles_validate(tiny_model):
-    """Every shipped file through the real CLI. The GPU sweeps name hub models and a shared data path this
-    machine lacks, and the GPU profile reports to a team's MLflow server: those keys point at the tiny model,
+    """Every shipped file through the real CLI (a GPU sweep against the GPU profiles). The GPU sweeps name hub
+    models and a shared data path this machine lacks, and the GPU profile reports to a team's MLflow server:
+    those keys point at the tiny model,
     the demo data, the demo frozen set and the embedded MLflow store, and the prompts answered in evaluation are
     as many as the demo data's smallest validation split holds; everything else is as shipped."""
     sweeps = sorted((REPO / "search_spaces").glob("*.yaml"))
@@ -90,8 +92,12 @@ def test_shipped_sweeps_and_profiles_validate(tiny_model):
         lines = path.read_text().splitlines()
         header = lines[: next(i for i, line in enumerate(lines) if not line.startswith("#"))]
         assert any("adaptune " in line for line in header), f"{path} must open with the commands that use it"
+    gpu = {c for c in clusters if yaml.safe_load(c.read_text())["trial"].get("use_gpu")}
     for sweep in sweeps:
-        for cluster in clusters:
+        # A sweep whose header runs it on a GPU profile may use what needs CUDA (paged optimizers, LoftQ): it is
+        # checked against the GPU profiles, which is also what tells it from the CPU sweeps.
+        on_gpu = "--cluster clusters/gpu" in sweep.read_text().split("\nname:")[0]
+        for cluster in sorted(gpu) if on_gpu else clusters:
             r = run_cli(
                 "validate",
                 str(sweep.relative_to(REPO)),

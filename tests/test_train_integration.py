@@ -183,7 +183,9 @@ def test_killed_worker_resumes_from_its_last_checkpoint_and_early_stopping_count
     """Early stopping that no gain can satisfy (min_delta 10 nats) ends the trial 8 rounds after its first
     evaluation, at step 45 of 60, whether or not a worker was lost in between: the rounds before the loss count."""
     train = {"max_steps": 60, "eval_every": 5, "early_stopping": {"patience": 8, "min_delta": 10.0}}
-    sweep = write_yaml(tmp_path / "sweep.yaml", sweep_config(tiny_model, train=train))
+    # PiSSA: a resumed worker decomposes the base again and continues from the adapter as trained, which the
+    # checkpoint keeps beside the plain LoRA it saves for everyone else.
+    sweep = write_yaml(tmp_path / "sweep.yaml", sweep_config(tiny_model, train=train, lora={"init": "pissa"}))
     cluster = write_yaml(tmp_path / "cluster.yaml", cluster_config(tmp_path / "runs", num_workers=2))
     run = Background("train", str(sweep), "--cluster", str(cluster), logs=tmp_path)
     # Killed before Ray Train has committed a checkpoint, the run would start over instead of resuming.
@@ -205,3 +207,5 @@ def test_killed_worker_resumes_from_its_last_checkpoint_and_early_stopping_count
     assert "converged        eval_loss did not improve by more than 10 in 8 evaluation round(s) after step 5" in out
     best = min(state["history"], key=lambda h: h["eval_loss"])  # the adapter is the best evaluation's
     assert json.loads((adapter.parent / "trainer_state.json").read_text())["step"] == best["step"]
+    assert (final / "trained_adapter.safetensors").is_file()
+    _reload_and_compare(tiny_model, final / "adapter")  # the last checkpoint, trained after the resume
