@@ -81,9 +81,9 @@ def test_validate_model_directory_problems(tmp_path, tiny_model):
 def test_shipped_sweeps_and_profiles_validate(tiny_model):
     """Every shipped file through the real CLI (a GPU sweep against the GPU profiles). The GPU sweeps name hub
     models and a shared data path this machine lacks, and the GPU profile reports to a team's MLflow server:
-    those keys point at the tiny model,
-    the demo data, the demo frozen set and the embedded MLflow store, and the prompts answered in evaluation are
-    as many as the demo data's smallest validation split holds; everything else is as shipped."""
+    those keys point at the tiny model, the demo data, the demo frozen set and the embedded MLflow store, and the
+    prompts answered in evaluation are as many as the demo data's smallest validation split holds; everything
+    else is as shipped."""
     sweeps = sorted((REPO / "search_spaces").glob("*.yaml"))
     clusters = sorted((REPO / "clusters").glob("*.yaml"))
     assert {s.name for s in sweeps} >= {"quickstart.yaml", "llama3-8b-qlora.yaml", "qwen2.5-7b-lora.yaml"}
