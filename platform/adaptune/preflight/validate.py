@@ -113,12 +113,16 @@ def check_model(sweep: SweepConfig, source: str) -> list[Problem]:
     return problems
 
 
+def _attentions(sweep: SweepConfig) -> set[str]:
+    """The attention implementations a run may use: `train.attention` and its searched values."""
+    return {sweep.train.attention, *(finite_values(sweep.search.space, "train.attention") or [])}
+
+
 def check_attention(sweep: SweepConfig, source: str) -> list[Problem]:
     """flash_attention_2 (as `train.attention` or a searched value) needs the flash-attn package: a warning
     where it is not installed, since the GPU workers may have it where this runs does not. (Whether the model
     has the implementation is `attention_problems`', asked where transformers is imported anyway.)"""
-    wanted = {sweep.train.attention, *(finite_values(sweep.search.space, "train.attention") or [])}
-    if "flash_attention_2" not in wanted or importlib.util.find_spec("flash_attn") is not None:
+    if "flash_attention_2" not in _attentions(sweep) or importlib.util.find_spec("flash_attn") is not None:
         return []
     return [
         Problem(
@@ -137,9 +141,7 @@ ATTENTION_FLAGS = {"sdpa": "_supports_sdpa", "flash_attention_2": "_supports_fla
 def attention_problems(sweep: SweepConfig, source: str) -> list[Problem]:
     """The attention implementations asked for (`train.attention` and its searched values) exist for the
     model's class in the installed transformers (imports it: the run asks this before any trial starts)."""
-    wanted = {sweep.train.attention, *(finite_values(sweep.search.space, "train.attention") or [])} & set(
-        ATTENTION_FLAGS
-    )
+    wanted = _attentions(sweep) & set(ATTENTION_FLAGS)
     try:
         model_type = read_model_type(resolve_path(sweep.model.path))
     except ArchitectureError:
