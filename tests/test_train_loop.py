@@ -154,3 +154,35 @@ def test_early_stopping_settings_are_checked():
     with pytest.raises(ValueError, match="min_delta"):
         TrainConfig(early_stopping={"min_delta": -1})
     assert TrainConfig().early_stopping.patience is None  # off unless asked for
+
+
+def test_an_eva_adapter_resumes_with_its_per_layer_ranks_and_scales(tmp_path, tiny_model):
+    """eva redistributes ranks and adjusts the scales per layer (`rank_pattern`, `alpha_pattern` in the saved
+    config); a resumed worker builds the adapter from both and loads its weights, without computing eva again,
+    and gets the same model."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from adaptune.config import SweepConfig
+    from adaptune.worker.model import add_lora, initialize_eva, load_adapter_weights
+
+    cfg = {"name": "t", "model": {"path": str(tiny_model)}, "data": {"path": "d"}, "lora": {"init": "eva"}}
+    sweep = SweepConfig.model_validate(cfg)
+    torch.manual_seed(0)
+    trained = add_lora(AutoModelForCausalLM.from_pretrained(str(tiny_model)), sweep, ["q_proj", "v_proj"])
+    initialize_eva(trained, [{"input_ids": torch.randint(5, 500, (4, 32))} for _ in range(16)])
+    with torch.no_grad():
+        for name, p in trained.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.01)  # as if trained
+    trained.save_pretrained(str(tmp_path))
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    patterns = {k: config[k] for k in ("rank_pattern", "alpha_pattern")}
+    assert patterns["rank_pattern"] and patterns["alpha_pattern"]
+    resumed = add_lora(AutoModelForCausalLM.from_pretrained(str(tiny_model)), sweep, ["q_proj", "v_proj"], patterns)
+    load_adapter_weights(resumed, tmp_path / "adapter_model.safetensors")
+    x = torch.randint(5, 500, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(resumed.eval()(input_ids=x).logits, trained.eval()(input_ids=x).logits)

@@ -104,12 +104,10 @@ def remote_code_refusal(source: str, revision: str | None = None) -> str | None:
 PEFT_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora", "loftq": True, "eva": "eva"}
 
 
-def add_lora(
-    model: Any, sweep: SweepConfig, target_modules: list[str], rank_pattern: dict[str, int] | None = None
-) -> Any:
+def add_lora(model: Any, sweep: SweepConfig, target_modules: list[str], patterns: dict[str, dict] | None = None) -> Any:
     """Freeze the base and attach a LoRA adapter (DoRA, rsLoRA and the initialisation as configured); returns
-    the peft model. `rank_pattern`: an eva adapter's ranks per layer, when resuming one (its A and B are then
-    loaded, not computed again)."""
+    the peft model. `patterns`: an eva adapter's `rank_pattern` and `alpha_pattern` (its ranks and scales per
+    layer), when resuming one (its A and B are then loaded, not computed again)."""
     from peft import EvaConfig, LoraConfig, get_peft_model
 
     for p in model.parameters():
@@ -118,7 +116,7 @@ def add_lora(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     lora = sweep.lora
-    init = PEFT_INIT[lora.init] if rank_pattern is None else True
+    init = PEFT_INIT[lora.init] if patterns is None else True
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -129,7 +127,8 @@ def add_lora(
         use_dora=lora.use_dora,
         use_rslora=lora.use_rslora,
         init_lora_weights=init,
-        rank_pattern=rank_pattern or {},
+        rank_pattern=(patterns or {}).get("rank_pattern") or {},
+        alpha_pattern=(patterns or {}).get("alpha_pattern") or {},
         **({"eva_config": EvaConfig()} if init == "eva" else {}),
     )
     peft_model = get_peft_model(model, config, low_cpu_mem_usage=init == "eva")

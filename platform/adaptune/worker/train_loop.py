@@ -444,9 +444,9 @@ def build_model(
     base = load_base_model(sweep, cluster, me.device)
     if sweep.quantization.mode == "none" and not me.zero3:
         base.to(me.device)
-    eva_ranks = _resumed_eva_ranks() if sweep.lora.init == "eva" else None
-    peft_model = add_lora(base, sweep, spec.target_modules, eva_ranks)
-    if sweep.lora.init == "eva" and eva_ranks is None:
+    eva_patterns = _resumed_eva_patterns() if sweep.lora.init == "eva" else None
+    peft_model = add_lora(base, sweep, spec.target_modules, eva_patterns)
+    if sweep.lora.init == "eva" and eva_patterns is None:
         initialize_eva(peft_model, _eva_batches(train_ds, me, sweep.train))
     initial = None
     if sweep.lora.init in DECOMPOSING_INITS:  # never under ZeRO-3 (rules): every rank holds the whole adapter
@@ -472,8 +472,9 @@ def _eva_batches(train_ds: Any, me: Rank, t: TrainConfig) -> list[dict[str, Any]
     return out
 
 
-def _resumed_eva_ranks() -> dict[str, int] | None:
-    """The per-layer ranks of the eva adapter in the checkpoint being resumed, or None when starting fresh."""
+def _resumed_eva_patterns() -> dict[str, dict] | None:
+    """The per-layer ranks and scales (`rank_pattern`, `alpha_pattern`) of the eva adapter in the checkpoint
+    being resumed, or None when starting fresh."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
@@ -481,7 +482,7 @@ def _resumed_eva_ranks() -> dict[str, int] | None:
         return None
     with checkpoint.as_directory() as d:
         config = json.loads((Path(d) / ADAPTER_DIR / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    return dict(config.get("rank_pattern") or {})
+    return {key: dict(config.get(key) or {}) for key in ("rank_pattern", "alpha_pattern")}
 
 
 def resume(spec: TrialSpec, model: Model) -> dict[str, Any]:
