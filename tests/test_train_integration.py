@@ -54,7 +54,9 @@ def _reload_and_compare(tiny_model: Path, adapter: Path, quantization=None, atol
 
 
 def test_lora_trial_learns_and_its_adapter_reloads_with_plain_peft(ray_cluster, tiny_model, tmp_path):
-    r, adapter, state = _train(tmp_path, tiny_model)
+    """On 2 workers with eva initialisation: peft gathers each layer's inputs from both ranks for the SVD, and
+    both ranks must end with the same per-layer ranks (else DeepSpeed's gradient buckets would not match)."""
+    r, adapter, state = _train(tmp_path, tiny_model, lora={"init": "eva"})
     history = state["history"]
     assert [h["step"] for h in history] == [10, 20, 30]
     best = min(h["eval_loss"] for h in history)
@@ -81,6 +83,8 @@ def test_lora_trial_learns_and_its_adapter_reloads_with_plain_peft(ray_cluster, 
     assert (adapter / "adapter_model.safetensors").stat().st_size < (
         tiny_model / "model.safetensors"
     ).stat().st_size / 10
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["rank_pattern"], config  # eva's ranks, redistributed across layers by explained variance
     _reload_and_compare(tiny_model, adapter)
     # The data was tokenized once into the sweep's storage, and the run says where and what.
     manifests = list((tmp_path / "runs" / "test" / "data").glob("*/manifest.json"))
