@@ -184,3 +184,61 @@ def test_validate_reports_an_unreachable_or_wrong_tracking_server_with_its_uri(t
         server.shutdown()
     assert r.returncode == 2
     assert f"{wrong} answered HTTP 404 (File not found): not an MLflow tracking server" in r.stderr, r.stderr
+
+
+def _past_sweep(storage, name: str, sweep_id: str, trial: str, loss: float) -> None:
+    """A sweep's results.json as a sweep writes it, for one trial that won."""
+    from adaptune.driver.sweep import write_results
+
+    directory = storage / name / sweep_id
+    directory.mkdir(parents=True)
+    row = {"trial": trial, "lora.r": 4, "eval_loss": loss, "steps": 20, "wall_s": 12.0, "status": "finished"}
+    row.update(reason="", adapter=str(directory / "trials" / trial / "adapter"))
+    summary = {"metric": "eval_loss", "scores": [], "tracking_uri": "sqlite:///x.db", "experiment_id": "1"}
+    write_results([row], row, directory, held_out=f"winner {trial} test eval_loss 0.5", summary=summary)
+
+
+def test_results_prints_a_past_sweep_the_newest_by_default_or_by_id_or_by_sweep_file(tmp_path, tiny_model):
+    from adaptune.driver.sweep import record_registration
+    from adaptune.tracking.registry import Registration
+
+    storage = tmp_path / "runs"
+    _past_sweep(storage, "shop", "sweep-20261201-100000", "t_old", 0.5)
+    _past_sweep(storage, "shop", "sweep-20261202-100000", "t_new", 0.4)
+    _past_sweep(storage, "other", "sweep-20261130-100000", "t_other", 0.3)
+    record_registration(storage / "shop" / "sweep-20261202-100000", Registration("shop", "3", ["challenger"]))
+    cluster = write_yaml(tmp_path / "cluster.yaml", cluster_config(storage))
+    at = f"cluster.storage_path={storage}"
+
+    newest = run_cli("results", at)
+    assert newest.returncode == 0, newest.stderr
+    lines = newest.stdout.splitlines()
+    assert lines[0].split() == ["trial", "lora.r", "best", "eval_loss", "steps", "wall_s", "status"]
+    assert lines[2].split() == ["t_new", "4", "0.4000", "20", "12.0", "finished"]
+    assert "winner   t_new: eval_loss 0.4000" in lines and "test     winner t_new test eval_loss 0.5" in lines
+    assert f"results  {storage / 'shop' / 'sweep-20261202-100000'}/results.csv, results.json" in lines
+    assert "registry shop version 3 (@challenger)" in lines
+    by_id = run_cli("results", "sweep-20261201-100000", "--cluster", str(cluster))
+    assert "winner   t_old: eval_loss 0.5000" in by_id.stdout, by_id.stderr
+    other = write_yaml(tmp_path / "other.yaml", {**sweep_config(tiny_model), "name": "other"})
+    by_file = run_cli("results", str(other), "--cluster", str(cluster))
+    assert "winner   t_other: eval_loss 0.3000" in by_file.stdout, by_file.stderr
+    by_dir = run_cli("results", str(storage / "shop" / "sweep-20261201-100000"))
+    assert "winner   t_old: eval_loss 0.5000" in by_dir.stdout, by_dir.stderr
+
+    missing = run_cli("results", "sweep-20261203-000000", at)
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert missing.stderr.splitlines() == [
+        f"{storage}: SWEEP: no sweep 'sweep-20261203-000000' with results. Sweeps there: sweep-20261130-100000, "
+        "sweep-20261201-100000, sweep-20261202-100000"
+    ], missing.stderr
+    empty = run_cli("results", f"cluster.storage_path={tmp_path / 'none'}")
+    assert empty.returncode == 2 and "no sweep with results yet" in empty.stderr, empty.stderr
+
+
+def test_ui_names_a_tracking_server_and_refuses_a_store_that_is_not_there(tmp_path):
+    server = run_cli("ui", "--tracking-uri", "http://mlflow.internal:5000")
+    assert server.returncode == 0 and "open http://mlflow.internal:5000 in a browser" in server.stdout
+    missing = run_cli("ui", str(tmp_path / "runs"))
+    assert missing.returncode == 2, missing.stderr
+    assert f"no MLflow store at sqlite:///{tmp_path / 'runs' / 'mlflow.db'} yet" in missing.stderr

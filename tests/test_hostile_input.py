@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -61,6 +61,7 @@ class Ctx:
 
     tmp: Path
     model: Path
+    helpers: list[subprocess.Popen] = field(default_factory=list)  # processes a builder started, ended after
 
     @property
     def storage(self) -> Path:
@@ -367,6 +368,92 @@ def _space_product_bomb(c: Ctx):
     }
     sweep = c.sweep(search={"space": space})
     return c.run("sweep", sweep, cluster=c.cluster(deepspeed={"zero_stage": 3})), str(sweep)
+
+
+def _model_case(edits: dict[str, Callable[[dict], None]], data: dict | None = None):
+    """A sweep on a copy of the tiny model whose JSON files `edits` change (file name -> change in place), on
+    `data` when given; the problem names the sweep file."""
+
+    def build(c: Ctx) -> tuple[list[str], str]:
+        model = c.tmp / "model"
+        shutil.copytree(c.model, model)
+        for name, change in edits.items():
+            path = model / name
+            config = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+            change(config)
+            path.write_text(json.dumps(config), encoding="utf-8")
+        sweep = c.sweep(model={"path": str(model)}, **({"data": data} if data else {}))
+        return c.run("sweep", sweep), str(sweep)
+
+    return build
+
+
+def _tokenizer_grown_past_the_embeddings(c: Ctx):
+    """Tokens added to the tokenizer (a fine-tuning recipe's special tokens) without resizing the model."""
+    from tokenizers import Tokenizer
+
+    model = c.tmp / "model"
+    shutil.copytree(c.model, model)
+    tok = Tokenizer.from_file(str(model / "tokenizer.json"))
+    rows = json.loads((model / "config.json").read_text(encoding="utf-8"))["vocab_size"]
+    tok.add_tokens([f"<|extra_{i}|>" for i in range(max(8, rows - tok.get_vocab_size() + 8))])
+    tok.save(str(model / "tokenizer.json"))
+    sweep = c.sweep(model={"path": str(model)})
+    return c.run("sweep", sweep), str(sweep)
+
+
+def _chat_template_case(template: str, rows: list):
+    """Chat rows for a copy of the tiny model whose tokenizer carries `template`; the problem names the row."""
+
+    def build(c: Ctx) -> tuple[list[str], str]:
+        model = c.tmp / "model"
+        shutil.copytree(c.model, model)
+        (model / "chat_template.jinja").write_text(template, encoding="utf-8")
+        data = c.rows("chat.jsonl", rows)
+        sweep = c.sweep(model={"path": str(model)}, data={"path": str(data), "format": "chat"})
+        return c.run("sweep", sweep), str(data)
+
+    return build
+
+
+# A template like Gemma's: no system role.
+NO_SYSTEM_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>"
+    "{% endif %}"
+)
+# A template that rewrites earlier turns as the conversation grows (as reasoning models' templates drop
+# earlier thinking): here, a header counting the turns.
+TURN_COUNTING_TEMPLATE = (
+    "[{{ messages | length }} turns]{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+CHAT_PAIR = [{"role": "user", "content": "How do I reset the router?"}, {"role": "assistant", "content": "Hold it."}]
+
+# Another run holding the embedded store, through the same lock a run takes.
+HOLD_STORE = r"""
+import sys, time
+from adaptune.config import read_configs
+from adaptune.tracking.server import embedded_store_lock
+_, cluster, _ = read_configs(None, sys.argv[1], [])
+with embedded_store_lock(cluster, sys.argv[1], "sweep-20261203-101500"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def _store_in_use(c: Ctx):
+    """Two sweeps on one embedded store at once: the second is refused, naming the first."""
+    cluster = c.cluster()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_STORE, str(cluster)], stdout=subprocess.PIPE, text=True)
+    c.helpers.append(holder)
+    assert holder.stdout.readline().strip() == "held"
+    return c.run("sweep", c.sweep(), cluster=cluster), str(cluster)
+
+
+def _data_path_with_spaces_misspelt(c: Ctx):
+    c.rows("données clients/faq 2026.jsonl", [GOOD_ROW])
+    return c.run("sweep", c.sweep_on(c.tmp / "données clients" / "faq 2062.jsonl")), str(c.tmp / "sweep.yaml")
 
 
 def _space(key: str, spec) -> Callable[[Ctx], tuple[list[str], str]]:
@@ -806,6 +893,100 @@ CASES = [
         "and 4 more of its rows are in the training data",
         "A test set must never be trained on",
     ),
+    # ---- tokenizers and models that disagree
+    Case(
+        "tokenizer-grown-past-the-embeddings",
+        _tokenizer_grown_past_the_embeddings,
+        None,
+        "would index past the embeddings",
+        "Resize the model's embeddings to the tokenizer",
+    ),
+    Case(
+        "config-eos-id-outside-the-embeddings",
+        _model_case({"config.json": lambda cfg: cfg.update(eos_token_id=99_999)}),
+        None,
+        "config.json eos_token_id 99999 is outside the model's",
+        "Fix eos_token_id in config.json",
+    ),
+    Case(
+        "tokenizer-eos-not-in-its-vocabulary",
+        _model_case({"tokenizer_config.json": lambda cfg: cfg.update(eos_token="<|no-such-token|>")}),
+        None,
+        "eos_token '<|no-such-token|>' is not in its vocabulary",
+        "Set eos_token in tokenizer_config.json to a token the vocabulary has",
+    ),
+    # ---- chat conversations in odd shapes, and templates that refuse them
+    Case(
+        "chat-messages-an-object-not-a-list",
+        _data_case("chat.jsonl", [{"messages": CHAT_PAIR[0]}], format="chat"),
+        "line 1",
+        "must be a non-empty list of messages",
+        "Write [{role, content}, ...]",
+    ),
+    Case(
+        "chat-message-without-content",
+        _data_case("chat.jsonl", [{"messages": [{"role": "user"}, CHAT_PAIR[1]]}], format="chat"),
+        "line 1",
+        "message 0 is not an object with role and content",
+        "Write {role, content}",
+    ),
+    Case(
+        "chat-content-as-a-list-of-parts",
+        _data_case(
+            "chat.jsonl",
+            [{"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}, CHAT_PAIR[1]]}],
+            format="chat",
+        ),
+        "line 1",
+        "message 0 content is not text",
+        "Make content a string",
+    ),
+    Case(
+        "chat-without-an-assistant-turn",
+        _data_case("chat.jsonl", [{"messages": [CHAT_PAIR[0], {"role": "user", "content": "Hello?"}]}], format="chat"),
+        "line 1",
+        "no non-empty assistant message",
+        "Add the assistant's answer",
+    ),
+    Case(
+        "chat-csv-messages-not-json",
+        _data_case("chat.csv", "messages\nhow do I reset the router\n", format="chat"),
+        "line 2",
+        "'messages' is not a JSON list",
+        "Write messages as a list of {role, content}",
+    ),
+    Case(
+        "chat-template-refuses-a-system-message",
+        _chat_template_case(
+            NO_SYSTEM_TEMPLATE,
+            [{"messages": CHAT_PAIR}, {"messages": [{"role": "system", "content": "Be brief."}, *CHAT_PAIR]}],
+        ),
+        "line 2",
+        "the chat template refuses this conversation (System role not supported)",
+        "a system message only first), or remove it",
+    ),
+    Case(
+        "chat-template-rewrites-earlier-turns",
+        _chat_template_case(TURN_COUNTING_TEMPLATE, [{"messages": CHAT_PAIR}]),
+        "line 1",
+        "does not render this conversation prefix by prefix",
+        "Set data.mask_prompt=false",
+    ),
+    # ---- paths people have, and two runs on one store
+    Case(
+        "data-path-with-spaces-and-accents-misspelt",
+        _data_path_with_spaces_misspelt,
+        "data.path",
+        "does not exist",
+        "Did you mean",
+    ),
+    Case(
+        "two-sweeps-on-one-embedded-store",
+        _store_in_use,
+        "mlflow.tracking_uri",
+        "is in use by sweep-20261203-101500 (pid",
+        "Wait for that run to end",
+    ),
     # ---- retraining on a new drop
     Case("retrain-drop-missing", _retrain_drop_missing, "--data", "does not exist", "Did you mean"),
     Case("retrain-drop-binary", _retrain_drop_binary, "line 1", "not UTF-8", "Re-encode the file as UTF-8"),
@@ -872,6 +1053,10 @@ def test_hostile_input_is_refused_in_one_line_without_ray_or_mlflow(case: Case, 
     except subprocess.TimeoutExpired:
         _stop(proc, tmp_path)
         pytest.fail(f"{case.id}: still running after 120 s")
+    finally:
+        for helper in ctx.helpers:
+            helper.kill()
+            helper.communicate()
     elapsed = time.monotonic() - started
     output = stdout + stderr
 
@@ -904,9 +1089,9 @@ def test_hostile_input_is_refused_in_one_line_without_ray_or_mlflow(case: Case, 
 
 
 @pytest.mark.unit
-def test_the_table_covers_at_least_forty_cases_each_once():
+def test_the_table_covers_at_least_a_hundred_cases_each_once():
     ids = [c.id for c in CASES]
-    assert len(ids) >= 40 and len(set(ids)) == len(ids)
+    assert len(ids) >= 100 and len(set(ids)) == len(ids)
     assert all(c.what and c.fix for c in CASES)  # every refusal says what is wrong and how to fix it
 
 
@@ -918,3 +1103,78 @@ def test_traces_finds_an_mlflow_store_and_a_ray_session(tmp_path):
     (tmp_path / "storage" / "mlflow.db").write_bytes(b"")
     (tmp_path / "raytmp" / "ray" / "session_2026-11-22").mkdir(parents=True)
     assert sorted(p.name for p in _traces(tmp_path)) == ["mlflow.db", "session_2026-11-22"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Input that looks hostile and is not: accepted, every row kept as it was meant
+# --------------------------------------------------------------------------------------------------
+
+
+def _demo_rows(n: int = 60) -> list[dict]:
+    lines = DEMO_DATA.read_text(encoding="utf-8").splitlines()[:n]
+    return [json.loads(line) for line in lines]
+
+
+def _csv_text(rows: list[dict], newline: str) -> str:
+    """Rows as a spreadsheet writes them: quoted fields, some answers over two lines."""
+    import csv
+    import io
+
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=["instruction", "output"], lineterminator=newline)
+    writer.writeheader()
+    writer.writerows({"instruction": r["instruction"], "output": r["output"]} for r in rows)
+    return out.getvalue()
+
+
+def _two_line_answers(rows: list[dict]) -> list[dict]:
+    return [{**r, "output": r["output"] + ("\nThen try again." if i % 3 == 0 else "")} for i, r in enumerate(rows)]
+
+
+TOLERATED = {
+    # Windows tools: a byte-order mark and CRLF line ends
+    "jsonl-with-bom-and-crlf": lambda rows: ("rows.jsonl", "\ufeff" + "".join(json.dumps(r) + "\r\n" for r in rows)),
+    # Excel's "CSV UTF-8": a BOM before the header, CRLF, quoted answers that run over two lines
+    "csv-from-excel": lambda rows: ("rows.csv", "\ufeff" + _csv_text(_two_line_answers(rows), "\r\n")),
+    "csv-multi-line-fields": lambda rows: ("rows.csv", _csv_text(_two_line_answers(rows), "\n")),
+    "path-with-spaces-and-accents": lambda rows: (
+        "données clients 2026/faq export (v2).jsonl",
+        "".join(json.dumps(r) + "\n" for r in rows),
+    ),
+    # an export that repeats every row: kept, and a row's copies land in one split (none validates on itself)
+    "every-row-twice": lambda rows: ("rows.jsonl", "".join(json.dumps(r) + "\n" for r in rows for _ in range(2))),
+}
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("kind", sorted(TOLERATED))
+def test_input_that_only_looks_hostile_is_accepted_and_nothing_is_lost(kind, tmp_path, tiny_model):
+    from adaptune.config import DataConfig
+    from adaptune.data import find_data_files, load_records, prompt_key, split_indices
+
+    from .support import run_cli
+
+    rows = _demo_rows()
+    name, text = TOLERATED[kind](rows)
+    data = tmp_path / name
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_bytes(text.encode("utf-8"))
+    ctx = Ctx(tmp_path, tiny_model)
+    sweep = ctx.sweep_on(data)
+    r = run_cli("validate", str(sweep), "--cluster", str(ctx.cluster()), timeout=120)
+    assert r.returncode == 0 and f"{sweep}: ok" in r.stdout, r.stderr[-3000:]
+
+    cfg = DataConfig(path=str(data))
+    records, problems = load_records(find_data_files(str(data)), cfg)
+    assert not problems
+    expected = [{"instruction": r["instruction"], "output": r["output"]} for r in rows]
+    if "csv" in kind:
+        expected = _two_line_answers(expected)
+    copies = 2 if kind == "every-row-twice" else 1
+    assert len(records) == copies * len(rows)
+    # every answer whole, with its line breaks as the writer meant them (no BOM, no carriage return left)
+    assert [r["response"] for r in records[::copies]] == [e["output"] for e in expected]
+    assert not any("\ufeff" in r["prompt"] or "\r" in r["prompt"] + r["response"] for r in records)
+    splits = split_indices([prompt_key(r) for r in records], cfg)
+    by_split = {name: {prompt_key(records[i]) for i in idx} for name, idx in splits.items()}
+    assert not by_split["train"] & (by_split["validation"] | by_split["test"])

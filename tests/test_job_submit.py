@@ -227,6 +227,12 @@ def test_a_sweep_whose_trials_all_fail_is_a_failed_job(two_nodes, tiny_model, tm
     assert "failed" in _job(two_nodes, "status", job_id).stdout.lower()
     logs = _job(two_nodes, "logs", job_id).stdout
     assert "winner   none: every trial failed; the first:" in logs, logs[-3000:]
+    # Each failure reaches the job's log as one line: the trial, the cause, where its traceback and the
+    # workers' output are; the tracebacks themselves are in those files, not interleaved here.
+    failed = [line for line in logs.splitlines() if line.startswith("adaptune: sweep: ") and " failed: " in line]
+    assert len(failed) == 2, logs[-3000:]
+    assert all("; the traceback is in " in line and "/job/logs/sweep-" in line for line in failed), failed
+    assert "Traceback" not in logs, logs[-3000:]
     (sweep_dir,) = (shared_storage / "job").glob("sweep-*")
     results = json.loads((sweep_dir / "results.json").read_text())
     assert [t["status"] for t in results["trials"]] == ["failed", "failed"]

@@ -248,3 +248,51 @@ def test_mlflow_ui_compares_two_trials_answers_to_the_same_prompt(sweep_run, mlf
         ARTIFACTS / "mlflow-answers-compare.png",
     )
     assert "eval/answers.json" in text
+
+
+def test_adaptune_ui_serves_the_embedded_store_of_a_storage_path_with_spaces(tmp_path):
+    """The line a run prints to open the UI, run as a shell would split it, serves that store."""
+    import os
+    import shlex
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from mlflow import MlflowClient
+
+    from adaptune.config import ClusterProfile
+    from adaptune.tracking.server import tracking_uri, ui_command
+
+    from .support import free_port
+
+    store = tmp_path / "company runs" / "q4 sweep"
+    uri = tracking_uri(ClusterProfile(storage_path=str(store)))
+    store.mkdir(parents=True)
+    MlflowClient(tracking_uri=uri).create_experiment("q4-shop")
+    words = shlex.split(ui_command(uri))  # what a shell makes of it
+    assert words == ["adaptune", "ui", str(store)]
+    port = free_port()
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "adaptune", *words[1:], "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline, names = time.monotonic() + 90, None
+        while time.monotonic() < deadline and ui.poll() is None:
+            try:
+                url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=10"
+                with urllib.request.urlopen(url, timeout=5) as answer:
+                    names = [e["name"] for e in json.loads(answer.read())["experiments"]]
+                break
+            except OSError:
+                time.sleep(1)
+        assert names is not None and "q4-shop" in names, names
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        out, _ = ui.communicate(timeout=30)
+    assert out.splitlines()[0] == f"MLflow UI on {uri} at http://127.0.0.1:{port} (Ctrl-C stops it)", out[-2000:]

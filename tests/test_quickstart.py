@@ -72,7 +72,27 @@ def test_quickstart_script_sweeps_registers_and_merges_on_the_embedded_default(t
     assert "registry quickstart version 1 (@challenger, @champion)" in r.stdout
     assert "merged   quickstart@champion (quickstart version 1)" in r.stdout
     assert "registry quickstart-merged version 1" in r.stdout
-    assert r.stdout.strip().splitlines()[-1] == f"ui       mlflow ui --backend-store-uri {store} --port 5000"
+    assert r.stdout.strip().splitlines()[-1] == f"ui       adaptune ui {tmp_path.resolve()}"
+
+    # The terminal holds adaptune's lines only: its log lines, the results table, the merge. What Ray, DeepSpeed
+    # and the libraries printed is in the log files the runs named at their start.
+    noise = [line for line in r.stderr.splitlines() if not line.startswith("adaptune: ")]
+    assert not noise, "\n".join(noise[:40])
+    logs = [Path(line.split()[2].rstrip(":")) for line in r.stderr.splitlines() if line.startswith("adaptune: log ")]
+    assert [p.parent for p in logs] == [tmp_path.resolve() / "quickstart" / "logs", tmp_path.resolve() / "logs"], logs
+    assert logs[0].name == f"{sweep_dir.name}.log" and logs[1].name.startswith("merge-")
+    sweep_log = logs[0].read_text(encoding="utf-8")
+    assert "pid=" in sweep_log and "adaptune: sweep: " in sweep_log  # Ray's workers' output, and adaptune's
+    # The sweep's table and summary, printed again from its storage by `adaptune results`, line for line.
+    again = run(".venv/bin/adaptune", "results", storage, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    shown = again.stdout.strip("\n").splitlines()  # the table's header starts with spaces
+    out = r.stdout.splitlines()
+    assert shown and shown == out[out.index(shown[0]) : out.index(shown[0]) + len(shown)], again.stdout
+    head, tail = out[: out.index(shown[0])], out[out.index(shown[0]) + len(shown) :]
+    assert len(head) == 3 and head[0].startswith("setup: ok") and head[1].startswith("demo model "), head
+    assert head[2].startswith("search_spaces/quickstart.yaml: ok"), head
+    assert [line.split()[0] for line in tail] == ["merged", "check", "registry", "ui"], tail
     from transformers import AutoModelForCausalLM
 
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")

@@ -55,22 +55,6 @@ def test_an_evaluation_only_the_checkpoint_has_reaches_mlflow_once(tmp_path):
     assert sorted((m.step, round(m.value, 6)) for m in logged) == [(10, 2.9), (20, 2.8), (30, 2.7)]
 
 
-def test_the_printed_mlflow_ui_command_works_for_a_store_path_with_spaces(tmp_path):
-    import shlex
-
-    from mlflow import MlflowClient
-
-    from adaptune.tracking.server import tracking_uri, ui_command
-
-    store = tmp_path / "company runs" / "q4 sweep"
-    uri = tracking_uri(ClusterProfile(storage_path=str(store)))
-    store.mkdir(parents=True)
-    command = ui_command(uri)
-    words = shlex.split(command)  # what a shell makes of it
-    assert words[:2] == ["mlflow", "ui"] and words[2:4] == ["--backend-store-uri", uri]
-    assert MlflowClient(tracking_uri=words[3]).search_experiments()  # the store opens at that URI
-
-
 def test_steps_a_stopped_trial_ran_past_its_last_report_are_not_part_of_its_record():
     """ASHA stopped the trial after its step-10 report; its workers had time to evaluate and checkpoint step 20."""
     merged = merge_histories([_evaluation(10)], [_evaluation(10), _evaluation(20)])

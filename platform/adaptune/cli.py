@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
 
+from adaptune.console import LOG_FORMAT, console
 from adaptune.demo.build import build_demo_model
 from adaptune.driver.report import format_retrain, format_sweep, format_trial
-from adaptune.driver.run import plan_run, run_merge, run_sweep, run_train
+from adaptune.driver.run import past_sweep, plan_run, run_merge, run_sweep, run_train, ui_target
 from adaptune.errors import EXIT_INVALID, EXIT_OK, EXIT_RUNTIME, UserInputError
 from adaptune.names import MODEL_CONFIG
 from adaptune.preflight.reference import config_reference
@@ -40,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Distributed LoRA/QLoRA hyperparameter search and training on Ray, DeepSpeed and MLflow.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of runtime failures")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show Ray's, DeepSpeed's and the libraries' output live (it always goes to the run's log file)",
+    )
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     _add_run_args(sub.add_parser("validate", help="check a sweep file and cluster profile without running anything"))
     _add_run_args(sub.add_parser("train", help="train the sweep's base values as one trial and print its metrics"))
@@ -87,6 +94,27 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("--tracking-uri", help="MLflow tracking URI (default: profile, MLFLOW_TRACKING_URI)")
     rollback.add_argument("--reason", default="", help="why, recorded on the rollback run in MLflow")
     rollback.add_argument(
+        "overrides", nargs="*", metavar="cluster.key=value", help="override a profile key (cluster.storage_path=...)"
+    )
+    results = sub.add_parser("results", help="print the results table and the winner of a past sweep")
+    results.add_argument(
+        "sweep",
+        nargs="?",
+        metavar="SWEEP",
+        help="a sweep id (sweep-20261203-101500), a sweep file (its newest sweep) or a sweep's directory; "
+        "default: the newest sweep under the profile's storage path",
+    )
+    results.add_argument("--cluster", help="cluster profile whose storage_path to read")
+    results.add_argument(
+        "overrides", nargs="*", metavar="cluster.key=value", help="override a profile key (cluster.storage_path=...)"
+    )
+    ui = sub.add_parser("ui", help="open the MLflow UI on the store the configs point at")
+    ui.add_argument("store", nargs="?", metavar="STORAGE_PATH", help="the storage folder of an embedded store")
+    ui.add_argument("--cluster", help="cluster profile whose storage_path and mlflow.tracking_uri to use")
+    ui.add_argument("--tracking-uri", help="MLflow tracking URI (default: profile, MLFLOW_TRACKING_URI, embedded)")
+    ui.add_argument("--host", default="127.0.0.1", help="address the UI listens on (default: 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=5000, help="port the UI listens on (default: 5000)")
+    ui.add_argument(
         "overrides", nargs="*", metavar="cluster.key=value", help="override a profile key (cluster.storage_path=...)"
     )
     sub.add_parser("config-reference", help="print the configuration reference (Markdown) from the schema")
@@ -178,6 +206,33 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _optional_first(value: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
+    """An optional positional argparse filled with the first `key=value` override: give it back."""
+    if value is not None and "=" in value:
+        return None, [value, *overrides]
+    return value, overrides
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+
+    sweep, overrides = _optional_first(args.sweep, args.overrides)
+    _say(format_sweep(past_sweep(sweep, args.cluster, overrides)))
+    return EXIT_OK
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+
+    store, overrides = _optional_first(args.store, args.overrides)
+    target = ui_target(store, args.cluster, args.tracking_uri, overrides, args.host, args.port)
+    if target.command is None:
+        _say(f"MLflow UI: open {target.url} in a browser (the tracking server the configs point at)")
+        return EXIT_OK
+    _say(f"MLflow UI on {target.uri} at {target.url} (Ctrl-C stops it)")
+    sys.stdout.flush()
+    os.execv(target.command[0], target.command)  # the UI in this process, so Ctrl-C and exit codes are its own
+    return EXIT_RUNTIME  # not reached
+
+
 def _cmd_demo_model(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
@@ -202,6 +257,8 @@ COMMANDS = {
     "merge": _cmd_merge,
     "retrain": _cmd_retrain,
     "rollback": _cmd_rollback,
+    "results": _cmd_results,
+    "ui": _cmd_ui,
     "demo-model": _cmd_demo_model,
     "config-reference": _cmd_config_reference,
 }
@@ -218,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
-    logging.basicConfig(level=logging.INFO, format="adaptune: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    console.verbose = args.verbose
     install_log_redaction()  # whichever library logs a URI or a message holding a secret
     try:
         return COMMANDS[args.verb](args)
@@ -243,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _say(text: str, err: bool = False) -> None:
     """Print a line for the user with any secret in it masked (a URI's password, a credential's value)."""
-    print(redact(text), file=sys.stderr if err else sys.stdout)
+    console.say(redact(text), err=err)
 
 
 def _user_error_inside(e: BaseException) -> UserInputError | None:

@@ -46,6 +46,7 @@ MODEL_CONFIG = "config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 EMBEDDED_DB = "mlflow.db"  # the embedded MLflow store under storage_path, when no server is configured
 EMBEDDED_ARTIFACTS = "mlartifacts"
+LOGS_DIR = "logs"  # <storage>/<sweep name>/logs/<run id>.log: the libraries' output of each run (adaptune.console)
 RETRAIN_DIR = "retrain"  # <storage>/retrain/<registered model>/: lock, history, snapshots of each drop
 RETRAIN_HISTORY = "history.jsonl"
 RETRAIN_LOCK = "lock"

@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,13 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from adaptune.config import MAX_EVAL_SAMPLES, ClusterProfile, SweepConfig, model_source, read_configs, resolve_path
+from adaptune.console import console
 from adaptune.data import DataManifest, load_eval_prompts, prepare_dataset
 from adaptune.driver.sweep import (
+    RESULTS_SUMMARY,
     build_tuner,
     collect_results,
     held_out_note,
     pick_finalists,
     pick_winner,
+    read_results,
+    record_registration,
     trial_histories,
     unfinished_trials,
     write_results,
@@ -33,7 +38,7 @@ from adaptune.driver.trial import run_trial
 from adaptune.errors import ConfigError, DataError, Problem, StorageError, storage_failure
 from adaptune.evaluation import scorer_code
 from adaptune.merge import merge_adapter
-from adaptune.names import ADAPTER_CONFIG, DATA_DIR, RESULTS_JSON, TEST_METRIC, TRIALS_DIR, target_key
+from adaptune.names import ADAPTER_CONFIG, DATA_DIR, LOGS_DIR, RESULTS_JSON, TEST_METRIC, TRIALS_DIR, target_key
 from adaptune.preflight.architecture import ArchitectureError, target_modules_for
 from adaptune.preflight.rules import DECOMPOSING_INITS
 from adaptune.preflight.search_space import target_candidates
@@ -43,7 +48,15 @@ from adaptune.scoring import score_split
 from adaptune.tracking.models import download_adapter, resolve_base
 from adaptune.tracking.registry import log_merged, register_winner, resolve_ref
 from adaptune.tracking.runs import SweepTracker
-from adaptune.tracking.server import TRACKING_WAIT_S, check_tracking, tracking_uri, ui_command, wait_for_server
+from adaptune.tracking.server import (
+    TRACKING_WAIT_S,
+    check_tracking,
+    embedded_artifacts,
+    embedded_store_lock,
+    tracking_uri,
+    ui_command,
+    wait_for_server,
+)
 from adaptune.tracking.store import client
 
 log = logging.getLogger("adaptune")
@@ -105,9 +118,14 @@ def prepare_inputs(plan: RunPlan) -> Prepared:
     if problems:
         raise ConfigError(problems)
     started = time.perf_counter()
-    manifest = prepare_dataset(
-        sweep.data, sweep.model.path, plan.sweep_root / DATA_DIR, sweep.model.trust_remote_code, sweep.model.revision
-    )
+    with console.task(f"data: preparing {sweep.data.path}"):
+        manifest = prepare_dataset(
+            sweep.data,
+            sweep.model.path,
+            plan.sweep_root / DATA_DIR,
+            sweep.model.trust_remote_code,
+            sweep.model.revision,
+        )
     log.info(
         "data %s: %s rows (train/validation/test) -> %s examples, %s truncated, %s dropped; digest %s; "
         "prepared in %.1fs at %s",
@@ -224,11 +242,13 @@ class TrainResult:
 def run_train(sweep_file: str, cluster_file: str | None, overrides: list[str]) -> TrainResult:
     """`adaptune train`: the sweep's base values as one trial."""
     plan = plan_run(sweep_file, cluster_file, overrides)
-    with storage_guard(plan.cluster):
+    name = time.strftime("train-%Y%m%d-%H%M%S")
+    with storage_guard(plan.cluster), hold_store(plan, name):
+        capture_output(plan, name)
         prepared = prepare_inputs(plan)
         connect_ray(plan.cluster)
-        name = time.strftime("train-%Y%m%d-%H%M%S")
-        outcome = run_trial(pin_paths(plan.sweep), plan.cluster, prepared.run, name, str(plan.sweep_root))
+        with console.task(f"train: {name}, {plan.sweep.train.max_steps} steps"):
+            outcome = run_trial(pin_paths(plan.sweep), plan.cluster, prepared.run, name, str(plan.sweep_root))
     return TrainResult(prepared.manifest, outcome)
 
 
@@ -281,6 +301,23 @@ def run_sweep(
 def sweep_plan(plan: RunPlan, resume: str | bool = False, parent_tags: dict[str, str] | None = None) -> SweepOutcome:
     """The sweep of a checked plan (see `run_sweep`); `parent_tags` go on its MLflow parent run."""
     sweep_id = sweep_to_run(plan, resume)  # what may still refuse the input comes before Ray is imported
+    with storage_guard(plan.cluster), hold_store(plan, sweep_id):
+        return _sweep_held(plan, sweep_id, resume, parent_tags)
+
+
+def capture_output(plan: RunPlan, run: str) -> None:
+    """Ray's, DeepSpeed's and the libraries' output from here on to `<storage>/<sweep name>/logs/<run>.log`
+    (see adaptune.console); the terminal keeps adaptune's lines."""
+    console.capture(plan.sweep_root / LOGS_DIR / f"{run}.log")
+
+
+def hold_store(plan: RunPlan, run: str) -> Any:
+    """The embedded MLflow store held for this run (see tracking.server.embedded_store_lock)."""
+    return embedded_store_lock(plan.cluster, plan.cluster_file or "embedded default cluster", run)
+
+
+def _sweep_held(plan: RunPlan, sweep_id: str, resume: str | bool, parent_tags: dict[str, str] | None) -> SweepOutcome:
+    capture_output(plan, sweep_id)
     prepared = prepare_inputs(plan)
     connect_ray(plan.cluster)
     tracker = open_tracking(plan, sweep_id, prepared, bool(resume), parent_tags)
@@ -289,6 +326,7 @@ def sweep_plan(plan: RunPlan, resume: str | bool = False, parent_tags: dict[str,
         outcome = finish(plan, sweep_id, grid, prepared, tracker)
     if outcome.winner is not None and not outcome.interrupted and plan.sweep.mlflow.register_winner:
         outcome.registration = register(plan, prepared.manifest, tracker, outcome.winner)
+        record_registration(Path(outcome.path), outcome.registration)
     return outcome
 
 
@@ -350,9 +388,7 @@ def finish(plan: RunPlan, sweep_id: str, grid: Any, prepared: Prepared, tracker:
     note = tracker.outage_note()
     if note:
         log.warning("%s", note)
-    write_results(rows, winner, directory, note, held_out, bool(unfinished))
-    tracker.close(rows, winner, directory, bool(unfinished), note, held_out)
-    return SweepOutcome(
+    outcome = SweepOutcome(
         sweep_id,
         str(directory),
         plan.sweep.search.metric,
@@ -367,6 +403,12 @@ def finish(plan: RunPlan, sweep_id: str, grid: Any, prepared: Prepared, tracker:
         held_out=held_out,
         scores=generated_metrics(plan.sweep),
     )
+    summary = {k: getattr(outcome, k) for k in RESULTS_SUMMARY}
+    write_results(
+        rows, winner, directory, note, held_out, bool(unfinished), {**summary, "scores": list(outcome.scores)}
+    )
+    tracker.close(rows, winner, directory, bool(unfinished), note, held_out)
+    return outcome
 
 
 def score_finalists(
@@ -393,11 +435,12 @@ def score_finalists(
     log.info("sweep: scoring %d finalist(s) on the test split: %s", len(adapters), ", ".join(adapters))
     try:
         run = prepared.run
-        scores = ray.get(
-            task.remote(
-                pin_paths(plan.sweep), run.data_dir, "test", run.pad_token_id, adapters, tr.use_gpu, run.scorer_code
+        with console.task(f"sweep: scoring {len(adapters)} finalist(s) on the test split"):
+            scores = ray.get(
+                task.remote(
+                    pin_paths(plan.sweep), run.data_dir, "test", run.pad_token_id, adapters, tr.use_gpu, run.scorer_code
+                )
             )
-        )
     except Exception as e:  # the sweep's results must not be lost to the scoring of its finalists
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         log.warning("sweep: scoring the finalists on the test split failed: %s", reason)
@@ -453,19 +496,22 @@ def run_merge(
     """`adaptune merge`: the adapter a registry reference or run id names, merged into its base model in full
     precision, checked against base+adapter, saved, logged to MLflow and registered as `<name>-merged`."""
     access = registry_access("merge", cluster_file, tracking, overrides)
+    storage = resolve_path(access.cluster.storage_path).resolve()
+    console.capture(storage / LOGS_DIR / time.strftime("merge-%Y%m%d-%H%M%S.log"))
     uri, mlc = access.uri, access.mlc
     adapter = resolve_ref(mlc, ref, uri)
     log.info("merge: %s -> %s (run %s) at %s", ref, adapter.model_uri, adapter.run_id, uri)
     with tempfile.TemporaryDirectory(prefix="adaptune-merge-") as tmp:
         adapter_dir, config = download_adapter(uri, adapter.model_uri, adapter.ref, Path(tmp))
-        report = merge_adapter(
-            adapter_dir,
-            resolve_base(config, resolve_path(access.cluster.storage_path), ref),
-            Path(out),
-            revision=config.get("revision"),
-            trust_remote_code=bool(config.get("trust_remote_code")),
-            overwrite=overwrite,
-        )
+        with console.task(f"merge: {ref} into its base model"):
+            report = merge_adapter(
+                adapter_dir,
+                resolve_base(config, storage, ref),
+                Path(out),
+                revision=config.get("revision"),
+                trust_remote_code=bool(config.get("trust_remote_code")),
+                overwrite=overwrite,
+            )
     registration = log_merged(mlc, uri, adapter, Path(out), report) if register else None
     return MergeResult(adapter, report, registration, ui_command(uri))
 
@@ -501,3 +547,68 @@ def registry_access(verb: str, cluster_file: str | None, tracking: str | None, o
         raise ConfigError(problems)
     uri = tracking_uri(cluster)
     return RegistryAccess(cluster, uri, client(uri))
+
+
+def find_results(wanted: str | None, cluster_file: str | None, overrides: list[str]) -> Path:
+    """`adaptune results`: the directory of the past sweep `wanted` names (a sweep id, a sweep file: its newest
+    sweep, or a sweep's directory), else the newest sweep with results under the profile's storage path."""
+    if wanted and Path(wanted).is_dir() and (Path(wanted) / RESULTS_JSON).is_file():
+        return Path(wanted)
+    sweep_file = wanted if wanted and wanted.endswith((".yaml", ".yml")) else None
+    sweep, cluster, problems = read_configs(sweep_file, cluster_file, overrides)
+    if problems or cluster is None or (sweep_file and sweep is None):
+        raise ConfigError(problems)
+    storage = resolve_path(cluster.storage_path).resolve()
+    pattern = f"{sweep.name}/sweep-*" if sweep is not None else "*/sweep-*"
+    found = sorted((p for p in storage.glob(pattern) if (p / RESULTS_JSON).is_file()), key=lambda p: p.name)
+    if wanted and sweep is None:
+        found = [p for p in found if p.name == wanted]
+    if found:
+        return found[-1]
+    shown = ", ".join(sorted({p.name for p in storage.glob("*/sweep-*") if (p / RESULTS_JSON).is_file()})[-5:])
+    what = f"no sweep {wanted!r} with results" if wanted else "no sweep with results yet"
+    fix = f"Sweeps there: {shown}" if shown else "Run one with `adaptune sweep <sweep file>`, or give --cluster"
+    raise ConfigError(Problem(str(storage), "SWEEP", what, fix))
+
+
+def past_sweep(wanted: str | None, cluster_file: str | None, overrides: list[str]) -> SweepOutcome:
+    """A past sweep's outcome from its storage (see `find_results`)."""
+    return read_results(find_results(wanted, cluster_file, overrides))
+
+
+@dataclass(frozen=True)
+class UiTarget:
+    """How `adaptune ui` opens the MLflow UI: `command` to run for a local store, else the server's `url`."""
+
+    uri: str
+    command: list[str] | None = None
+    url: str | None = None
+
+
+def ui_target(
+    store: str | None, cluster_file: str | None, tracking: str | None, overrides: list[str], host: str, port: int
+) -> UiTarget:
+    """The MLflow UI on the store the configs point at: `mlflow ui` on the embedded SQLite store (of `store`, a
+    storage folder, when given), or the tracking server's URL."""
+    overrides = [*overrides, *([f"cluster.storage_path={store}"] if store else [])]
+    overrides += [f"cluster.mlflow.tracking_uri={tracking}"] if tracking else []
+    _, cluster, problems = read_configs(None, cluster_file, overrides)
+    if problems or cluster is None:
+        raise ConfigError(problems)
+    uri = tracking_uri(cluster)
+    if uri.startswith(("http://", "https://")):
+        return UiTarget(uri, url=uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(
+            Problem(
+                cluster_file or "embedded default cluster",
+                "storage_path",
+                f"no MLflow store at {uri} yet",
+                "Run a sweep first, or name the storage folder that holds one: adaptune ui <storage_path>",
+            )
+        )
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    artifacts = embedded_artifacts(cluster, uri)
+    if artifacts:
+        command += ["--artifacts-destination", artifacts]
+    return UiTarget(uri, command=command, url=f"http://{host}:{port}")

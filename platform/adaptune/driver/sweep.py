@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptune.config import ClusterProfile, SearchConfig, SweepConfig
+from adaptune.console import console
 from adaptune.driver.trial import checkpoints_on_storage, launch_training
 from adaptune.names import (
     ADAPTER_DIR,
@@ -29,8 +30,9 @@ from adaptune.names import (
     TRAINER_STATE,
     TRIALS_DIR,
 )
-from adaptune.preflight.search_space import build_param_space, resolve_alpha
-from adaptune.records import PARETO, PreparedRun, generated_metrics
+from adaptune.preflight.search_space import build_param_space, expected_trials, resolve_alpha
+from adaptune.records import PARETO, PreparedRun, SweepOutcome, generated_metrics
+from adaptune.tracking.registry import Registration
 
 log = logging.getLogger("adaptune")
 
@@ -81,14 +83,35 @@ def build_scheduler(search: SearchConfig, train: Any) -> Any:
     )
 
 
-def _progress_callback(metric: str, mode: str, max_steps: int) -> Any:
+def _progress_callback(metric: str, mode: str, max_steps: int, total: int) -> Any:
     from ray import tune
 
     class Progress(tune.Callback):
-        """One line per event: counts by state and the best so far."""
+        """The sweep as it goes: on a terminal, a live line (trials by state, best so far, elapsed and an
+        estimate of what is left) and a line per ended trial; elsewhere a plain line per event."""
 
         def __init__(self) -> None:
             self.best: tuple[float, str] | None = None
+            self.display: Any = None  # the live line's update function, while fit() runs
+            self._task: Any = None
+
+        def setup(self, **info: Any) -> None:
+            self._task = console.task("sweep", total=total)
+            self.display = self._task.__enter__()
+
+        def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+            self._close()
+
+        def _close(self) -> None:
+            if self._task is not None:
+                task, self._task, self.display = self._task, None, None
+                task.__exit__(None, None, None)
+
+        def __getstate__(self) -> dict[str, Any]:  # Tune saves its callbacks with the sweep's state
+            return {**self.__dict__, "display": None, "_task": None}
+
+        def __del__(self) -> None:  # fit() interrupted before its end: the display goes away with the callback
+            self._close()
 
         def _line(self, trials: list[Any], event: str, ended: Any = None, errored: bool = False) -> None:
             counts = {"running": 0, "pending": 0, FINISHED: 0, CONVERGED: 0, STOPPED_EARLY: 0, "failed/skipped": 0}
@@ -108,6 +131,11 @@ def _progress_callback(metric: str, mode: str, max_steps: int) -> Any:
             best = f"; best {metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
             # `converged` only once a trial has (train.early_stopping is off by default)
             shown = ", ".join(f"{v} {k}" for k, v in counts.items() if v or k != CONVERGED)
+            if self.display is not None and console.live():
+                ended_count = sum(counts.values()) - counts["running"] - counts["pending"]
+                self.display(description=f"sweep: {shown}{best}", completed=ended_count, total=max(total, len(trials)))
+                if ended is None:
+                    return  # on a terminal only ends get a line of their own
             log.info("sweep: %s | %s%s", event, shown, best)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -122,9 +150,23 @@ def _progress_callback(metric: str, mode: str, max_steps: int) -> Any:
             self._line(trials, f"{trial.trial_id} ended", ended=trial)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            self._line(trials, f"{trial.trial_id} errored", ended=trial, errored=True)
+            self._line(trials, f"{trial.trial_id} {trial_error(trial)}", ended=trial, errored=True)
 
     return Progress()
+
+
+def trial_error(trial: Any) -> str:
+    """A failed or skipped trial in one line: the cause (the last line of its error) and where the rest is."""
+    path = Path(trial.error_file) if getattr(trial, "error_file", None) else None
+    text = path.read_text(encoding="utf-8", errors="replace") if path is not None and path.is_file() else ""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    cause = lines[-1] if lines else "no error recorded"
+    if "TrialSkipped" in text:
+        return f"skipped: {cause.split('TrialSkipped: ')[-1]}"
+    where = f"; the traceback is in {path}" + (
+        f" and the workers' output in {console.log_path}" if console.log_path else ""
+    )
+    return f"failed: {cause}{where if path else ''}"
 
 
 def build_tuner(
@@ -155,7 +197,8 @@ def build_tuner(
         {"CPU": 0, "memory": TRIAL_DRIVER_MEMORY},
     )
     path = str(sweep_root / sweep_id)
-    callbacks = [_progress_callback(s.metric, s.mode, sweep.train.max_steps), *(callbacks or [])]
+    total = expected_trials(s)
+    callbacks = [_progress_callback(s.metric, s.mode, sweep.train.max_steps, total), *(callbacks or [])]
     if restore:
         tuner = tune.Tuner.restore(
             path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
@@ -434,10 +477,12 @@ def write_results(
     tracking_note: str | None = None,
     held_out: str | None = None,
     interrupted: bool = False,
+    summary: dict[str, Any] | None = None,
 ) -> None:
     """results.csv and results.json (with `tracking_note` when the tracking server had an outage, and
     `held_out`: what the winner's figures mean) beside the sweep's Tune state. `interrupted`: trials were left
-    unfinished (Ctrl-C, a stopped job); `--resume` finishes them and writes both again."""
+    unfinished (Ctrl-C, a stopped job); `--resume` finishes them and writes both again. `summary`: what
+    `adaptune results` needs to print the sweep again (`RESULTS_SUMMARY`)."""
     columns = list(dict.fromkeys(k for r in rows for k in r))
     with (directory / RESULTS_CSV).open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -449,6 +494,7 @@ def write_results(
             {
                 "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "interrupted": interrupted,
+                **(summary or {}),
                 "winner": winner,
                 **({"held_out": held_out} if held_out else {}),
                 **({"tracking_note": tracking_note} if tracking_note else {}),
@@ -457,4 +503,42 @@ def write_results(
             indent=2,
         ),
         encoding="utf-8",
+    )
+
+
+# What results.json keeps besides the rows, for `adaptune results`: SweepOutcome's fields of the same names.
+RESULTS_SUMMARY = ("metric", "scores", "tracking_uri", "experiment_id", "parent_run_id", "ui")
+
+
+def record_registration(directory: Path, registration: Any) -> None:
+    """Add the winner's registry version (a tracking.registry.Registration) to results.json."""
+    path = directory / RESULTS_JSON
+    results = json.loads(path.read_text(encoding="utf-8"))
+    results["registration"] = {
+        "name": registration.name,
+        "version": registration.version,
+        "aliases": registration.aliases,
+    }
+    path.write_text(json.dumps(results, indent=2), encoding="utf-8")
+
+
+def read_results(directory: Path) -> SweepOutcome:
+    """A past sweep's outcome from its results.json, as `format_sweep` prints it."""
+    results = json.loads((directory / RESULTS_JSON).read_text(encoding="utf-8"))
+    reg = results.get("registration")
+    return SweepOutcome(
+        directory.name,
+        str(directory),
+        results.get("metric", "eval_loss"),  # results written before the summary was kept: the default metric
+        results["trials"],
+        results.get("winner"),
+        bool(results.get("interrupted")),
+        tracking_uri=results.get("tracking_uri", ""),
+        experiment_id=results.get("experiment_id", ""),
+        parent_run_id=results.get("parent_run_id", ""),
+        registration=Registration(reg["name"], reg["version"], reg["aliases"]) if reg else None,
+        ui=results.get("ui", ""),
+        tracking_note=results.get("tracking_note"),
+        held_out=results.get("held_out"),
+        scores=tuple(results.get("scores", ())),
     )

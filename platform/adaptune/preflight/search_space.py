@@ -180,6 +180,19 @@ def finite_values(space: dict[str, Any], key: str) -> list[Any] | None:
     return None
 
 
+def expected_trials(search: Any) -> int:
+    """How many trials a sweep's search runs: num_samples (default 8; 1 for a grid) times every grid entry's
+    values (and every `choice` entry's, under algorithm: grid), as Tune counts them."""
+    grid = search.algorithm == "grid"
+    total = search.num_samples or (1 if grid else 8)
+    for spec in search.space.values():
+        if isinstance(spec, dict) and len(spec) == 1:
+            ((name, args),) = spec.items()
+            if name == "grid" or (name == "choice" and grid):
+                total *= len(args)
+    return total
+
+
 def build_param_space(space: dict[str, Any], grid: bool = False) -> dict[str, Any]:
     """The Ray Tune `param_space` for a checked search space, keyed by dotted key. With `grid`, `choice`
     entries are searched exhaustively too.

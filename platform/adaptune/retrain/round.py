@@ -18,7 +18,15 @@ from typing import Any
 
 from adaptune.config import NAME_PATTERN, ClusterProfile, SweepConfig, read_configs, resolve_path
 from adaptune.data import data_digest, find_data_files
-from adaptune.driver.run import checked_plan, connect_ray, registry_access, run_merge, sweep_plan
+from adaptune.driver.run import (
+    capture_output,
+    checked_plan,
+    connect_ray,
+    hold_store,
+    registry_access,
+    run_merge,
+    sweep_plan,
+)
 from adaptune.errors import ConfigError, DataError, Problem
 from adaptune.names import (
     CHAMPION,
@@ -115,7 +123,12 @@ def run_retrain(
     find_data_files(drop_path, "--data")  # a drop that is not there is refused before the lock is taken
     retrain_id = time.strftime("retrain-%Y%m%d-%H%M%S")
     owner = {"retrain_id": retrain_id, "registered_model": model, "sweep_file": sweep_file, "data": drop_path}
-    with RetrainLock(home / RETRAIN_LOCK, plan.sweep.retrain.lock_ttl_minutes * 60, owner):
+    # the retrain lock first: a second retrain of the same model is told so, whichever store it uses
+    with (
+        RetrainLock(home / RETRAIN_LOCK, plan.sweep.retrain.lock_ttl_minutes * 60, owner),
+        hold_store(plan, retrain_id),
+    ):
+        capture_output(plan, retrain_id)
         cluster_overrides = [o for o in overrides if o.startswith("cluster.")]
         return _retrain_locked(RoundContext(plan, retrain_id, home, drop_path), cluster_file, cluster_overrides)
 

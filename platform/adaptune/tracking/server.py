@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import base64
 import configparser
+import fcntl
 import json
 import logging
 import os
 import shlex
+import socket
+import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from adaptune.config import ClusterProfile, resolve_path
-from adaptune.errors import Problem
+from adaptune.errors import ConfigError, Problem
 from adaptune.names import EMBEDDED_ARTIFACTS, EMBEDDED_DB
 from adaptune.redaction import redact_uri, uri_password
 
@@ -39,10 +44,91 @@ def embedded_artifacts(cluster: ClusterProfile, uri: str) -> str | None:
 
 
 def ui_command(uri: str) -> str:
-    """How a person opens the MLflow UI on this store (any password in the URI masked)."""
+    """How a person opens the MLflow UI on this store (any password in the URI masked): `adaptune ui` with the
+    storage folder of an embedded store (none for the default one, from this directory), a server's URL."""
     if uri.startswith(("http://", "https://")):
         return f"open {redact_uri(uri)} in a browser"
-    return f"mlflow ui --backend-store-uri {shlex.quote(redact_uri(uri))} --port 5000"  # paths with spaces
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        default = resolve_path(ClusterProfile.model_fields["storage_path"].default).resolve()
+        return "adaptune ui" + ("" if folder == default else f" {shlex.quote(str(folder))}")  # paths with spaces
+    return f"mlflow ui --backend-store-uri {shlex.quote(redact_uri(uri))} --port 5000"
+
+
+# The embedded store's lock: open descriptors this process holds, by lock file, with how many holders share it.
+_HELD: dict[Path, list[int]] = {}
+
+
+@contextmanager
+def embedded_store_lock(cluster: ClusterProfile, source: str, run: str) -> Iterator[None]:
+    """Hold the embedded SQLite store for one run (`run`: its id) at a time; nothing for a server or database.
+
+    SQLite takes one writer at a time, and two sweeps logging trials, metrics and registry versions into one
+    file at once get "database is locked" errors part-way through. A second run on the same store is refused
+    at the start instead, naming the run that holds it. The lock is an flock(2) on `mlflow.db.lock` beside the
+    store: the kernel releases it when its process ends, however it ends, so a killed run leaves no stale lock.
+    Re-entrant within a process (a retrain holds it around the sweep it runs).
+
+    Raises:
+        ConfigError: another process holds the store.
+    """
+    uri = tracking_uri(cluster)
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri.removeprefix("sqlite:///")).with_name(EMBEDDED_DB + ".lock")
+    held = _HELD.get(path)
+    if held is not None:
+        held[1] += 1
+        try:
+            yield
+        finally:
+            held[1] -= 1
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(fd)
+        os.close(fd)
+        raise ConfigError(
+            Problem(
+                source,
+                "mlflow.tracking_uri",
+                f"the embedded MLflow store {uri} is in use by {holder}; SQLite takes one writer at a time, so "
+                "two runs on it would fail part-way with 'database is locked'",
+                "Wait for that run to end, give this run another storage_path, or point both at an MLflow "
+                "server (mlflow.tracking_uri, see docs/mlflow.md)",
+            )
+        ) from None
+    holder = {"run": run, "pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%H:%M:%S")}
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({**holder, "command": " ".join(sys.argv[1:3])}).encode())
+    except OSError:  # a full disk: the lock holds all the same; the run itself reports the disk
+        pass
+    _HELD[path] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _HELD[path]
+        os.close(fd)  # releases the lock; the file stays (removing it would race a process opening it)
+
+
+def _lock_holder(fd: int) -> str:
+    """Who holds the store, as its lock file says."""
+    try:
+        held = json.loads(os.pread(fd, 4096, 0) or b"{}")
+    except (OSError, ValueError):
+        held = {}
+    if not isinstance(held, dict) or not held:
+        return "another process"
+    command = f", `adaptune {held['command']}`" if held.get("command") else ""
+    return (
+        f"{held.get('run', 'a run')} (pid {held.get('pid', '?')} on {held.get('host', '?')}{command}, started "
+        f"{held.get('started', '?')})"
+    )
 
 
 CREDENTIALS_FIX = (
