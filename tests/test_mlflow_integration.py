@@ -76,7 +76,11 @@ def test_parent_run_has_one_child_per_trial_with_params_metrics_and_status(sweep
             seen_failures.add(failed)
 
     assert seen_failures == {True, False}  # some answers the user's scorer failed on, some it scored
-    logs = sweep_run["r"].stdout + sweep_run["r"].stderr
+    # The workers' warnings about it are in the sweep's log file (named on the terminal's first line), not on it.
+    err = sweep_run["r"].stderr
+    assert "Traceback" not in err and f"scorer '{USER_SCORER}'" not in err
+    (log_line,) = [line for line in err.splitlines() if line.startswith("adaptune: log ")]
+    logs = Path(log_line.split()[2].rstrip(":")).read_text(encoding="utf-8")
     assert f"eval: scorer '{USER_SCORER}' failed on answer" in logs and "that score is missing" in logs
 
     # The parent: config, results and plots as artifacts, the data with our digest, versions, the winner.

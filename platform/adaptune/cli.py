@@ -239,7 +239,9 @@ def _cmd_demo_model(args: argparse.Namespace) -> int:
     if (out / MODEL_CONFIG).is_file() and not args.force:
         _say(f"demo model already at {out} (use --force to rebuild)")
         return EXIT_OK
-    build_demo_model(out, Path(args.data))
+    console.capture(out.resolve() / "build.log")  # the tokenizer trainer's, transformers' and DeepSpeed's output
+    with console.task(f"demo model: building {out}"):
+        build_demo_model(out, Path(args.data))
     _say(f"demo model written to {out}")
     return EXIT_OK
 
