@@ -25,6 +25,24 @@ TRAINED = (FINISHED, STOPPED_EARLY, CONVERGED)  # statuses whose adapter can win
 TEST_METRIC = "test_eval_loss"  # a finalist's eval_loss on the test split: a results column, a run metric
 
 # --------------------------------------------------------------------------------------------------
+# The phases of a trial's wall time (records.Phase, its trainer state's `timeline`), in the order they come
+# --------------------------------------------------------------------------------------------------
+
+PHASE_TRIAL_START = "trial process start"  # Tune starts the trial's process: to adaptune's trial function
+PHASE_TRIAL_SETUP = "trial set-up"  # sampled values applied and checked, the TorchTrainer built
+PHASE_WORKERS_START = "Train controller and placement"  # fit() to a worker process existing
+PHASE_WORKER_IMPORTS = "worker process and imports"  # a worker process's start to its train function
+PHASE_JOIN = "process group"  # DeepSpeed imported, the process group joined
+PHASE_DATA = "data open"
+PHASE_MODEL = "model load"  # the base model (quantized when asked) with its adapter
+PHASE_ENGINE = "DeepSpeed init"
+PHASE_BASE_EVAL = "base-model evaluation"  # the untouched base model's eval_loss, the bar every trial must clear
+PHASE_STEPS = "optimizer steps"  # training between two evaluations: the work a sweep pays for
+PHASE_EVAL = "evaluation"  # eval_loss on the validation split
+PHASE_ANSWERS = "generated answers"  # answering and scoring the evaluation prompts (eval)
+PHASE_CHECKPOINT = "checkpoint and report"  # the adapter saved, persisted to storage, the result reported
+
+# --------------------------------------------------------------------------------------------------
 # Files on storage
 # --------------------------------------------------------------------------------------------------
 

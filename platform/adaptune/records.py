@@ -20,6 +20,11 @@ from adaptune.names import target_key
 # --------------------------------------------------------------------------------------------------
 
 
+# One phase of a trial's wall time: (name, wall-clock start, seconds). A trial's phases are kept in its trainer
+# state (`timeline`), in order: where its time went (bench/goodput.py reads them).
+Phase = tuple[str, float, float]
+
+
 @dataclass(frozen=True)
 class PreparedRun:
     """What every trial of a run shares, computed once by the driver before any trial starts."""
@@ -29,8 +34,11 @@ class PreparedRun:
     targets: dict[str, list[str]]  # module suffixes of every target setting the run may sample, by `target_key`
     scorer_code: tuple[str, str] | None = None  # (file name, source) of eval.scorers_file, read once
 
-    def spec(self, sweep: SweepConfig, cluster: ClusterProfile, launched_at: float) -> TrialSpec:
-        """The spec of one trial with settings `sweep` (the run's base values, or sampled values applied)."""
+    def spec(
+        self, sweep: SweepConfig, cluster: ClusterProfile, launched_at: float, timeline: tuple[Phase, ...] = ()
+    ) -> TrialSpec:
+        """The spec of one trial with settings `sweep` (the run's base values, or sampled values applied);
+        `timeline`: the phases the trial's own process went through before it launched its workers."""
         return TrialSpec(
             sweep,
             cluster,
@@ -39,6 +47,7 @@ class PreparedRun:
             self.pad_token_id,
             launched_at,
             self.scorer_code,
+            timeline,
         )
 
 
@@ -54,6 +63,7 @@ class TrialSpec:
     pad_token_id: int
     launched_at: float  # wall time `fit()` was called: the workers' start-up is measured from it
     scorer_code: tuple[str, str] | None = None  # eval.scorers_file's (name, source): workers need no copy of it
+    timeline: tuple[Phase, ...] = ()  # the trial process's phases before `fit()` (its start, its set-up)
 
 
 # --------------------------------------------------------------------------------------------------

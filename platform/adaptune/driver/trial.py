@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from adaptune.config import ClusterProfile, SweepConfig
-from adaptune.names import ADAPTER_DIR, TRAINER_STATE
+from adaptune.names import ADAPTER_DIR, PHASE_TRIAL_SETUP, PHASE_TRIAL_START, TRAINER_STATE
 from adaptune.preflight.rules import check_compatibility
 from adaptune.preflight.search_space import apply_values, resolve_alpha
 from adaptune.records import PreparedRun, TrialOutcome, TrialSpec, diverged_report
@@ -104,6 +104,7 @@ def launch_training(
     The inner run is named after the Tune trial, so a trial restarted by `--resume` continues from the
     checkpoints its earlier attempt left in `trials_path`.
     """
+    entered = time.time()
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -122,9 +123,19 @@ def launch_training(
         for report in finished:
             tune.report(report)
         return
-    spec = prepared.spec(trial_sweep, cluster, time.time())
+    started = _process_started()
+    launched = time.time()
+    timeline = ((PHASE_TRIAL_START, started, entered - started), (PHASE_TRIAL_SETUP, entered, launched - entered))
+    spec = prepared.spec(trial_sweep, cluster, launched, timeline)
     trainer = build_trainer(spec, name=trial_id, storage_path=trials_path, callbacks=[TuneReportCallback()])
     trainer.fit()
+
+
+def _process_started() -> float:
+    """Wall-clock time this process started (psutil, which Ray depends on)."""
+    import psutil
+
+    return psutil.Process().create_time()
 
 
 def checkpoints_on_storage(run_dir: Path) -> dict[int, Path]:

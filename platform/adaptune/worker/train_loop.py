@@ -14,6 +14,7 @@ import resource
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,12 +32,23 @@ from adaptune.names import (
     ADAPTER_DIR,
     ADAPTER_WEIGHTS,
     ANSWERS_FILE,
+    PHASE_ANSWERS,
+    PHASE_BASE_EVAL,
+    PHASE_CHECKPOINT,
+    PHASE_DATA,
+    PHASE_ENGINE,
+    PHASE_EVAL,
+    PHASE_JOIN,
+    PHASE_MODEL,
+    PHASE_STEPS,
+    PHASE_WORKER_IMPORTS,
+    PHASE_WORKERS_START,
     PROBE_FILE,
     TRAINED_ADAPTER_FILE,
     TRAINER_STATE,
 )
 from adaptune.preflight.rules import DECOMPOSING_INITS
-from adaptune.records import Evaluation, TrialSpec, converged_reason, diverged_report
+from adaptune.records import Evaluation, Phase, TrialSpec, converged_reason, diverged_report
 from adaptune.worker.deepspeed_config import build_deepspeed_config
 from adaptune.worker.model import (
     add_lora,
@@ -382,18 +394,66 @@ def answer_on_ranks(model: Any, answering: Answering, me: Rank) -> tuple[ScoredA
     return scored[0], seconds
 
 
+class Timeline:
+    """Where this worker's time goes, phase by phase (records.Phase): kept in the trainer state's `timeline`
+    from the point the state exists (`attach`), so every checkpoint holds the phases before it."""
+
+    def __init__(self) -> None:
+        self.phases: list[list[Any]] = []
+
+    def add(self, name: str, start: float, seconds: float) -> None:
+        self.phases.append([name, round(start, 3), round(max(seconds, 0.0), 4)])
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.time()
+        try:
+            yield
+        finally:
+            self.add(name, start, time.time() - start)
+
+    def attach(self, state: dict[str, Any]) -> None:
+        """From now on the phases are the state's: a resumed state's earlier phases, then this start's."""
+        state["timeline"] = [*state.get("timeline", []), *self.phases]
+        self.phases = state["timeline"]
+
+
+def _start_phases(spec: TrialSpec, entered: float, first_start: bool) -> list[Phase]:
+    """The phases before this worker's train function ran: the trial process's (first start only), the Train
+    controller starting the worker group from `fit()` (first start only: a restart's is not measured from
+    there), and this worker process's own start with its imports."""
+    import psutil
+
+    started = psutil.Process().create_time()
+    phases: list[Phase] = [(PHASE_WORKER_IMPORTS, started, entered - started)]
+    if first_start:
+        phases = [*spec.timeline, (PHASE_WORKERS_START, spec.launched_at, started - spec.launched_at), *phases]
+    return phases
+
+
 def train_fn_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker entrypoint; `config["spec"]` is the trial's `TrialSpec`."""
+    import ray.train
+
     spec: TrialSpec = config["spec"]
-    startup = {"worker_start_s": time.time() - spec.launched_at}  # trainer.fit() to this process running
-    me = join_group(spec)
-    train_ds, val_ds = load_data(spec, startup)
-    answering = load_answering(spec.sweep, spec.data_dir, "validation", spec.scorer_code)
+    entered = time.time()
+    startup = {"worker_start_s": entered - spec.launched_at}  # trainer.fit() to this process running
+    timeline = Timeline()
+    for phase in _start_phases(spec, entered, ray.train.get_checkpoint() is None):
+        timeline.add(*phase)
+    with timeline.phase(PHASE_JOIN):
+        me = join_group(spec)
+    with timeline.phase(PHASE_DATA):
+        train_ds, val_ds = load_data(spec, startup)
+        answering = load_answering(spec.sweep, spec.data_dir, "validation", spec.scorer_code)
     ds_config = build_deepspeed_config(spec.sweep, spec.cluster, me.world)
-    model = build_model(spec, me, ds_config, train_ds, startup)
-    state = resume(spec, model)
-    engine = build_engine(spec, me, model, ds_config, state, startup)
-    train(spec, me, engine, model, state, train_ds, val_ds, answering)
+    with timeline.phase(PHASE_MODEL):
+        model = build_model(spec, me, ds_config, train_ds, startup)
+        state = resume(spec, model)
+    timeline.attach(state)
+    with timeline.phase(PHASE_ENGINE):
+        engine = build_engine(spec, me, model, ds_config, state, startup)
+    train(spec, me, engine, model, state, train_ds, val_ds, answering, timeline)
 
 
 def join_group(spec: TrialSpec) -> Rank:
@@ -547,22 +607,27 @@ def train(
     train_ds: Any,
     val_ds: Any,
     answering: Answering | None = None,
+    timeline: Timeline | None = None,
 ) -> None:
     """Step until `train.max_steps`, evaluating (and answering the evaluation prompts) and reporting every
-    `eval_every` steps and at the end; a diverged loss ends the trial at once."""
+    `eval_every` steps and at the end; a diverged loss ends the trial at once. `timeline`: where the phases go."""
     t, search = spec.sweep.train, spec.sweep.search
+    timeline = timeline or Timeline()
     if "converged" in state:  # resumed after its last report: it had already ended
         return
     if spec.sweep.data.packing:
         check_packing(engine, train_ds, me, resolve_precision(spec.sweep, spec.cluster))
     if state["base_eval_loss"] is None:  # the untouched base model, the bar every trial must clear
-        state["base_eval_loss"] = _evaluate(engine, val_ds, me.rank, me.world, t.eval_batch_size, me.pad_id, me.device)
+        with timeline.phase(PHASE_BASE_EVAL):
+            state["base_eval_loss"] = _evaluate(
+                engine, val_ds, me.rank, me.world, t.eval_batch_size, me.pad_id, me.device
+            )
     gas = t.gradient_accumulation_steps
     step = state["step"]
     lengths = row_lengths(train_ds) if spec.sweep.data.group_by_length else None
     batches = train_batches(len(train_ds), me.rank, me.world, t.micro_batch_size, t.seed, step * gas, lengths)
     window = torch.zeros(3, dtype=torch.float64, device=me.device)  # loss sum, tokens, steps since report
-    window_time = 0.0
+    window_time, window_start = 0.0, time.time()
     while step < t.max_steps:
         started = time.perf_counter()
         step_stats = torch.zeros(4, dtype=torch.float64, device=me.device)  # loss, tokens, non-finite, slots
@@ -596,8 +661,11 @@ def train(
         )
         window_time += time.perf_counter() - started
         if step % t.eval_every == 0 or step == t.max_steps:
-            eval_loss = _evaluate(engine, val_ds, me.rank, me.world, t.eval_batch_size, me.pad_id, me.device)
-            answers, generation_s = answer_on_ranks(model.peft, answering, me) if answering else (None, 0.0)
+            timeline.add(PHASE_STEPS, window_start, window_time)
+            with timeline.phase(PHASE_EVAL):
+                eval_loss = _evaluate(engine, val_ds, me.rank, me.world, t.eval_batch_size, me.pad_id, me.device)
+            with timeline.phase(PHASE_ANSWERS):
+                answers, generation_s = answer_on_ranks(model.peft, answering, me) if answering else (None, 0.0)
             opt_mb = torch.tensor(optimizer_state_mb(engine.optimizer), dtype=torch.float64, device=me.device)
             dist.all_reduce(opt_mb)
             evaluation = Evaluation(
@@ -631,11 +699,12 @@ def train(
                 }
             state["step"] = step
             state["history"].append(metrics)
-            _report(metrics, model, state, _probe(engine, val_ds, me.device), me.rank, me.zero3, answers)
+            with timeline.phase(PHASE_CHECKPOINT):  # recorded in the next checkpoint's state
+                _report(metrics, model, state, _probe(engine, val_ds, me.device), me.rank, me.zero3, answers)
             if metrics["converged"]:
                 return  # the best evaluation's checkpoint is kept (by search.metric); nothing more to learn
             window.zero_()
-            window_time = 0.0
+            window_time, window_start = 0.0, time.time()
 
 
 def _scheduler(optimizer: Any, t: TrainConfig, start: int) -> Any:
