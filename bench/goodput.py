@@ -9,8 +9,9 @@ The sweep is search_spaces/quickstart.yaml on the demo model (6 trials of 2 Deep
 
 - goodput: optimizer-step seconds / (sweep wall x trial slots). The sweep wall is the whole `adaptune sweep`
   as a user waits for it: plan, data, Ray, tracking, the trials, results, finalists, registry.
-- fixed cost per trial: its wall time (the trial process's start to Tune seeing it end) less its optimizer
-  steps; "warm" trials are all but the first (the first also pays the host's first Ray workers).
+- fixed cost per trial: the wall time it adds to the sweep (from the end of the trial before it, or its own
+  start if later, to Tune seeing it end) less its optimizer steps; "warm" trials are all but the first (the first
+  also pays the host's first Ray workers). Start-up a trial did while the one before it trained is hidden.
 - each fixed cost, per trial, from the trial's own timestamps (the trainer state's `timeline`, rank 0's; and the
   driver's Tune callback for the trial's end), and the driver's phases before the first trial and after the last.
 
@@ -152,10 +153,17 @@ def summarize(side: dict) -> dict:
         start = min(s for _, s, _ in timeline)
         last_end = max(s + d for _, s, d in timeline)
         phases[LAST] = t["tune_end"] - last_end
-        wall = t["tune_end"] - start
         steps = phases.pop(STEPS, 0.0)
-        per_trial.append({"trial": t["trial"], "start": start, "wall": wall, "steps": steps, "phases": phases})
-    per_trial.sort(key=lambda p: p["start"])
+        per_trial.append({"trial": t["trial"], "start": start, "end": t["tune_end"], "steps": steps, "phases": phases})
+    # What each trial adds to the sweep's wall (one trial slot): from the end of the trial before it (or its own
+    # start, if later) to its end. A trial started while the one before it trained (a trial on deck) has part
+    # of its start-up hidden behind that one: `hidden`.
+    per_trial.sort(key=lambda p: p["end"])
+    previous_end = None
+    for p in per_trial:
+        p["hidden"] = max(0.0, previous_end - p["start"]) if previous_end is not None else 0.0
+        p["wall"] = p["end"] - max(p["start"], previous_end if previous_end is not None else p["start"])
+        previous_end = p["end"]
     step_s = sum(p["steps"] for p in per_trial)
     warm = per_trial[1:] or per_trial
     return {
@@ -168,6 +176,7 @@ def summarize(side: dict) -> dict:
         "phase_warm": {
             name: statistics.mean(p["phases"].get(name, 0.0) for p in warm) for name in (*PHASE_ORDER, LAST)
         },
+        "hidden_warm": statistics.mean(p["hidden"] for p in warm) if warm else 0.0,
         "driver": side["driver"],
         "between": _between_trials(side, per_trial),
     }
@@ -179,7 +188,7 @@ def _between_trials(side: dict, per_trial: list[dict]) -> float:
         return 0.0
     covered, end = 0.0, float("-inf")
     for p in sorted(per_trial, key=lambda p: p["start"]):
-        lo, hi = max(p["start"], end), p["start"] + p["wall"]
+        lo, hi = max(p["start"], end), p["end"]
         covered += max(0.0, hi - lo)
         end = max(end, hi)
     return max(0.0, side["driver"].get("fit", 0.0) - covered)
@@ -205,6 +214,11 @@ def report(sides: dict[str, dict], labels: dict[str, str]) -> None:
     md("", "## Fixed cost per warm trial, by phase (seconds, mean over all trials but the first)", "", head, rule)
     for phase in (*PHASE_ORDER, LAST):
         md(f"| {phase} | " + " | ".join(f"{s[n]['phase_warm'][phase]:.2f}" for n in names) + " |")
+    md(
+        "| less: started while the trial before it trained (on deck) | "
+        + " | ".join(f"-{s[n]['hidden_warm']:.2f}" for n in names)
+        + " |"
+    )
     md(
         "| optimizer steps (not a fixed cost) | "
         + " | ".join(f"{statistics.mean(p['steps'] for p in s[n]['trials'][1:] or s[n]['trials']):.2f}" for n in names)

@@ -382,6 +382,14 @@ class SearchConfig(_Section):
     max_concurrent_trials: int | None = Field(
         None, gt=0, description="Trials at once. Empty: as many as the cluster holds."
     )
+    trials_on_deck: int = Field(
+        1,
+        ge=0,
+        description="Trials started ahead of free workers: their processes start (and import the training stack) "
+        "while earlier trials train, and their workers start the moment workers free up, instead of each trial "
+        "starting only after the last one ended. Their settings are sampled that much earlier (Optuna sees one "
+        "result fewer). 0: a trial starts only when its workers can.",
+    )
     seed: int = Field(0, description="Seed of the search algorithm.")
 
 

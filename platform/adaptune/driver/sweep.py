@@ -213,7 +213,7 @@ def build_tuner(
         tune_config=tune.TuneConfig(
             metric=s.metric,
             mode=s.mode,
-            search_alg=build_search_alg(s, concurrency(s, cluster, resources)),
+            search_alg=build_search_alg(s, concurrency(s, cluster, resources) + s.trials_on_deck),
             scheduler=build_scheduler(s, sweep.train),
             num_samples=s.num_samples or (1 if s.algorithm == "grid" else 8),
         ),

@@ -4,6 +4,7 @@ run to the end, and its outcome read back from the checkpoints it reported."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from adaptune.names import ADAPTER_DIR, PHASE_TRIAL_SETUP, PHASE_TRIAL_START, TR
 from adaptune.preflight.rules import check_compatibility
 from adaptune.preflight.search_space import apply_values, resolve_alpha
 from adaptune.records import PreparedRun, TrialOutcome, TrialSpec, diverged_report
+
+TRAIN_POLL_S = 0.25  # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S for adaptune's trials (see build_trainer)
 
 
 class TrainingDiverged(RuntimeError):
@@ -28,14 +31,17 @@ def build_trainer(spec: TrialSpec, name: str, storage_path: str, callbacks: list
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from adaptune.worker.train_loop import train_fn_per_worker  # torch: only where a trainer is built
-
+    # How often the Train controller polls its workers: their reports reach Tune, and a trial's end is seen, on
+    # these polls (Ray's default, 2 s, costs each evaluation and each trial's end up to 2 s). Set here, in the
+    # process that starts the controller, so it reaches the controller on any cluster; a value set where the
+    # nodes start wins.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(TRAIN_POLL_S))
     tr, search = spec.cluster.trial, spec.sweep.search
     resources = {"CPU": tr.cpus_per_worker}
     if tr.use_gpu:
         resources["GPU"] = tr.gpus_per_worker
     return TorchTrainer(
-        train_fn_per_worker,
+        _train_fn_per_worker,
         train_loop_config={"spec": spec},
         scaling_config=ScalingConfig(num_workers=tr.num_workers, use_gpu=tr.use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if tr.use_gpu else "gloo"),
@@ -49,6 +55,14 @@ def build_trainer(spec: TrialSpec, name: str, storage_path: str, callbacks: list
             callbacks=callbacks or [],
         ),
     )
+
+
+def _train_fn_per_worker(config: dict[str, Any]) -> None:
+    """The workers' entrypoint, imported only where it runs: the trial's process and the Train controller pass
+    this function on (pickled by reference) without importing the worker's stack."""
+    from adaptune.worker.train_loop import train_fn_per_worker
+
+    train_fn_per_worker(config)
 
 
 def read_outcome(result: Any, search: Any) -> TrialOutcome:

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import resource
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -460,6 +461,7 @@ def join_group(spec: TrialSpec) -> Rank:
     """This worker's rank; DeepSpeed adopts the process group Ray Train set up (ZeRO-3 model loading needs it)."""
     # DeepSpeed picks its accelerator on first import: CPU workers must say so before that.
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if spec.cluster.trial.use_gpu else "cpu")
+    _import_only_what_it_uses(spec)
     import deepspeed
     import ray.train
     import ray.train.torch
@@ -473,6 +475,20 @@ def join_group(spec: TrialSpec) -> Rank:
         spec.cluster.deepspeed.zero_stage == 3,
         int(spec.pad_token_id),
     )
+
+
+def _import_only_what_it_uses(spec: TrialSpec) -> None:
+    """Keep libraries the trial does not use out of this worker process: every trial pays each worker's imports
+    at its start (bench/goodput.py measures them). Workers never talk to MLflow (only the driver does), but
+    DeepSpeed's autotuner imports it whenever it can (about 2 s); peft imports bitsandbytes whenever it can
+    (about 0.8 s), which only QLoRA/8-bit trials and bitsandbytes' optimizers use. Such a module is made
+    unimportable in this process: `import` raises ImportError and availability checks say it is absent."""
+    unused = ["mlflow"]
+    if spec.sweep.quantization.mode == "none" and spec.sweep.train.optimizer == "adamw":
+        unused.append("bitsandbytes")
+    for name in unused:
+        if name not in sys.modules:
+            sys.modules[name] = None  # type: ignore[assignment]
 
 
 def load_data(spec: TrialSpec, startup: dict[str, float]) -> tuple[Any, Any]:
