@@ -31,15 +31,15 @@ def md(*lines: str) -> None:
 def plain_loop(model_dir: Path, data_dir: Path, steps: int, batch: int, lr: float, threads: int, pad_id: int):
     """The baseline: transformers + peft + torch AdamW, one process, no Ray, no DeepSpeed."""
     import torch
-    from datasets import load_from_disk
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from adaptune.data import open_split
     from adaptune.worker.train_loop import collate, train_batches
 
     torch.set_num_threads(threads)
     started = time.perf_counter()
-    train = load_from_disk(str(data_dir / "train"))
+    train = open_split(data_dir, "train")
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     model = get_peft_model(
         model,

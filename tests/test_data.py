@@ -204,16 +204,16 @@ def test_prepare_once_truncates_packs_and_reuses(tmp_path, tiny_model):
     m = prepare_dataset(cfg, str(tiny_model), tmp_path)
     assert m.rows == {"train": 340, "validation": 40, "test": 20}
     assert m.truncated["train"] > 0 and m.examples["train"] + m.dropped["train"] == 340
-    from datasets import load_from_disk
+    from adaptune.data import open_split
 
-    train = load_from_disk(f"{m.path}/train")
+    train = open_split(m.path, "train")
     assert len(train) == m.examples["train"] and max(len(x) for x in train["input_ids"]) <= 80
     again = prepare_dataset(cfg, str(tiny_model), tmp_path)
     assert again.path == m.path and len(list(tmp_path.iterdir())) == 1  # reused, not re-tokenized
     packed = prepare_dataset(cfg.model_copy(update={"packing": True, "max_seq_length": 512}), str(tiny_model), tmp_path)
     plain = prepare_dataset(cfg.model_copy(update={"max_seq_length": 512}), str(tiny_model), tmp_path)
-    rows = load_from_disk(f"{packed.path}/train")
-    examples = load_from_disk(f"{plain.path}/train")
+    rows = open_split(packed.path, "train")
+    examples = open_split(plain.path, "train")
     assert packed.path != m.path and packed.examples["train"] < plain.examples["train"] / 2
     # Whole examples, in order, each row at most max_seq_length; an example's first token is never a target.
     assert all(len(ids) == sum(ls) <= 512 for ids, ls in zip(rows["input_ids"], rows["lengths"], strict=True))
@@ -226,7 +226,7 @@ def test_prepare_once_truncates_packs_and_reuses(tmp_path, tiny_model):
     # Validation and test are never packed: the same examples as without packing.
     for split in ("validation", "test"):
         assert packed.examples[split] == plain.examples[split]
-        assert "lengths" not in load_from_disk(f"{packed.path}/{split}").column_names
+        assert "lengths" not in open_split(packed.path, split).table.column_names
 
 
 # ---- files exported by common tools ----

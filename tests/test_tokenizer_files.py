@@ -102,7 +102,7 @@ def test_changed_special_tokens_prepare_the_data_again(tiny_model, tmp_path):
     after = prepare_dataset(cfg, str(model), tmp_path / "prepared")
     assert after.key != before.key
 
-    from datasets import load_from_disk
+    from adaptune.data import open_split
 
-    old, new = (load_from_disk(f"{m.path}/train")[0]["input_ids"][-1] for m in (before, after))
+    old, new = (open_split(m.path, "train")[0]["input_ids"][-1] for m in (before, after))
     assert (old, new) == (1, 2)  # each example now ends with the new eos id

@@ -4,6 +4,7 @@ and packed batches that keep their examples apart."""
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 
@@ -63,16 +64,15 @@ def test_a_packed_batch_takes_the_loss_its_examples_take_unpacked(tmp_path, tiny
     examples in an ordinary padded batch: positions restart at each example and no token attends to another.
     The same packed rows without their examples' boundaries (one long sequence) do not."""
     import torch
-    from datasets import load_from_disk
     from transformers import AutoModelForCausalLM
 
     from adaptune.config import DataConfig
-    from adaptune.data import PACKED_LENGTHS, prepare_dataset
+    from adaptune.data import PACKED_LENGTHS, open_split, prepare_dataset
 
     cfg = DataConfig(path=str(DEMO_DATA), max_seq_length=512)
     packed_m = prepare_dataset(cfg.model_copy(update={"packing": True}), str(tiny_model), tmp_path)
     plain_m = prepare_dataset(cfg, str(tiny_model), tmp_path)
-    packed, plain = load_from_disk(f"{packed_m.path}/train"), load_from_disk(f"{plain_m.path}/train")
+    packed, plain = open_split(packed_m.path, "train"), open_split(plain_m.path, "train")
     rows = packed[[0, 1]]
     k = sum(len(lengths) for lengths in rows[PACKED_LENGTHS])
     assert k > 4 and [len(x) for x in plain[:k]["input_ids"]] == [n for ls in rows[PACKED_LENGTHS] for n in ls]
@@ -91,15 +91,14 @@ def test_a_packed_trial_refuses_a_model_that_lets_examples_see_each_other(tmp_pa
     """The check a packed trial runs on its model before training: the tiny Llama passes; the same model
     behind a forward that drops the position ids (as a model whose code ignores them would) is refused."""
     import torch
-    from datasets import load_from_disk
     from transformers import AutoModelForCausalLM
 
     from adaptune.config import DataConfig
-    from adaptune.data import prepare_dataset
+    from adaptune.data import open_split, prepare_dataset
     from adaptune.worker.train_loop import Rank, check_packing
 
     m = prepare_dataset(DataConfig(path=str(DEMO_DATA), max_seq_length=512, packing=True), str(tiny_model), tmp_path)
-    rows = load_from_disk(f"{m.path}/train")
+    rows = open_split(m.path, "train")
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
     me = Rank(0, 1, torch.device("cpu"), False, m.pad_token_id)
     check_packing(model, rows, me, "fp32")
@@ -186,3 +185,57 @@ def test_an_eva_adapter_resumes_with_its_per_layer_ranks_and_scales(tmp_path, ti
     x = torch.randint(5, 500, (2, 16))
     with torch.no_grad():
         assert torch.equal(resumed.eval()(input_ids=x).logits, trained.eval()(input_ids=x).logits)
+
+
+@pytest.fixture
+def one_rank_group():
+    """A real gloo process group of one rank, as a trial's worker has (world size 1)."""
+    import torch.distributed as dist
+
+    from .support import free_port
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_base_model_is_evaluated_once_per_data_and_model_and_read_by_every_other_trial(
+    tmp_path, tiny_model, one_rank_group
+):
+    import torch
+
+    from adaptune.config import ClusterProfile, SweepConfig
+    from adaptune.records import PreparedRun
+    from adaptune.worker.train_loop import Rank, base_eval_loss
+
+    from .support import sweep_config
+
+    prepared = PreparedRun(str(tmp_path / "data"), 0, {"attention": ["q_proj"], "all-linear": ["q_proj", "up_proj"]})
+    me = Rank(0, 1, torch.device("cpu"), False, 0)
+    calls = []
+
+    def evaluate(value):
+        return lambda: calls.append(value) or value
+
+    def spec(**sections):
+        return prepared.spec(SweepConfig(**sweep_config(tiny_model, **sections)), ClusterProfile(), 0.0)
+
+    assert base_eval_loss(spec(), me, evaluate(6.5)) == (6.5, "computed")
+    # Other LoRA settings start as the same function (B = 0): read, not evaluated again.
+    other = spec(lora={"r": 16, "target_modules": "all-linear", "use_dora": True})
+    assert base_eval_loss(other, me, evaluate(9.9)) == (6.5, "read")
+    # A base loaded another way, or rewritten by its initialisation, or whose weights changed: evaluated.
+    assert base_eval_loss(spec(quantization={"mode": "4bit"}), me, evaluate(6.7)) == (6.7, "computed")
+    assert base_eval_loss(spec(lora={"init": "pissa"}), me, evaluate(6.6)) == (6.6, "computed")
+    weights = tiny_model / "model.safetensors"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    try:
+        assert base_eval_loss(spec(), me, evaluate(6.4)) == (6.4, "computed")
+    finally:
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert calls == [6.5, 6.7, 6.6, 6.4]
+    kept = sorted((tmp_path / "data" / "base_eval").iterdir())
+    assert len(kept) == 4 and all(p.suffix == ".json" for p in kept)

@@ -7,19 +7,21 @@ transformers inside `prepare_dataset`.
 
 from __future__ import annotations
 
+import array
 import csv
 import difflib
 import glob
 import hashlib
 import json
 import os
-import random
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from adaptune.config import MAX_EVAL_SAMPLES, DataConfig, model_source, resolve_path
 from adaptune.errors import DataError, Problem, missing_path_hint
@@ -320,8 +322,17 @@ def load_records(
 
     Returns the records and every problem found (capped), so a user sees them all at once.
     """
-    records: list[dict[str, Any]] = []
     problems: list[Problem] = []
+    records = [record for _, record in iter_records(files, cfg, problems, limit)]
+    return records, problems
+
+
+def iter_records(
+    files: list[Path], cfg: DataConfig, problems: list[Problem], limit: int | None = None
+) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """(file, normalized record) for each good row of `files`, in order, one at a time; each bad row's problem
+    goes into `problems` (capped at MAX_PROBLEMS, then reading stops), so a caller streams the rows and still
+    reports every problem at once."""
     for file in files:
         # A row lacking a required column is named where it is; a file none of whose rows has it, once. Until
         # a row has it, the rows that lack it wait (the first few of them) to see which of the two this is.
@@ -344,19 +355,18 @@ def load_records(
                     problems.extend(e.problems)
                 else:
                     none_has_it = _flush(waiting, problems)
-                    records.append(record)
+                    yield file, record
                 if len(problems) >= MAX_PROBLEMS:
                     problems.append(
                         Problem(str(file), "", "too many problems, stopped reading", "Fix the ones above first")
                     )
-                    return records, problems
+                    return
         except DataError as e:
             problems.extend(e.problems)
         if none_has_it and len({e.column for e in waiting}) == 1:
             problems.append(waiting[0].whole_file(str(file)))
         else:
             _flush(waiting, problems)
-    return records, problems
 
 
 def _flush(waiting: list[MissingColumn], problems: list[Problem]) -> bool:
@@ -437,24 +447,45 @@ def split_indices(keys: list[str], cfg: DataConfig) -> dict[str, list[int]]:
     """Deterministic train/validation/test row indices from `cfg.split_seed`, for rows whose prompts are `keys`
     (`prompt_key`). Rows that ask the same thing stay on one side: the prompts are shuffled and dealt out, so
     a duplicated row can never be a validation or test row whose answer was trained on."""
-    n = len(keys)
     groups: dict[str, list[int]] = {}
     for i, key in enumerate(keys):
         groups.setdefault(key, []).append(i)
-    order = list(groups.values())
-    random.Random(cfg.split_seed).shuffle(order)
+    rows = list(groups.values())
+    dealt = deal_groups([len(g) for g in rows], cfg)
+    out: dict[str, list[int]] = {split: [] for split in SPLITS}
+    for g, split in zip(rows, dealt.tolist(), strict=True):
+        out[SPLITS[split]] += g
+    return {k: sorted(v) for k, v in out.items()}
+
+
+SPLITS = ("train", "validation", "test")  # a row's split as a number: its index here
+
+
+def deal_groups(sizes: list[int], cfg: DataConfig) -> Any:
+    """The split (an index into SPLITS; numpy int8) of each group of rows that ask the same thing, given the
+    groups' sizes in the order their first rows come: the groups shuffled with `cfg.split_seed` and dealt out,
+    test first until it has its share of the rows, then validation, then train. Vectorised: a million groups
+    take a few arrays of 8 bytes each."""
+    sizes_arr = np.asarray(sizes, dtype=np.int64)
+    n = int(sizes_arr.sum())
 
     def take(fraction: float, external: str | None) -> int:
         if external or fraction == 0:
             return 0
         return max(1, round(n * fraction))
 
-    wanted = {"test": take(cfg.test_fraction, cfg.test_path), "validation": take(cfg.val_fraction, cfg.eval_path)}
-    out: dict[str, list[int]] = {"test": [], "validation": [], "train": []}
-    for rows in order:
-        split = next((k for k, want in wanted.items() if len(out[k]) < want), "train")
-        out[split] += rows
-    return {k: sorted(v) for k, v in out.items()}
+    order = np.random.default_rng(cfg.split_seed).permutation(len(sizes_arr))
+    shuffled = sizes_arr[order]
+    before = np.cumsum(shuffled) - shuffled  # rows dealt before each group, in the shuffled order
+    # a group goes to test while test has fewer rows than its share: a prefix of the shuffled groups; then the
+    # same for validation with what follows; the rest is train
+    k_test = int(np.searchsorted(before, take(cfg.test_fraction, cfg.test_path), side="left"))
+    rest = before[k_test:] - (before[k_test] if k_test < len(before) else 0)
+    k_val = k_test + int(np.searchsorted(rest, take(cfg.val_fraction, cfg.eval_path), side="left"))
+    dealt = np.zeros(len(sizes_arr), dtype=np.int8)
+    dealt[order[:k_test]] = SPLITS.index("test")
+    dealt[order[k_test:k_val]] = SPLITS.index("validation")
+    return dealt
 
 
 @dataclass
@@ -732,16 +763,19 @@ def load_tokenizer(model_path: str, trust_remote_code: bool = False, revision: s
 
 
 SPLIT_RULE = "by-prompt"  # rows with the same prompt on one side; part of the key, so older copies re-prepare
-LAYOUT = 3  # what a prepared copy holds (2: eval_prompts/, 3: packed rows of whole examples); part of the key
+# What a prepared copy holds (2: eval_prompts/, 3: packed rows of whole examples, 4: <split>.arrow written by
+# pyarrow in a stream); part of the key
+LAYOUT = 4
 PACKED_LENGTHS = "lengths"  # a packed row's column: the lengths of the examples it holds, in order
 EVAL_PROMPTS_DIR = "eval_prompts"  # <prepared>/eval_prompts/<split>.json: the prompts answered in evaluation
 
 
-def preparation_key(records: SplitRecords, cfg: DataConfig, tokenizer_id: str) -> str:
-    """Identity of a prepared dataset: same data, same data settings, same tokenizer -> same key."""
+def preparation_key(digests: dict[str, str], cfg: DataConfig, tokenizer_id: str) -> str:
+    """Identity of a prepared dataset: same data (its files' digests by role), same data settings, same
+    tokenizer -> same key."""
     payload = json.dumps(
         {
-            "digests": records.digests,
+            "digests": digests,
             "data": cfg.model_dump(exclude={"path", "eval_path", "test_path"}),
             "tokenizer": tokenizer_id,
             "split": SPLIT_RULE,
@@ -771,72 +805,209 @@ def _tokenizer_id(tokenizer: Any) -> str:
     return h.hexdigest()[:16]
 
 
-PREPARE_CHUNK = 4096  # rows tokenized and converted to Arrow at a time
+PREPARE_CHUNK = 4096  # rows tokenized and written to Arrow at a time
 
 
-def _arrow_chunk(examples: list[Example] | list[Block], features: Any) -> Any:
-    from datasets import Dataset
+# --------------------------------------------------------------------------------------------------
+# A prepared copy on disk: one Arrow file per split, read memory-mapped
+# --------------------------------------------------------------------------------------------------
 
-    columns = {"input_ids": [e[0] for e in examples], "labels": [e[1] for e in examples]}
-    if PACKED_LENGTHS in features:
-        columns[PACKED_LENGTHS] = [e[2] for e in examples]  # type: ignore[misc]
-    return Dataset.from_dict(columns, features=features)
+
+def split_file(data_dir: str | Path, split: str) -> Path:
+    """The Arrow file (IPC file format, int32 token ids) of one split of a prepared copy."""
+    return Path(data_dir) / f"{split}.arrow"
+
+
+class PreparedSplit:
+    """One split of a prepared copy, memory-mapped (pyarrow; nothing is read until a row is asked for):
+    `len()`, a list of row indices gives those rows as columns of lists (`{"input_ids": [[...], ...], ...}`), one
+    index gives that row's dict, a slice like a list, a column name the whole column as a list, iterating the
+    rows' dicts;
+    `column(name)` is the Arrow column."""
+
+    def __init__(self, path: str | Path):
+        import pyarrow as pa
+
+        self.path = Path(path)
+        self.table = pa.ipc.open_file(pa.memory_map(str(self.path))).read_all()
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __getitem__(self, index: int | list[int] | slice | str) -> Any:
+        if isinstance(index, str):
+            return self.table.column(index).to_pylist()
+        if isinstance(index, slice):
+            index = list(range(*index.indices(len(self))))
+        if isinstance(index, int):
+            return {k: v[0] for k, v in self.table.slice(index, 1).to_pydict().items()}
+        return self.table.take(index).to_pydict()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.table.to_batches(max_chunksize=1024):
+            yield from batch.to_pylist()
+
+    def column(self, name: str) -> Any:
+        return self.table.column(name)
+
+
+def open_split(data_dir: str | Path, split: str) -> PreparedSplit:
+    return PreparedSplit(split_file(data_dir, split))
+
+
+class _SplitWriter:
+    """One split's Arrow file, written as the rows come, a chunk at a time: tokenized in batches, cut to
+    max_seq_length, a row whose prompt fills it dropped (no response token left to learn from), packed into
+    rows of whole examples (train, with `data.packing`). Its first MAX_EVAL_SAMPLES records are kept for the
+    prompts a trial answers in evaluation."""
+
+    def __init__(self, path: Path, tokenizer: Any, cfg: DataConfig, packed: bool):
+        import pyarrow as pa
+
+        self.tokenizer, self.cfg, self.packed = tokenizer, cfg, packed
+        ids = pa.list_(pa.int32())
+        fields = [("input_ids", ids), ("labels", ids), *([(PACKED_LENGTHS, ids)] if packed else [])]
+        self.schema = pa.schema(fields)
+        self.writer = pa.ipc.new_file(str(path), self.schema)
+        self.pending: list[dict[str, Any]] = []
+        self.open_block: Block | None = None
+        self.first: list[dict[str, Any]] = []
+        self.rows = self.examples = self.truncated = self.dropped = self.tokens = 0
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.rows += 1
+        if len(self.first) < MAX_EVAL_SAMPLES:
+            self.first.append(record)
+        self.pending.append(record)
+        if len(self.pending) >= PREPARE_CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        examples: list[Any] = []
+        max_len = self.cfg.max_seq_length
+        for ids, labels in tokenize_records(self.pending, self.tokenizer, self.cfg):
+            if len(ids) > max_len:
+                ids, labels = ids[:max_len], labels[:max_len]
+                self.truncated += 1
+            if all(lab == IGNORE_INDEX for lab in labels[1:]):
+                self.dropped += 1  # the prompt fills max_seq_length: no response token left to learn from
+                continue
+            examples.append((ids, labels))
+        self.pending = []
+        if self.packed:
+            examples, self.open_block = pack_examples(examples, max_len, self.open_block)
+        self._write(examples)
+
+    def _write(self, examples: list[Any]) -> None:
+        import pyarrow as pa
+
+        if not examples:
+            return
+        columns = [[e[i] for e in examples] for i in range(len(self.schema))]
+        self.writer.write_batch(
+            pa.record_batch([pa.array(c, type=f.type) for c, f in zip(columns, self.schema, strict=True)], self.schema)
+        )
+        self.examples += len(examples)
+        self.tokens += sum(len(e[0]) for e in examples)
+
+    def close(self) -> None:
+        self._flush()
+        if self.open_block:
+            self._write([self.open_block])
+        self.writer.close()
+
+
+@dataclass
+class SplitPlan:
+    """Where every row goes, from one pass that checks every row and keeps 8 bytes per row (its prompt's hash),
+    never the rows themselves."""
+
+    files: dict[str, list[Path]]  # "train" (data.path), and "eval" / "test" when given
+    digests: dict[str, str]
+    assignment: Any  # numpy int8, the split (index into SPLITS) of each data.path row in reading order
+    rows: dict[str, int]  # rows per split
+
+
+def data_files(cfg: DataConfig) -> dict[str, list[Path]]:
+    """The files of each role: "train" (data.path, split three ways), "eval" and "test" when given."""
+    files = {"train": find_data_files(cfg.path, "data.path")}
+    if cfg.eval_path:
+        files["eval"] = find_data_files(cfg.eval_path, "data.eval_path")
+    if cfg.test_path:
+        files["test"] = find_data_files(cfg.test_path, "data.test_path")
+    return files
+
+
+def plan_splits(cfg: DataConfig, files: dict[str, list[Path]], digests: dict[str, str]) -> SplitPlan:
+    """Read and check every row once, streaming, and decide each data.path row's split exactly as
+    `split_indices` would (rows asking the same thing stay together), from their prompts' 64-bit hashes.
+
+    Raises:
+        DataError: every bad row (up to a cap), or a split that comes out empty.
+    """
+    problems: list[Problem] = []
+    hashes = array.array("Q")
+    for _, record in iter_records(files["train"], cfg, problems):
+        digest = hashlib.blake2b(prompt_key(record).encode(), digest_size=8).digest()
+        hashes.append(int.from_bytes(digest, "little"))
+    external = {
+        role: sum(1 for _ in iter_records(files[role], cfg, problems)) for role in ("eval", "test") if role in files
+    }
+    if problems:
+        raise DataError(problems)
+    keys = np.frombuffer(hashes, dtype=np.uint64) if hashes else np.zeros(0, dtype=np.uint64)
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))  # groups in the order their first rows come
+    group = rank[inverse.reshape(-1)]
+    sizes = np.bincount(group, minlength=len(first))
+    assignment = deal_groups(sizes, cfg)[group]
+    rows = {split: int((assignment == i).sum()) for i, split in enumerate(SPLITS)}
+    rows["validation"] += external.get("eval", 0)
+    rows["test"] += external.get("test", 0)
+    n = len(keys)
+    for name, key, fix in (
+        ("train", "data.path", "Add rows or lower data.val_fraction/test_fraction"),
+        ("validation", "data.val_fraction", "Set data.val_fraction > 0 or data.eval_path"),
+    ):
+        if not rows[name]:
+            distinct = len(first)
+            counts = f"{n} rows in all" + (f", {distinct} distinct prompts" if distinct < n else "")
+            raise DataError(Problem(cfg.path, key, f"the {name} split is empty ({counts})", fix))
+    if cfg.test_fraction > 0 and not cfg.test_path and not rows["test"]:
+        raise DataError(Problem(cfg.path, "data.test_fraction", "the test split is empty", "Add rows"))
+    return SplitPlan(files, digests, assignment, rows)
 
 
 def prepare_dataset(
     cfg: DataConfig, model_path: str, out_root: Path, trust_remote_code: bool = False, revision: str | None = None
 ) -> DataManifest:
-    """Read, check, split and tokenize the data once into `out_root/<key>/` (Arrow), reusing a prior copy.
+    """Read, check, split and tokenize the data once into `out_root/<key>/` (an Arrow file per split), reusing a
+    prior copy of the same data, settings and tokenizer (found from the files' digests alone, before any row
+    is read).
 
-    Every trial and worker then reads it memory-mapped with `datasets.load_from_disk`; workers never
-    re-tokenize. Writing goes to a temporary directory renamed into place, so concurrent preparations
-    cannot leave a half-written copy.
+    Streaming, in flat memory whatever the size: one pass reads and checks every row (each bad row named by
+    file and line) and keeps only a hash of its prompt, from which the splits are dealt; a second pass reads
+    the rows again and tokenizes and writes them, a chunk at a time, into each split's Arrow file. Every trial
+    and worker then reads those memory-mapped (`open_split`); workers never re-tokenize. Writing goes to a
+    temporary directory renamed into place, so concurrent preparations cannot leave a half-written copy.
     """
-    records = load_splits(cfg)
+    files = data_files(cfg)
+    digests = {role: data_digest(fs) for role, fs in files.items()}
     tokenizer = load_tokenizer(model_path, trust_remote_code, revision)
-    key = preparation_key(records, cfg, _tokenizer_id(tokenizer))
+    key = preparation_key(digests, cfg, _tokenizer_id(tokenizer))
     target = out_root / key
     if (target / "manifest.json").is_file():
         return DataManifest.load(target)
-
-    from datasets import Features, Sequence, Value, concatenate_datasets
-
+    plan = plan_splits(cfg, files, digests)
     out_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=out_root))
-    stats: dict[str, dict[str, int]] = {"examples": {}, "truncated": {}, "dropped": {}, "tokens": {}}
-    for split, rows in records.splits.items():
-        packed = cfg.packing and split == "train"  # validation and test are scored example by example
-        columns = {"input_ids": Sequence(Value("int32")), "labels": Sequence(Value("int32"))}
-        features = Features({**columns, **({PACKED_LENGTHS: Sequence(Value("int32"))} if packed else {})})
-        # Tokenized a chunk at a time and turned into Arrow (int32) at once: Python lists of token ids cost
-        # tens of bytes per token, which at a million rows is more memory than the machine has.
-        parts, open_block, n, tokens, truncated, dropped = [], None, 0, 0, 0, 0
-        for start in range(0, len(rows), PREPARE_CHUNK):
-            examples: list[Any] = []
-            for ids, labels in tokenize_records(rows[start : start + PREPARE_CHUNK], tokenizer, cfg):
-                if len(ids) > cfg.max_seq_length:
-                    ids, labels = ids[: cfg.max_seq_length], labels[: cfg.max_seq_length]
-                    truncated += 1
-                if all(lab == IGNORE_INDEX for lab in labels[1:]):
-                    dropped += 1  # the prompt fills max_seq_length: no response token left to learn from
-                    continue
-                examples.append((ids, labels))
-            if packed:
-                examples, open_block = pack_examples(examples, cfg.max_seq_length, open_block)
-            parts.append(_arrow_chunk(examples, features))
-            n += len(examples)
-            tokens += sum(len(e[0]) for e in examples)
-        if open_block:
-            parts.append(_arrow_chunk([open_block], features))
-            n += 1
-            tokens += len(open_block[0])
-        parts = parts or [_arrow_chunk([], features)]
-        concatenate_datasets(parts).save_to_disk(str(tmp / split))
-        stats["examples"][split] = n
-        stats["truncated"][split] = truncated
-        stats["dropped"][split] = dropped
-        stats["tokens"][split] = tokens
-    if stats["examples"]["train"] == 0 or stats["examples"]["validation"] == 0:
+    try:
+        writers = _write_splits(plan, cfg, tokenizer, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if writers["train"].examples == 0 or writers["validation"].examples == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DataError(
             Problem(
@@ -846,21 +1017,24 @@ def prepare_dataset(
                 "Raise data.max_seq_length",
             )
         )
+    (tmp / EVAL_PROMPTS_DIR).mkdir(exist_ok=True)
     for split in ("validation", "test"):
-        prompts = eval_prompts(records.splits[split][:MAX_EVAL_SAMPLES], tokenizer, cfg)
-        (tmp / EVAL_PROMPTS_DIR).mkdir(exist_ok=True)
+        prompts = eval_prompts(writers[split].first, tokenizer, cfg)
         (tmp / EVAL_PROMPTS_DIR / f"{split}.json").write_text(json.dumps(prompts), encoding="utf-8")
     manifest = DataManifest(
         key=key,
-        digest=records.digests["train"],
-        digests=records.digests,
-        files=records.files,
-        rows={k: len(v) for k, v in records.splits.items()},
+        digest=digests["train"],
+        digests=digests,
+        files={role: [str(f) for f in fs] for role, fs in files.items()},
+        rows={split: w.rows for split, w in writers.items()},
+        examples={split: w.examples for split, w in writers.items()},
+        truncated={split: w.truncated for split, w in writers.items()},
+        dropped={split: w.dropped for split, w in writers.items()},
+        tokens={split: w.tokens for split, w in writers.items()},
         format=cfg.format,
         max_seq_length=cfg.max_seq_length,
         packing=cfg.packing,
         pad_token_id=int(tokenizer.pad_token_id),
-        **stats,
     )
     manifest.save(tmp)
     try:
@@ -868,3 +1042,22 @@ def prepare_dataset(
     except OSError:  # another run prepared the same key meanwhile; theirs is identical
         shutil.rmtree(tmp, ignore_errors=True)
     return DataManifest.load(target)
+
+
+def _write_splits(plan: SplitPlan, cfg: DataConfig, tokenizer: Any, out: Path) -> dict[str, _SplitWriter]:
+    """The second pass: every row of the plan read again, in order, into its split's writer."""
+    writers = {s: _SplitWriter(split_file(out, s), tokenizer, cfg, cfg.packing and s == "train") for s in SPLITS}
+    problems: list[Problem] = []
+    routed = 0
+    for routed, (_, record) in enumerate(iter_records(plan.files["train"], cfg, problems), start=1):
+        writers[SPLITS[plan.assignment[routed - 1]]].add(record)
+    for role, split in (("eval", "validation"), ("test", "test")):
+        for _, record in iter_records(plan.files.get(role, []), cfg, problems):
+            writers[split].add(record)
+    if problems or routed != len(plan.assignment):  # the files changed since they were checked
+        raise DataError(
+            problems or Problem(cfg.path, "data.path", "the data changed while it was being prepared", "Run again")
+        )
+    for writer in writers.values():
+        writer.close()
+    return writers

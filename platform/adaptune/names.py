@@ -50,6 +50,7 @@ RESULTS_CSV = "results.csv"  # one row per trial, beside a sweep's Tune state
 RESULTS_JSON = "results.json"
 TRIALS_DIR = "trials"  # <sweep>/trials/<trial id>/checkpoint_*: each trial's Ray Train run
 DATA_DIR = "data"  # <storage>/<sweep name>/data: the data prepared once per run
+BASE_EVAL_DIR = "base_eval"  # <prepared data>/base_eval/<key>.json: the untouched base model's eval_loss on it
 TRAINER_STATE = "trainer_state.json"  # in each checkpoint: step, history of evaluations, restarts
 ADAPTER_DIR = "adapter"  # in each checkpoint: the adapter alone
 PROBE_FILE = "probe.safetensors"  # in each checkpoint: a few logits to check a reloaded adapter against

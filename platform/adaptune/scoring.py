@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptune.config import SweepConfig
-from adaptune.data import IGNORE_INDEX
+from adaptune.data import IGNORE_INDEX, open_split
 from adaptune.evaluation import Answering, answer_and_score, load_answering
 from adaptune.merge import check_adapter_dir, load_peft_model
 
@@ -118,9 +118,7 @@ def score_adapters(
 
 def split_examples(data_dir: str, split: str) -> Examples:
     """The rows of one split of a run's prepared (tokenized) data: what its trials trained and evaluated on."""
-    from datasets import load_from_disk
-
-    rows: Any = load_from_disk(str(Path(data_dir) / split))
+    rows: Any = open_split(data_dir, split)
     return [(list(r["input_ids"]), list(r["labels"])) for r in rows]
 
 

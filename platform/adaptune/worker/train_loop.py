@@ -6,6 +6,7 @@ engine, then step, evaluate and report until `train.max_steps`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -25,14 +26,15 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from adaptune.config import EarlyStopping, EvalConfig, TrainConfig, resolve_precision
-from adaptune.data import IGNORE_INDEX, PACKED_LENGTHS
+from adaptune.config import EarlyStopping, EvalConfig, TrainConfig, model_source, resolve_precision
+from adaptune.data import IGNORE_INDEX, PACKED_LENGTHS, open_split
 from adaptune.evaluation import Answering, ScoredAnswers, generate_ids, load_answering, score_ids
 from adaptune.names import (
     ADAPTER_CONFIG,
     ADAPTER_DIR,
     ADAPTER_WEIGHTS,
     ANSWERS_FILE,
+    BASE_EVAL_DIR,
     PHASE_ANSWERS,
     PHASE_BASE_EVAL,
     PHASE_CHECKPOINT,
@@ -154,7 +156,7 @@ def row_lengths(ds: Any) -> list[int]:
     """The token count of every row of a prepared split, read from its Arrow column (no row is decoded)."""
     import pyarrow.compute as pc
 
-    return pc.list_value_length(ds.data.column("input_ids")).to_pylist()
+    return pc.list_value_length(ds.column("input_ids")).to_pylist()
 
 
 @dataclass(frozen=True)
@@ -256,6 +258,56 @@ def _evaluate(engine: Any, val: Any, rank: int, world: int, batch_size: int, pad
     dist.all_reduce(totals)
     engine.train()
     return (totals[0] / totals[1]).item()
+
+
+def base_eval_key(spec: TrialSpec) -> str:
+    """What the untouched base model's eval_loss on a prepared validation split depends on besides the data: the
+    model (its weight files as they are on disk, or its hub revision), how it is loaded (precision,
+    quantization, attention) and an initialisation that rewrites the base weights (pissa, olora, loftq: their
+    base plus adapter equals the base only approximately). Not the LoRA settings: a freshly initialised adapter
+    adds nothing (B = 0), so every other trial's model starts as the same function."""
+    sweep, cluster = spec.sweep, spec.cluster
+    source = Path(model_source(sweep.model.path))
+    weights = sorted(source.glob("*.safetensors")) if source.is_dir() else []
+    payload = {
+        "model": str(source),
+        "revision": sweep.model.revision,
+        "weights": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in weights],
+        "precision": resolve_precision(sweep, cluster),
+        "quantization": sweep.quantization.model_dump(),
+        "attention": sweep.train.attention,
+        "init": sweep.lora.init if sweep.lora.init in (*DECOMPOSING_INITS, "loftq") else "default",
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def base_eval_loss(spec: TrialSpec, me: Rank, evaluate: Any) -> tuple[float, str]:
+    """The untouched base model's eval_loss, and whether it was "computed" here or "read" from storage.
+
+    Every trial of a sweep (and of later sweeps on the same prepared data) would evaluate the same model on the
+    same rows: the first computes it and keeps it beside the prepared data (`base_eval/<base_eval_key>.json`);
+    the others read it. Rank 0 decides for all ranks (the evaluation is collective, so every rank must take the
+    same branch)."""
+    path = Path(spec.data_dir) / BASE_EVAL_DIR / f"{base_eval_key(spec)}.json"
+    known: list[Any] = [None]
+    if me.rank == 0 and path.is_file():
+        try:
+            known = [float(json.loads(path.read_text(encoding="utf-8"))["eval_loss"])]
+        except (OSError, ValueError, KeyError):
+            known = [None]  # unreadable (written by something else): evaluate again
+    dist.broadcast_object_list(known, src=0)
+    if known[0] is not None:
+        return known[0], "read"
+    loss = evaluate()
+    if me.rank == 0:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps({"eval_loss": loss, "model": spec.sweep.model.path}), encoding="utf-8")
+            os.replace(tmp, path)  # whole or not at all: another trial may be reading it
+        except OSError as e:  # read-only or full storage: the next trial evaluates again, training goes on
+            log.warning("base eval: could not keep the base model's eval_loss at %s (%s)", path, e)
+    return loss, "computed"
 
 
 def _adapter_state_dict(peft_model: Any, zero3: bool, rank: int) -> dict[str, torch.Tensor]:
@@ -454,7 +506,17 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     timeline.attach(state)
     with timeline.phase(PHASE_ENGINE):
         engine = build_engine(spec, me, model, ds_config, state, startup)
+    state["nodes"] = _nodes(me)
     train(spec, me, engine, model, state, train_ds, val_ds, answering, timeline)
+
+
+def _nodes(me: Rank) -> list[Any]:
+    """The Ray node of each rank, in rank order (recorded at each start: where the trial ran)."""
+    import ray
+
+    nodes: list[Any] = [None] * me.world
+    dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
+    return nodes
 
 
 def join_group(spec: TrialSpec) -> Rank:
@@ -493,11 +555,8 @@ def _import_only_what_it_uses(spec: TrialSpec) -> None:
 
 def load_data(spec: TrialSpec, startup: dict[str, float]) -> tuple[Any, Any]:
     """The train and validation splits of the tokenized copy the driver prepared once, memory-mapped."""
-    from datasets import load_from_disk
-
     mark = time.perf_counter()
-    data_dir = Path(spec.data_dir)
-    train_ds, val_ds = load_from_disk(str(data_dir / "train")), load_from_disk(str(data_dir / "validation"))
+    train_ds, val_ds = open_split(spec.data_dir, "train"), open_split(spec.data_dir, "validation")
     startup["data_load_s"] = time.perf_counter() - mark
     return train_ds, val_ds
 
@@ -587,9 +646,9 @@ def resume(spec: TrialSpec, model: Model) -> dict[str, Any]:
 def build_engine(
     spec: TrialSpec, me: Rank, model: Model, ds_config: dict[str, Any], state: dict[str, Any], startup: dict[str, float]
 ) -> Any:
-    """The DeepSpeed engine over the adapter's parameters, its schedule continuing from the resumed step."""
+    """The DeepSpeed engine over the adapter's parameters, its schedule continuing from the resumed step (no Ray:
+    bench/gpu_check.py builds it on a machine without)."""
     import deepspeed
-    import ray
 
     mark = time.perf_counter()
     optimizer = build_optimizer(model.peft, spec.sweep.train)  # None: DeepSpeed's AdamW, from ds_config
@@ -608,10 +667,16 @@ def build_engine(
     startup["deepspeed_init_s"] = time.perf_counter() - mark
     startup["torch_threads"] = torch.get_num_threads()
     state.setdefault("startup", []).append(startup)  # one entry per (re)start of the workers
-    nodes: list[Any] = [None] * me.world
-    dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id())
-    state["nodes"] = nodes  # the Ray node of each rank, in rank order (latest start)
     return engine
+
+
+def micro_step(engine: Any, batch: Batch, gas: int) -> torch.Tensor:
+    """One micro-batch forward and backward through the engine, which steps the optimizer every `gas` calls
+    (DeepSpeed counts them); returns the loss's share of the step's (detached)."""
+    loss = engine(**batch.inputs).loss
+    engine.backward(loss)
+    engine.step()
+    return loss.detach().double() / gas
 
 
 def train(
@@ -635,8 +700,8 @@ def train(
         check_packing(engine, train_ds, me, resolve_precision(spec.sweep, spec.cluster))
     if state["base_eval_loss"] is None:  # the untouched base model, the bar every trial must clear
         with timeline.phase(PHASE_BASE_EVAL):
-            state["base_eval_loss"] = _evaluate(
-                engine, val_ds, me.rank, me.world, t.eval_batch_size, me.pad_id, me.device
+            state["base_eval_loss"], state["base_eval"] = base_eval_loss(
+                spec, me, lambda: _evaluate(engine, val_ds, me.rank, me.world, t.eval_batch_size, me.pad_id, me.device)
             )
     gas = t.gradient_accumulation_steps
     step = state["step"]
@@ -649,10 +714,7 @@ def train(
         step_stats = torch.zeros(4, dtype=torch.float64, device=me.device)  # loss, tokens, non-finite, slots
         for _ in range(gas):
             batch = collate(train_ds[next(batches)], me.pad_id, me.device)
-            loss = engine(**batch.inputs).loss
-            engine.backward(loss)
-            engine.step()
-            step_stats[0] += loss.detach().double() / gas
+            step_stats[0] += micro_step(engine, batch, gas)
             step_stats[1] += batch.tokens
             step_stats[3] += batch.slots
         step_stats[2] = 0.0 if torch.isfinite(step_stats[0]) else 1.0
