@@ -60,6 +60,25 @@ def test_quickstart_script_sweeps_registers_and_merges_on_the_embedded_default(t
     (sweep_dir,) = (tmp_path / "quickstart").glob("sweep-*")
     results = json.loads((sweep_dir / "results.json").read_text())
     assert len(results["trials"]) == 2
+    # The untouched base model is evaluated by the first trial; the second reads its eval_loss from storage.
+    states = [json.loads(p.read_text()) for p in sweep_dir.glob("trials/*/checkpoint_*/trainer_state.json")]
+    by_trial = {s["base_eval"]: s["base_eval_loss"] for s in states}
+    assert sorted(by_trial) == ["computed", "read"] and len(set(by_trial.values())) == 1, by_trial
+    # One trial on deck (search.trials_on_deck): the second trial's process started while the first trained, and
+    # its workers trained only once the first's had finished (one trial's workers at a time on 2 CPUs).
+    latest: dict[str, dict] = {}
+    for path in sweep_dir.glob("trials/*/checkpoint_*/trainer_state.json"):
+        state, trial = json.loads(path.read_text()), path.parent.parent.name
+        if state["step"] >= latest.get(trial, {}).get("step", -1):
+            latest[trial] = state
+
+    def steps(timeline: list) -> list[tuple[float, float]]:
+        return [(start, start + seconds) for name, start, seconds in timeline if name == "optimizer steps"]
+
+    first, second = sorted((state["timeline"] for state in latest.values()), key=lambda t: steps(t)[0][0])
+    assert first[0][0] == second[0][0] == "trial process start", first[0]
+    assert second[0][1] < max(start + seconds for _, start, seconds in first), "the second started after the first"
+    assert steps(second)[0][0] >= steps(first)[-1][1], (first, second)  # never two trials' workers at once
     # The first trial is the quickstart's known-good starting point.
     assert any(t["lora.r"] == 8 and t["train.learning_rate"] == 3e-3 for t in results["trials"])
     assert os.path.isfile(os.path.join(results["winner"]["adapter"], "adapter_model.safetensors"))

@@ -73,6 +73,10 @@ def run_search_sweep(work: Path, tiny_model: Path, tracking_uri: str) -> dict[st
         "scheduler": "asha",
         "asha": {"grace_period": 1, "reduction_factor": 2},
         "seed": 1,
+        # No trial on deck: the diverging starting point must start after the first two have reached ASHA's
+        # rungs (on deck, it could take the first free workers and reach each rung first). The quickstart test
+        # covers trials on deck.
+        "trials_on_deck": 0,
     }
     cfg["mlflow"] = {"experiment": EXPERIMENT, "registered_model": MODEL}
     sweep = write_yaml(work / "sweep.yaml", cfg)

@@ -114,12 +114,20 @@ def _progress_callback(metric: str, mode: str, max_steps: int, total: int) -> An
             self._close()
 
         def _line(self, trials: list[Any], event: str, ended: Any = None, errored: bool = False) -> None:
-            counts = {"running": 0, "pending": 0, FINISHED: 0, CONVERGED: 0, STOPPED_EARLY: 0, "failed/skipped": 0}
+            counts = {
+                "running": 0,
+                "starting": 0,
+                "pending": 0,
+                FINISHED: 0,
+                CONVERGED: 0,
+                STOPPED_EARLY: 0,
+                "failed/skipped": 0,
+            }
             for t in trials:
                 # Tune updates a trial's status after these callbacks run: count the one ending as ended.
                 status = ("ERROR" if errored else "TERMINATED") if t is ended else t.status
-                if status == "RUNNING":
-                    counts["running"] += 1
+                if status == "RUNNING":  # started by Tune: training once it has reported (a trial on deck waits)
+                    counts["running" if t.last_result and "step" in t.last_result else "starting"] += 1
                 elif status == "PENDING":
                     counts["pending"] += 1
                 elif status == "ERROR":
@@ -129,10 +137,10 @@ def _progress_callback(metric: str, mode: str, max_steps: int, total: int) -> An
                     done = last.get("step", 0) >= max_steps
                     counts[CONVERGED if last.get("converged") else FINISHED if done else STOPPED_EARLY] += 1
             best = f"; best {metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
-            # `converged` only once a trial has (train.early_stopping is off by default)
-            shown = ", ".join(f"{v} {k}" for k, v in counts.items() if v or k != CONVERGED)
+            # `converged` only once a trial has (train.early_stopping is off by default); `starting` while any is
+            shown = ", ".join(f"{v} {k}" for k, v in counts.items() if v or k not in (CONVERGED, "starting"))
             if self.display is not None and console.live():
-                ended_count = sum(counts.values()) - counts["running"] - counts["pending"]
+                ended_count = sum(counts.values()) - counts["running"] - counts["starting"] - counts["pending"]
                 self.display(description=f"sweep: {shown}{best}", completed=ended_count, total=max(total, len(trials)))
                 if ended is None:
                     return  # on a terminal only ends get a line of their own
