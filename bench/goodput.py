@@ -125,6 +125,7 @@ def run_side(storage: Path, trials: int, out: Path) -> None:
 PHASE_ORDER = (
     "trial process start",
     "trial set-up",
+    "on deck",
     "Train controller and placement",
     "worker process and imports",
     "process group",

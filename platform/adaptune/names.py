@@ -29,7 +29,8 @@ TEST_METRIC = "test_eval_loss"  # a finalist's eval_loss on the test split: a re
 # --------------------------------------------------------------------------------------------------
 
 PHASE_TRIAL_START = "trial process start"  # Tune starts the trial's process: to adaptune's trial function
-PHASE_TRIAL_SETUP = "trial set-up"  # sampled values applied and checked, the TorchTrainer built
+PHASE_TRIAL_SETUP = "trial set-up"  # sampled values applied and checked
+PHASE_ON_DECK = "on deck"  # a trial started ahead of free workers, waiting for room (search.trials_on_deck)
 PHASE_WORKERS_START = "Train controller and placement"  # fit() to a worker process existing
 PHASE_WORKER_IMPORTS = "worker process and imports"  # a worker process's start to its train function
 PHASE_JOIN = "process group"  # DeepSpeed imported, the process group joined

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from adaptune.config import ClusterProfile, SweepConfig
-from adaptune.names import ADAPTER_DIR, PHASE_TRIAL_SETUP, PHASE_TRIAL_START, TRAINER_STATE
+from adaptune.names import ADAPTER_DIR, PHASE_ON_DECK, PHASE_TRIAL_SETUP, PHASE_TRIAL_START, TRAINER_STATE
 from adaptune.preflight.rules import check_compatibility
 from adaptune.preflight.search_space import apply_values, resolve_alpha
 from adaptune.records import PreparedRun, TrialOutcome, TrialSpec, diverged_report
@@ -137,12 +137,43 @@ def launch_training(
         for report in finished:
             tune.report(report)
         return
+    ready = time.time()
+    wait_for_room(cluster)  # a trial on deck: its process is up, its workers wait for the trials before it
     started = _process_started()
     launched = time.time()
-    timeline = ((PHASE_TRIAL_START, started, entered - started), (PHASE_TRIAL_SETUP, entered, launched - entered))
+    timeline = (
+        (PHASE_TRIAL_START, started, entered - started),
+        (PHASE_TRIAL_SETUP, entered, ready - entered),
+        (PHASE_ON_DECK, ready, launched - ready),
+    )
     spec = prepared.spec(trial_sweep, cluster, launched, timeline)
     trainer = build_trainer(spec, name=trial_id, storage_path=trials_path, callbacks=[TuneReportCallback()])
     trainer.fit()
+
+
+ROOM_POLL_S = 0.25
+
+
+def wait_for_room(cluster: ClusterProfile) -> None:
+    """Return once the cluster has room for this trial's workers, if it ever can without growing.
+
+    A trial on deck (`search.trials_on_deck`) starts while the trials before it hold every worker slot. Its Train
+    controller must not ask for its placement group before there is room: Ray Train hands a placement group to
+    its clean-up only once the workers have started, so a trial interrupted while its group waited (Ctrl-C, a
+    killed driver) would leave the group behind, holding its CPUs and GPUs once they free up, for good. A
+    cluster that does not have the room at all (one that autoscales from fewer nodes) gets the request at
+    once: a pending placement group is what makes the autoscaler add nodes."""
+    import ray
+
+    tr = cluster.trial
+    need = {"CPU": tr.num_workers * tr.cpus_per_worker}
+    if tr.use_gpu:
+        need["GPU"] = tr.num_workers * tr.gpus_per_worker
+    total = ray.cluster_resources()
+    if any(total.get(k, 0.0) < v for k, v in need.items()):
+        return
+    while any(ray.available_resources().get(k, 0.0) < v for k, v in need.items()):
+        time.sleep(ROOM_POLL_S)
 
 
 def _process_started() -> float:
