@@ -2,7 +2,7 @@
 a git revision (checked out in a worktree), each sweep run the same way in its own process, side by side in one
 run; prints Markdown tables.
 
-    .venv/bin/python bench/goodput.py [--before REV] [--trials 6] [--out FILE]
+    .venv/bin/python bench/goodput.py [--before REV|none] [--trials 6] [--out FILE]
 
 The sweep is search_spaces/quickstart.yaml on the demo model (6 trials of 2 DeepSpeed ZeRO-2 workers, ASHA,
 20-60 steps each, one trial at a time on 2 CPUs), on a fresh local Ray and a fresh embedded MLflow store per side.
@@ -33,6 +33,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = REPO / "search_spaces" / "quickstart.yaml"
 OUT = sys.stdout
+
+# The commit that added the trials' timelines, before any of the levers that cut a trial's fixed cost: the
+# default "before" side.
+BASELINE = "b80c597"
 
 # The driver's phases: functions of adaptune.driver.run timed where the sweep calls them.
 DRIVER_PHASES = {
@@ -138,6 +142,19 @@ PHASE_ORDER = (
     "checkpoint and report",
 )
 LAST = "last checkpoint, report and teardown"  # from the last recorded phase to Tune seeing the trial end
+HIDDEN = "less: started while the trial before it trained (on deck)"
+# What adaptune does about each phase (the levers this bench measures; docs/sweep.md, "What a trial costs")
+LEVERS = {
+    "trial process start": "started on deck (search.trials_on_deck), behind the trial before it",
+    "on deck": "a trial on deck waits here for a worker slot, behind the trial before it",
+    "Train controller and placement": "the controller polls its workers every 0.25 s (Ray's default: 2 s)",
+    "worker process and imports": "workers import neither MLflow nor (unused) bitsandbytes; no `datasets`",
+    "process group": "DeepSpeed imported without MLflow (its autotuner pulled it in: ~2 s)",
+    "data open": "the prepared Arrow files memory-mapped with pyarrow (no `datasets` import)",
+    "base-model evaluation": "computed by the first trial, read by the others (base_eval/)",
+    LAST: "the controller's 0.25 s polls see the end sooner",
+    HIDDEN: "trial on deck",
+}
 STEPS = "optimizer steps"
 
 
@@ -212,18 +229,16 @@ def report(sides: dict[str, dict], labels: dict[str, str]) -> None:
     ]
     for label, fn in rows:
         md(f"| {label} | " + " | ".join(fn(s[n]) for n in names) + " |")
-    md("", "## Fixed cost per warm trial, by phase (seconds, mean over all trials but the first)", "", head, rule)
+    md("", "## Fixed cost per warm trial, by phase (seconds, mean over all trials but the first)", "")
+    md(head + " lever |", rule + "---|")
     for phase in (*PHASE_ORDER, LAST):
-        md(f"| {phase} | " + " | ".join(f"{s[n]['phase_warm'][phase]:.2f}" for n in names) + " |")
-    md(
-        "| less: started while the trial before it trained (on deck) | "
-        + " | ".join(f"-{s[n]['hidden_warm']:.2f}" for n in names)
-        + " |"
-    )
+        cells = " | ".join(f"{s[n]['phase_warm'][phase]:.2f}" for n in names)
+        md(f"| {phase} | {cells} | {LEVERS.get(phase, '')} |")
+    md(f"| {HIDDEN} | " + " | ".join(f"-{s[n]['hidden_warm']:.2f}" for n in names) + f" | {LEVERS[HIDDEN]} |")
     md(
         "| optimizer steps (not a fixed cost) | "
         + " | ".join(f"{statistics.mean(p['steps'] for p in s[n]['trials'][1:] or s[n]['trials']):.2f}" for n in names)
-        + " |"
+        + " | |"
     )
     md("", "## The driver (seconds, whole sweep)", "", head, rule)
     for key, label in DRIVER_PHASES.items():
@@ -252,7 +267,12 @@ def side_process(source: Path, work: Path, trials: int) -> dict:
 def main() -> None:
     global OUT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--before", help="git revision to compare against (default: none, this tree only)")
+    parser.add_argument(
+        "--before",
+        default=BASELINE,
+        help=f"git revision to compare against (default {BASELINE}: the trial timelines, before any lever); "
+        "'none': this tree only",
+    )
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--out", help="write the Markdown here instead of stdout")
     parser.add_argument("--side", help=argparse.SUPPRESS)  # internal: run one side into this directory
@@ -267,7 +287,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "adaptune", "demo-model"], cwd=REPO, check=True)
     sides, labels = {}, {}
     with tempfile.TemporaryDirectory(prefix="adaptune-goodput-") as tmp:
-        if args.before:
+        if args.before and args.before != "none":
             tree = Path(tmp) / "before-tree"
             subprocess.run(
                 ["git", "worktree", "add", "--detach", str(tree), args.before],
@@ -286,7 +306,7 @@ def main() -> None:
             labels["before"] = f"before ({rev})"
         (Path(tmp) / "after").mkdir()
         sides["after"] = side_process(REPO / "platform", Path(tmp) / "after", args.trials)
-        labels["after"] = "this tree" if args.before else "measured"
+        labels["after"] = "this tree" if "before" in sides else "measured"
     md(
         f"Quickstart sweep, {args.trials} trials, each side in its own process on a fresh local Ray; "
         f"{time.strftime('%Y-%m-%d')}.",

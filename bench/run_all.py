@@ -26,7 +26,7 @@ DOCS = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 # The order docs/benchmarks.md shows them in; each is `bench/<name>.py`, run with its defaults.
-BENCHES = ("overhead", "asha_vs_full", "memory", "data_scale", "mlflow_load", "setup_time")
+BENCHES = ("overhead", "goodput", "asha_vs_full", "memory", "data_scale", "mlflow_load", "setup_time")
 
 
 def machine() -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 from adaptune.config import ClusterProfile, SearchConfig, SweepConfig
 from adaptune.console import console
-from adaptune.driver.trial import checkpoints_on_storage, launch_training
+from adaptune.driver.trial import checkpoints_on_storage, launch_training, start_trial_slots
 from adaptune.names import (
     ADAPTER_DIR,
     CONVERGED,
@@ -83,7 +83,7 @@ def build_scheduler(search: SearchConfig, train: Any) -> Any:
     )
 
 
-def _progress_callback(metric: str, mode: str, max_steps: int, total: int) -> Any:
+def _progress_callback(metric: str, mode: str, max_steps: int, total: int, slots: Any = None) -> Any:
     from ray import tune
 
     class Progress(tune.Callback):
@@ -155,10 +155,17 @@ def _progress_callback(metric: str, mode: str, max_steps: int, total: int) -> An
             self._line(trials, f"{trial.trial_id} step {result.get('step')} {metric} {value:.4f}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
+            self._free(trial)
             self._line(trials, f"{trial.trial_id} ended", ended=trial)
 
         def on_trial_error(self, iteration, trials, trial, **info):
+            self._free(trial)
             self._line(trials, f"{trial.trial_id} {trial_error(trial)}", ended=trial, errored=True)
+
+        def _free(self, trial: Any) -> None:
+            """Its worker slot back, however it ended (ASHA ends a trial's process before it can)."""
+            if slots is not None:
+                slots.release.remote(trial.trial_id)
 
     return Progress()
 
@@ -192,6 +199,8 @@ def build_tuner(
     from ray import tune
 
     s = sweep.search
+    at_once = concurrency(s, cluster, resources)
+    slots = start_trial_slots(at_once) if s.trials_on_deck else None  # trials on deck wait for a slot
     trainable = tune.with_resources(
         tune.with_parameters(
             launch_training,
@@ -199,6 +208,7 @@ def build_tuner(
             cluster=cluster,
             prepared=prepared,
             trials_path=str(sweep_root / sweep_id / TRIALS_DIR),
+            slots=slots,
         ),
         # The trial process only waits on its TorchTrainer: no CPU, so a cluster holding exactly N trials' workers
         # runs N trials. Ray wants some resource per bundle: a little of its logical memory.
@@ -206,7 +216,7 @@ def build_tuner(
     )
     path = str(sweep_root / sweep_id)
     total = expected_trials(s)
-    callbacks = [_progress_callback(s.metric, s.mode, sweep.train.max_steps, total), *(callbacks or [])]
+    callbacks = [_progress_callback(s.metric, s.mode, sweep.train.max_steps, total, slots), *(callbacks or [])]
     if restore:
         tuner = tune.Tuner.restore(
             path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
@@ -221,7 +231,7 @@ def build_tuner(
         tune_config=tune.TuneConfig(
             metric=s.metric,
             mode=s.mode,
-            search_alg=build_search_alg(s, concurrency(s, cluster, resources) + s.trials_on_deck),
+            search_alg=build_search_alg(s, at_once + s.trials_on_deck),
             scheduler=build_scheduler(s, sweep.train),
             num_samples=s.num_samples or (1 if s.algorithm == "grid" else 8),
         ),

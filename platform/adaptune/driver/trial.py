@@ -3,6 +3,7 @@ run to the end, and its outcome read back from the checkpoints it reported."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -110,15 +111,22 @@ class TrialSkipped(RuntimeError):
 
 
 def launch_training(
-    config: dict[str, Any], sweep: SweepConfig, cluster: ClusterProfile, prepared: PreparedRun, trials_path: str
+    config: dict[str, Any],
+    sweep: SweepConfig,
+    cluster: ClusterProfile,
+    prepared: PreparedRun,
+    trials_path: str,
+    slots: Any = None,
 ) -> None:
     """The Ray Tune trainable of a sweep: one trial. Applies the sampled values (`config`, dotted keys) to the
-    base sweep, then runs a TorchTrainer whose evaluations reach Tune through `TuneReportCallback`.
+    base sweep, then runs a TorchTrainer whose evaluations reach Tune through `TuneReportCallback`. With `slots`
+    (a `TrialSlots` actor), it trains only once it holds a slot: a trial on deck waits there, its process up.
 
     The inner run is named after the Tune trial, so a trial restarted by `--resume` continues from the
     checkpoints its earlier attempt left in `trials_path`.
     """
     entered = time.time()
+    import ray
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -138,42 +146,61 @@ def launch_training(
             tune.report(report)
         return
     ready = time.time()
-    wait_for_room(cluster)  # a trial on deck: its process is up, its workers wait for the trials before it
-    started = _process_started()
-    launched = time.time()
-    timeline = (
-        (PHASE_TRIAL_START, started, entered - started),
-        (PHASE_TRIAL_SETUP, entered, ready - entered),
-        (PHASE_ON_DECK, ready, launched - ready),
-    )
-    spec = prepared.spec(trial_sweep, cluster, launched, timeline)
-    trainer = build_trainer(spec, name=trial_id, storage_path=trials_path, callbacks=[TuneReportCallback()])
-    trainer.fit()
+    if slots is not None:
+        ray.get(slots.acquire.remote(trial_id))  # a trial on deck waits here for the trial before it to end
+    try:
+        started = _process_started()
+        launched = time.time()
+        timeline = (
+            (PHASE_TRIAL_START, started, entered - started),
+            (PHASE_TRIAL_SETUP, entered, ready - entered),
+            (PHASE_ON_DECK, ready, launched - ready),
+        )
+        spec = prepared.spec(trial_sweep, cluster, launched, timeline)
+        trainer = build_trainer(spec, name=trial_id, storage_path=trials_path, callbacks=[TuneReportCallback()])
+        trainer.fit()
+    finally:
+        if slots is not None:
+            slots.release.remote(trial_id)
 
 
-ROOM_POLL_S = 0.25
+class TrialSlots:
+    """The sweep's worker slots: as many trials train at once as the cluster holds; a trial started ahead of them
+    (on deck, `search.trials_on_deck`) waits for a slot with its process up and its imports done.
+
+    A Ray actor of the driver's (it dies with the driver). A trial takes a slot before its Train controller asks
+    for a placement group, and gives it back when its training returns; the driver gives back the slot of a
+    trial Tune ended otherwise (ASHA stops a trial by ending its process). So no trial asks Ray for its workers
+    while the ones before it hold them: Ray Train hands a placement group to its clean-up only once the workers
+    have started, and a group left waiting by a trial that was then interrupted (Ctrl-C, a killed driver) would
+    be left behind, holding those CPUs and GPUs for good."""
+
+    def __init__(self, slots: int):
+        self.free = slots
+        self.holders: set[str] = set()
+        self.changed = asyncio.Condition()
+
+    async def acquire(self, trial_id: str) -> None:
+        async with self.changed:
+            if trial_id in self.holders:
+                return
+            await self.changed.wait_for(lambda: self.free > 0)
+            self.free -= 1
+            self.holders.add(trial_id)
+
+    async def release(self, trial_id: str) -> None:
+        async with self.changed:
+            if trial_id in self.holders:
+                self.holders.discard(trial_id)
+                self.free += 1
+                self.changed.notify_all()
 
 
-def wait_for_room(cluster: ClusterProfile) -> None:
-    """Return once the cluster has room for this trial's workers, if it ever can without growing.
-
-    A trial on deck (`search.trials_on_deck`) starts while the trials before it hold every worker slot. Its Train
-    controller must not ask for its placement group before there is room: Ray Train hands a placement group to
-    its clean-up only once the workers have started, so a trial interrupted while its group waited (Ctrl-C, a
-    killed driver) would leave the group behind, holding its CPUs and GPUs once they free up, for good. A
-    cluster that does not have the room at all (one that autoscales from fewer nodes) gets the request at
-    once: a pending placement group is what makes the autoscaler add nodes."""
+def start_trial_slots(slots: int) -> Any:
+    """The `TrialSlots` actor of a sweep's driver: no CPU, on the driver's node, gone with the driver."""
     import ray
 
-    tr = cluster.trial
-    need = {"CPU": tr.num_workers * tr.cpus_per_worker}
-    if tr.use_gpu:
-        need["GPU"] = tr.num_workers * tr.gpus_per_worker
-    total = ray.cluster_resources()
-    if any(total.get(k, 0.0) < v for k, v in need.items()):
-        return
-    while any(ray.available_resources().get(k, 0.0) < v for k, v in need.items()):
-        time.sleep(ROOM_POLL_S)
+    return ray.remote(num_cpus=0)(TrialSlots).remote(slots)
 
 
 def _process_started() -> float:
