@@ -105,10 +105,13 @@ def run_side(storage: Path, trials: int, out: Path) -> None:
     wall = time.time() - started
     timelines = {}
     for row in outcome.rows:
-        states = sorted(Path(outcome.path, "trials", row["trial"]).glob("checkpoint_*/trainer_state.json"))
-        if states:  # the latest checkpoint holds the whole timeline up to its own report
-            latest = max(states, key=lambda p: json.loads(p.read_text())["step"])
-            timelines[row["trial"]] = json.loads(latest.read_text()).get("timeline", [])
+        trial_dir = Path(outcome.path, "trials", row["trial"])
+        states = [json.loads(p.read_text()) for p in trial_dir.glob("checkpoint_*/trainer_state.json")]
+        # The checkpoint of its last recorded evaluation holds the timeline up to that report; a stopped trial's
+        # workers may have checkpointed a step more after Tune ended it, which is not part of its record.
+        recorded = [st for st in states if st["step"] <= (row["steps"] or 0)]
+        if recorded:
+            timelines[row["trial"]] = max(recorded, key=lambda st: st["step"]).get("timeline", [])
     result = {
         "wall_s": wall,
         "driver": driver,
@@ -184,6 +187,8 @@ def summarize(side: dict) -> dict:
         previous_end = p["end"]
     step_s = sum(p["steps"] for p in per_trial)
     warm = per_trial[1:] or per_trial
+    if not warm:
+        raise SystemExit("goodput: no trial left a timeline to measure (did every trial fail?)")
     return {
         "wall": side["wall_s"],
         "step_s": step_s,

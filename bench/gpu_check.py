@@ -122,8 +122,7 @@ def adaptune_case(model_dir: Path, quantized: bool, args: argparse.Namespace, cu
     spec = PreparedRun("", 0, {target_key(sweep.lora.target_modules): targets}).spec(sweep, cluster, time.time())
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
     me = Rank(0, 1, device, False, 0)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
+    _start_memory(cuda)
     ds_config = build_deepspeed_config(sweep, cluster, 1)
     loaded = time.perf_counter()
     model = build_model(spec, me, ds_config, None, {})
@@ -151,8 +150,7 @@ def plain_case(model_dir: Path, quantized: bool, args: argparse.Namespace, cuda:
 
     dtype = torch.bfloat16 if cuda else torch.float32
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
+    _start_memory(cuda)
     kwargs: dict[str, Any] = {"dtype": dtype, "device_map": {"": str(device)}}
     if quantized:
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -185,11 +183,24 @@ def plain_case(model_dir: Path, quantized: bool, args: argparse.Namespace, cuda:
     return {"step_s": seconds, "tokens_per_s": b.tokens / seconds, "peak_mb": _peak_mb(cuda), "load_s": loaded}
 
 
+_BASE_MB = 0.0  # what was allocated when the current case started
+
+
+def _start_memory(cuda: bool) -> None:
+    """A case's peak counts from what is allocated now (what an earlier case's libraries still hold is not its)."""
+    import torch
+
+    global _BASE_MB
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        _BASE_MB = torch.cuda.memory_allocated() / 2**20
+
+
 def _peak_mb(cuda: bool) -> float:
     import torch
 
     if cuda:
-        return torch.cuda.max_memory_allocated() / 2**20
+        return torch.cuda.max_memory_allocated() / 2**20 - _BASE_MB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

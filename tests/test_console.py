@@ -101,6 +101,16 @@ def test_verbose_shows_the_noise_live_and_still_logs_it(tmp_path):
     shown, logged = _run(tmp_path, "verbose", terminal=False)
     assert all(n in shown for n in NOISE) and all(n in logged for n in NOISE)
     assert shown.count("adaptune: data: 60 rows prepared") == 1  # once, not once per handler
+    # what goes to stdout stays on stdout (`adaptune results --verbose > table.txt` keeps the table)
+    done = subprocess.run(
+        [sys.executable, "-c", RUN, str(tmp_path / "again.log"), "verbose"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=60,
+    )
+    assert "winner   trial_2: eval_loss 1.2345" in done.stdout.splitlines(), done.stdout
+    assert "winner " not in done.stderr and "adaptune: data: 60 rows prepared" in done.stderr
 
 
 def test_the_console_pickles_as_the_process_console_not_its_terminal_files(tmp_path):

@@ -63,3 +63,32 @@ def test_the_adapter_a_trial_returns_follows_the_search_metric_and_mode(tmp_path
     outcome = read_outcome(result, search)
     assert outcome.best["step"] == best_step
     assert outcome.adapter_path == str(tmp_path / f"checkpoint_{best_step}" / ADAPTER_DIR)
+
+
+def test_trial_slots_hand_out_at_most_their_number_and_nothing_to_an_ended_trial():
+    """The sweep's worker slots (driver.trial.TrialSlots, a Ray actor in a sweep; its methods as they are here)."""
+    import asyncio
+
+    from adaptune.driver.trial import TrialSlots
+
+    async def scenario() -> None:
+        slots = TrialSlots(1)
+        await slots.acquire("a")
+        b = asyncio.create_task(slots.acquire("b"))  # on deck: waits for a's slot
+        await asyncio.sleep(0.05)
+        assert not b.done()
+        await slots.release("a")
+        await asyncio.wait_for(b, 1)
+        assert slots.holders == {"b"} and slots.free == 0
+        c = asyncio.create_task(slots.acquire("c"))  # waits, then its process dies: the driver releases it
+        await asyncio.sleep(0.05)
+        await slots.release("c")
+        await asyncio.wait_for(c, 1)
+        assert slots.holders == {"b"}  # c took nothing
+        await slots.release("b")
+        await slots.release("b")  # the trial's own release and the driver's: one slot back, not two
+        assert slots.free == 1 and not slots.holders
+        await slots.acquire("c")  # a late acquire of a trial that ended takes nothing
+        assert slots.free == 1
+
+    asyncio.run(scenario())

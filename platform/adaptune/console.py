@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -94,14 +95,16 @@ class Console:
         sys.stderr.flush()
         self._out = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8", errors="replace")
         self._err = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
-        if self.verbose:  # a pipe into the log file and the terminal both
-            read, write = os.pipe()
-            tee = threading.Thread(target=_tee, args=(read, fd, self._err.fileno()), name="log-tee", daemon=True)
-            tee.start()
-            os.dup2(write, 1)
-            os.dup2(write, 2)
-            os.close(write)
-            atexit.register(_drain, tee)
+        if self.verbose:  # each descriptor through a pipe into the log file and the terminal's same stream
+            tees = []
+            for target, terminal in ((1, self._out), (2, self._err)):
+                read, write = os.pipe()
+                tee = threading.Thread(target=_tee, args=(read, fd, terminal.fileno()), name="log-tee", daemon=True)
+                tee.start()
+                os.dup2(write, target)
+                os.close(write)
+                tees.append(tee)
+            atexit.register(_drain, tees)
         else:
             os.dup2(fd, 1)
             os.dup2(fd, 2)
@@ -149,8 +152,8 @@ class _TerminalHandler(logging.Handler):
             self.handleError(record)
 
 
-def _drain(tee: threading.Thread) -> None:
-    """At exit: let the tee copy what is still in its pipe (this process's ends closed; a child process that
+def _drain(tees: list[threading.Thread]) -> None:
+    """At exit: let the tees copy what is still in their pipes (this process's ends closed; a child process that
     inherited one may keep it open, hence the timeout)."""
     sys.stdout.flush()
     sys.stderr.flush()
@@ -158,7 +161,9 @@ def _drain(tee: threading.Thread) -> None:
     os.dup2(null, 1)
     os.dup2(null, 2)
     os.close(null)
-    tee.join(timeout=DRAIN_S)
+    deadline = time.monotonic() + DRAIN_S
+    for tee in tees:
+        tee.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def _tee(read: int, *targets: int) -> None:

@@ -1003,12 +1003,21 @@ def prepare_dataset(
     out_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=out_root))
     try:
-        writers = _write_splits(plan, cfg, tokenizer, tmp)
-    except BaseException:
+        _write_copy(plan, cfg, tokenizer, key, tmp)
+    except BaseException:  # a bad chat row, a full disk, Ctrl-C: no half-written copy stays behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if writers["train"].examples == 0 or writers["validation"].examples == 0:
+    try:
+        os.rename(tmp, target)
+    except OSError:  # another run prepared the same key meanwhile; theirs is identical
         shutil.rmtree(tmp, ignore_errors=True)
+    return DataManifest.load(target)
+
+
+def _write_copy(plan: SplitPlan, cfg: DataConfig, tokenizer: Any, key: str, tmp: Path) -> None:
+    """The whole prepared copy into `tmp`: each split's Arrow file, the evaluation prompts, the manifest."""
+    writers = _write_splits(plan, cfg, tokenizer, tmp)
+    if writers["train"].examples == 0 or writers["validation"].examples == 0:
         raise DataError(
             Problem(
                 cfg.path,
@@ -1023,9 +1032,9 @@ def prepare_dataset(
         (tmp / EVAL_PROMPTS_DIR / f"{split}.json").write_text(json.dumps(prompts), encoding="utf-8")
     manifest = DataManifest(
         key=key,
-        digest=digests["train"],
-        digests=digests,
-        files={role: [str(f) for f in fs] for role, fs in files.items()},
+        digest=plan.digests["train"],
+        digests=plan.digests,
+        files={role: [str(f) for f in fs] for role, fs in plan.files.items()},
         rows={split: w.rows for split, w in writers.items()},
         examples={split: w.examples for split, w in writers.items()},
         truncated={split: w.truncated for split, w in writers.items()},
@@ -1037,11 +1046,6 @@ def prepare_dataset(
         pad_token_id=int(tokenizer.pad_token_id),
     )
     manifest.save(tmp)
-    try:
-        os.rename(tmp, target)
-    except OSError:  # another run prepared the same key meanwhile; theirs is identical
-        shutil.rmtree(tmp, ignore_errors=True)
-    return DataManifest.load(target)
 
 
 def _write_splits(plan: SplitPlan, cfg: DataConfig, tokenizer: Any, out: Path) -> dict[str, _SplitWriter]:
@@ -1050,6 +1054,8 @@ def _write_splits(plan: SplitPlan, cfg: DataConfig, tokenizer: Any, out: Path) -
     problems: list[Problem] = []
     routed = 0
     for routed, (_, record) in enumerate(iter_records(plan.files["train"], cfg, problems), start=1):
+        if routed > len(plan.assignment):
+            break  # more rows than were checked: the files changed (said below)
         writers[SPLITS[plan.assignment[routed - 1]]].add(record)
     for role, split in (("eval", "validation"), ("test", "test")):
         for _, record in iter_records(plan.files.get(role, []), cfg, problems):

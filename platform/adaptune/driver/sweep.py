@@ -92,6 +92,7 @@ def _progress_callback(metric: str, mode: str, max_steps: int, total: int, slots
 
         def __init__(self) -> None:
             self.best: tuple[float, str] | None = None
+            self.slots = slots  # the sweep's TrialSlots actor, or None
             self.display: Any = None  # the live line's update function, while fit() runs
             self._task: Any = None
 
@@ -108,7 +109,7 @@ def _progress_callback(metric: str, mode: str, max_steps: int, total: int, slots
                 task.__exit__(None, None, None)
 
         def __getstate__(self) -> dict[str, Any]:  # Tune saves its callbacks with the sweep's state
-            return {**self.__dict__, "display": None, "_task": None}
+            return {**self.__dict__, "display": None, "_task": None, "slots": None}  # no handle of this run's
 
         def __del__(self) -> None:  # fit() interrupted before its end: the display goes away with the callback
             self._close()
@@ -164,8 +165,8 @@ def _progress_callback(metric: str, mode: str, max_steps: int, total: int, slots
 
         def _free(self, trial: Any) -> None:
             """Its worker slot back, however it ended (ASHA ends a trial's process before it can)."""
-            if slots is not None:
-                slots.release.remote(trial.trial_id)
+            if self.slots is not None:
+                self.slots.release.remote(trial.trial_id)
 
     return Progress()
 

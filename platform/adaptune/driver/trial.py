@@ -148,6 +148,7 @@ def launch_training(
     ready = time.time()
     if slots is not None:
         ray.get(slots.acquire.remote(trial_id))  # a trial on deck waits here for the trial before it to end
+        _wait_for_room(cluster)  # ... and for its workers to be gone (Ray frees them a moment after it ends)
     try:
         started = _process_started()
         launched = time.time()
@@ -164,6 +165,28 @@ def launch_training(
             slots.release.remote(trial_id)
 
 
+ROOM_POLL_S, ROOM_WAIT_S = 0.25, 60.0
+
+
+def _wait_for_room(cluster: ClusterProfile) -> None:
+    """Wait (up to ROOM_WAIT_S) until the cluster has room for this trial's workers: a trial that took the slot
+    of one that just ended asks for its placement group only once the ended trial's workers are gone (Ray
+    removes their placement group a moment after the trial ends). A cluster that never has the room (one that
+    autoscales up from fewer nodes) is asked at once: its pending placement group is what adds the nodes."""
+    import ray
+
+    tr = cluster.trial
+    need = {
+        "CPU": tr.num_workers * tr.cpus_per_worker,
+        **({"GPU": tr.num_workers * tr.gpus_per_worker} if tr.use_gpu else {}),
+    }
+    if any(ray.cluster_resources().get(k, 0.0) < v for k, v in need.items()):
+        return
+    deadline = time.monotonic() + ROOM_WAIT_S
+    while time.monotonic() < deadline and any(ray.available_resources().get(k, 0.0) < v for k, v in need.items()):
+        time.sleep(ROOM_POLL_S)
+
+
 class TrialSlots:
     """The sweep's worker slots: as many trials train at once as the cluster holds; a trial started ahead of them
     (on deck, `search.trials_on_deck`) waits for a slot with its process up and its imports done.
@@ -178,22 +201,26 @@ class TrialSlots:
     def __init__(self, slots: int):
         self.free = slots
         self.holders: set[str] = set()
+        self.ended: set[str] = set()  # released: a late or orphaned acquire of theirs takes nothing
         self.changed = asyncio.Condition()
 
     async def acquire(self, trial_id: str) -> None:
         async with self.changed:
-            if trial_id in self.holders:
+            if trial_id in self.holders or trial_id in self.ended:
                 return
-            await self.changed.wait_for(lambda: self.free > 0)
+            await self.changed.wait_for(lambda: self.free > 0 or trial_id in self.ended)
+            if trial_id in self.ended:  # its process died while it waited (the driver released it)
+                return
             self.free -= 1
             self.holders.add(trial_id)
 
     async def release(self, trial_id: str) -> None:
         async with self.changed:
+            self.ended.add(trial_id)
             if trial_id in self.holders:
                 self.holders.discard(trial_id)
                 self.free += 1
-                self.changed.notify_all()
+            self.changed.notify_all()
 
 
 def start_trial_slots(slots: int) -> Any:

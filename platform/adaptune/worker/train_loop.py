@@ -268,15 +268,19 @@ def base_eval_key(spec: TrialSpec) -> str:
     adds nothing (B = 0), so every other trial's model starts as the same function."""
     sweep, cluster = spec.sweep, spec.cluster
     source = Path(model_source(sweep.model.path))
-    weights = sorted(source.glob("*.safetensors")) if source.is_dir() else []
+    weights = sorted(f for f in source.rglob("*") if f.suffix in (".safetensors", ".bin")) if source.is_dir() else []
+    rewrites = sweep.lora.init in (*DECOMPOSING_INITS, "loftq")
     payload = {
         "model": str(source),
         "revision": sweep.model.revision,
-        "weights": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in weights],
+        "weights": [[str(f.relative_to(source)), f.stat().st_size, f.stat().st_mtime_ns] for f in weights],
         "precision": resolve_precision(sweep, cluster),
         "quantization": sweep.quantization.model_dump(),
         "attention": sweep.train.attention,
-        "init": sweep.lora.init if sweep.lora.init in (*DECOMPOSING_INITS, "loftq") else "default",
+        # an initialisation that rewrites the base does so by the adapter's shape: rank, scale, layers
+        "init": [sweep.lora.init, sweep.lora.r, sweep.lora.alpha, sorted(spec.target_modules)]
+        if rewrites
+        else "default",
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
