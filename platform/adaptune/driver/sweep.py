@@ -83,7 +83,7 @@ def build_scheduler(search: SearchConfig, train: Any) -> Any:
     )
 
 
-def _progress_callback(metric: str, mode: str, max_steps: int, total: int, slots: Any = None) -> Any:
+def _progress_callback(metric: str, mode: str, max_steps: int, total: int, slots: str | None = None) -> Any:
     from ray import tune
 
     class Progress(tune.Callback):
@@ -92,7 +92,8 @@ def _progress_callback(metric: str, mode: str, max_steps: int, total: int, slots
 
         def __init__(self) -> None:
             self.best: tuple[float, str] | None = None
-            self.slots = slots  # the sweep's TrialSlots actor, or None
+            self.slots = slots  # the name of the sweep's TrialSlots actor, or None
+            self.holder: Any = None  # its handle, which keeps it alive (not saved with Tune's state)
             self.display: Any = None  # the live line's update function, while fit() runs
             self._task: Any = None
 
@@ -109,7 +110,7 @@ def _progress_callback(metric: str, mode: str, max_steps: int, total: int, slots
                 task.__exit__(None, None, None)
 
         def __getstate__(self) -> dict[str, Any]:  # Tune saves its callbacks with the sweep's state
-            return {**self.__dict__, "display": None, "_task": None, "slots": None}  # no handle of this run's
+            return {**self.__dict__, "display": None, "_task": None, "holder": None}  # no live handle in Tune's state
 
         def __del__(self) -> None:  # fit() interrupted before its end: the display goes away with the callback
             self._close()
@@ -165,8 +166,10 @@ def _progress_callback(metric: str, mode: str, max_steps: int, total: int, slots
 
         def _free(self, trial: Any) -> None:
             """Its worker slot back, however it ended (ASHA ends a trial's process before it can)."""
-            if self.slots is not None:
-                self.slots.release.remote(trial.trial_id)
+            if self.slots:
+                import ray
+
+                ray.get_actor(self.slots).release.remote(trial.trial_id)
 
     return Progress()
 
@@ -201,7 +204,8 @@ def build_tuner(
 
     s = sweep.search
     at_once = concurrency(s, cluster, resources)
-    slots = start_trial_slots(at_once) if s.trials_on_deck else None  # trials on deck wait for a slot
+    # trials on deck wait for a slot; the actor lives as long as its handle here, the sweep's driver
+    holder, slots = start_trial_slots(at_once, sweep_id) if s.trials_on_deck else (None, None)
     trainable = tune.with_resources(
         tune.with_parameters(
             launch_training,
@@ -217,7 +221,9 @@ def build_tuner(
     )
     path = str(sweep_root / sweep_id)
     total = expected_trials(s)
-    callbacks = [_progress_callback(s.metric, s.mode, sweep.train.max_steps, total, slots), *(callbacks or [])]
+    progress = _progress_callback(s.metric, s.mode, sweep.train.max_steps, total, slots)
+    progress.holder = holder  # keeps the slots actor alive while the sweep runs (Ray ends an actor with no handle)
+    callbacks = [progress, *(callbacks or [])]
     if restore:
         tuner = tune.Tuner.restore(
             path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False

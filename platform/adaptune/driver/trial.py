@@ -116,11 +116,12 @@ def launch_training(
     cluster: ClusterProfile,
     prepared: PreparedRun,
     trials_path: str,
-    slots: Any = None,
+    slots: str | None = None,
 ) -> None:
     """The Ray Tune trainable of a sweep: one trial. Applies the sampled values (`config`, dotted keys) to the
     base sweep, then runs a TorchTrainer whose evaluations reach Tune through `TuneReportCallback`. With `slots`
-    (a `TrialSlots` actor), it trains only once it holds a slot: a trial on deck waits there, its process up.
+    (the name of the sweep's `TrialSlots` actor), it trains only once it holds a slot: a trial on deck waits
+    there, its process up.
 
     The inner run is named after the Tune trial, so a trial restarted by `--resume` continues from the
     checkpoints its earlier attempt left in `trials_path`.
@@ -146,8 +147,9 @@ def launch_training(
             tune.report(report)
         return
     ready = time.time()
-    if slots is not None:
-        ray.get(slots.acquire.remote(trial_id))  # a trial on deck waits here for the trial before it to end
+    holder = ray.get_actor(slots) if slots else None
+    if holder is not None:
+        ray.get(holder.acquire.remote(trial_id))  # a trial on deck waits here for the trial before it to end
         _wait_for_room(cluster)  # ... and for its workers to be gone (Ray frees them a moment after it ends)
     try:
         started = _process_started()
@@ -161,8 +163,8 @@ def launch_training(
         trainer = build_trainer(spec, name=trial_id, storage_path=trials_path, callbacks=[TuneReportCallback()])
         trainer.fit()
     finally:
-        if slots is not None:
-            slots.release.remote(trial_id)
+        if holder is not None:
+            holder.release.remote(trial_id)
 
 
 ROOM_POLL_S, ROOM_WAIT_S = 0.25, 60.0
@@ -223,11 +225,14 @@ class TrialSlots:
             self.changed.notify_all()
 
 
-def start_trial_slots(slots: int) -> Any:
-    """The `TrialSlots` actor of a sweep's driver: no CPU, on the driver's node, gone with the driver."""
+def start_trial_slots(slots: int, sweep_id: str) -> tuple[Any, str]:
+    """The `TrialSlots` actor of a sweep's driver (no CPU, gone with the driver) and its name, by which the trials
+    and the driver's callback find it: only the name is handed to them, since Tune saves what it is handed
+    with the sweep's state, and a saved handle of a gone actor cannot be loaded again by `--resume`."""
     import ray
 
-    return ray.remote(num_cpus=0)(TrialSlots).remote(slots)
+    name = f"adaptune-trial-slots-{sweep_id}"
+    return ray.remote(num_cpus=0)(TrialSlots).options(name=name).remote(slots), name
 
 
 def _process_started() -> float:

@@ -475,6 +475,19 @@ class Timeline:
         self.phases = state["timeline"]
 
 
+def _log_to_stderr() -> None:
+    """adaptune's own lines from this worker (a user's scorer failing on an answer, say) on its stderr, which Ray
+    forwards to the driver's log file: Ray Train sets up the worker's logging for its own records, under which
+    a warning of ours would show nowhere."""
+    logger = logging.getLogger("adaptune")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("adaptune: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def _start_phases(spec: TrialSpec, entered: float, first_start: bool) -> list[Phase]:
     """The phases before this worker's train function ran: the trial process's (first start only), the Train
     controller starting the worker group from `fit()` (first start only: a restart's is not measured from
@@ -494,6 +507,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
 
     spec: TrialSpec = config["spec"]
     entered = time.time()
+    _log_to_stderr()
     startup = {"worker_start_s": entered - spec.launched_at}  # trainer.fit() to this process running
     timeline = Timeline()
     for phase in _start_phases(spec, entered, ray.train.get_checkpoint() is None):
