@@ -136,3 +136,17 @@ def search_sweep(ray_cluster, tiny_model, mlflow_server, tmp_path_factory):
     from .support.search_sweep import run_search_sweep
 
     return run_search_sweep(tmp_path_factory.mktemp("search-sweep"), tiny_model, mlflow_server.uri)
+
+
+@pytest.fixture
+def one_rank_group():
+    """A real gloo process group of one rank, as a trial's worker has (world size 1)."""
+    import torch.distributed as dist
+
+    from .support import free_port
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from adaptune.names import STOP_REQUEST
+
 from .support import Background, cluster_config, committed_state, run_cli, sweep_config, write_yaml
 from .support.ray_nodes import alive_actors
 
@@ -47,7 +49,11 @@ def test_asha_sweep_stops_trials_early_survives_divergence_and_names_the_best(se
     assert Path(results["winner"]["adapter"], "adapter_model.safetensors").is_file()
     # Two trials at a time, never more, and the full cluster did not deadlock (the sweep ended).
     running = [int(m) for m in re.findall(r"\| (\d+) running", r.stderr)]
-    assert max(running) == 2, running
+    assert max(running) == 2, [line for line in r.stderr.splitlines() if "sweep:" in line]
+    # Every ended trial's workers were told to stop (Tune alone leaves a trial ASHA stopped training to
+    # max_steps; test_train_integration shows the workers stopping).
+    for t in trials:
+        assert (search_sweep["sweep_dir"] / "trials" / t["trial"] / STOP_REQUEST).is_file(), t
     # What the user sees: the table, the winner, and the same results as CSV.
     assert "best eval_loss" in r.stdout and f"winner   {results['winner']['trial']}" in r.stdout
     csv_text = (search_sweep["sweep_dir"] / "results.csv").read_text()

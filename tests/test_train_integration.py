@@ -213,3 +213,55 @@ def test_killed_worker_resumes_from_its_last_checkpoint_and_early_stopping_count
     assert json.loads((adapter.parent / "trainer_state.json").read_text())["step"] == best["step"]
     assert (final / "trained_adapter.safetensors").is_file()
     _reload_and_compare(tiny_model, final / "adapter")  # the last checkpoint, trained after the resume
+
+
+def test_a_trial_the_sweep_ended_stops_at_its_next_step_without_reporting(
+    tmp_path, tiny_model, one_rank_group, monkeypatch
+):
+    """Tune ends a trial ASHA stopped without ending its Ray Train run, whose workers would train on to
+    max_steps holding their CPUs or GPUs; the sweep's driver then writes the trial's stop file (see
+    driver.sweep). The real worker loop (a DeepSpeed ZeRO-2 engine on one gloo rank): without the file it trains
+    to its first evaluation and reports (outside Ray Train the report raises); with it, it stops after one step
+    and reports nothing."""
+    import torch
+
+    from adaptune.config import ClusterProfile, SweepConfig
+    from adaptune.data import open_split, prepare_dataset
+    from adaptune.names import STOP_REQUEST, target_key
+    from adaptune.preflight.architecture import target_modules_for
+    from adaptune.records import PreparedRun
+    from adaptune.worker.deepspeed_config import build_deepspeed_config
+    from adaptune.worker.train_loop import Rank, build_engine, build_model, train
+
+    from .support import sweep_config
+
+    for name, value in {"DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(name, value)  # what Ray Train sets in a worker
+    sweep = SweepConfig(**sweep_config(tiny_model, train={"max_steps": 30, "eval_every": 3}))
+    cluster = ClusterProfile(trial={"num_workers": 1}, deepspeed={"zero_stage": 2})
+    manifest = prepare_dataset(sweep.data, str(tiny_model), tmp_path)
+    targets = target_modules_for(sweep.lora.target_modules, str(tiny_model), None)
+    stop_file = tmp_path / "trial" / STOP_REQUEST
+    spec = PreparedRun(manifest.path, manifest.pad_token_id, {target_key(sweep.lora.target_modules): targets}).spec(
+        sweep, cluster, 0.0, stop_file=str(stop_file)
+    )
+    me = Rank(0, 1, torch.device("cpu"), False, manifest.pad_token_id)
+    train_ds, val_ds = open_split(manifest.path, "train"), open_split(manifest.path, "validation")
+    ds_config = build_deepspeed_config(sweep, cluster, 1)
+    model = build_model(spec, me, ds_config, train_ds, {})
+    engine = build_engine(spec, me, model, ds_config, {"step": 0}, {})
+
+    def fresh_state() -> dict:
+        return {"step": 0, "history": [], "base_eval_loss": 7.0}
+
+    running = fresh_state()
+    with pytest.raises(RuntimeError):  # ray.train.report outside a Ray Train worker: it reached its evaluation
+        train(spec, me, engine, model, running, train_ds, val_ds)
+    assert running["step"] == 3 and len(running["history"]) == 1
+
+    stop_file.parent.mkdir()
+    stop_file.touch()
+    stopped = fresh_state()
+    train(spec, me, engine, model, stopped, train_ds, val_ds)
+    assert stopped == fresh_state()  # stopped at its first step: nothing reported, nothing recorded
+    engine.destroy()

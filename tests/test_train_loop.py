@@ -187,20 +187,6 @@ def test_an_eva_adapter_resumes_with_its_per_layer_ranks_and_scales(tmp_path, ti
         assert torch.equal(resumed.eval()(input_ids=x).logits, trained.eval()(input_ids=x).logits)
 
 
-@pytest.fixture
-def one_rank_group():
-    """A real gloo process group of one rank, as a trial's worker has (world size 1)."""
-    import torch.distributed as dist
-
-    from .support import free_port
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
 def test_the_base_model_is_evaluated_once_per_data_and_model_and_read_by_every_other_trial(
     tmp_path, tiny_model, one_rank_group
 ):

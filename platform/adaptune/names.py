@@ -50,6 +50,9 @@ PHASE_CHECKPOINT = "checkpoint and report"  # the adapter saved, persisted to st
 RESULTS_CSV = "results.csv"  # one row per trial, beside a sweep's Tune state
 RESULTS_JSON = "results.json"
 TRIALS_DIR = "trials"  # <sweep>/trials/<trial id>/checkpoint_*: each trial's Ray Train run
+# <sweep>/trials/<trial id>/stop_requested: written by the sweep's driver once Tune has ended the trial (ASHA
+# stopped it); its workers end at their next step. Ray Tune alone leaves them training to max_steps.
+STOP_REQUEST = "stop_requested"
 DATA_DIR = "data"  # <storage>/<sweep name>/data: the data prepared once per run
 BASE_EVAL_DIR = "base_eval"  # <prepared data>/base_eval/<key>.json: the untouched base model's eval_loss on it
 TRAINER_STATE = "trainer_state.json"  # in each checkpoint: step, history of evaluations, restarts

@@ -35,10 +35,16 @@ class PreparedRun:
     scorer_code: tuple[str, str] | None = None  # (file name, source) of eval.scorers_file, read once
 
     def spec(
-        self, sweep: SweepConfig, cluster: ClusterProfile, launched_at: float, timeline: tuple[Phase, ...] = ()
+        self,
+        sweep: SweepConfig,
+        cluster: ClusterProfile,
+        launched_at: float,
+        timeline: tuple[Phase, ...] = (),
+        stop_file: str | None = None,
     ) -> TrialSpec:
         """The spec of one trial with settings `sweep` (the run's base values, or sampled values applied);
-        `timeline`: the phases the trial's own process went through before it launched its workers."""
+        `timeline`: the phases the trial's own process went through before it launched its workers; `stop_file`:
+        see `TrialSpec`."""
         return TrialSpec(
             sweep,
             cluster,
@@ -48,6 +54,7 @@ class PreparedRun:
             launched_at,
             self.scorer_code,
             timeline,
+            stop_file,
         )
 
 
@@ -64,6 +71,7 @@ class TrialSpec:
     launched_at: float  # wall time `fit()` was called: the workers' start-up is measured from it
     scorer_code: tuple[str, str] | None = None  # eval.scorers_file's (name, source): workers need no copy of it
     timeline: tuple[Phase, ...] = ()  # the trial process's phases before `fit()` (its start, its set-up)
+    stop_file: str | None = None  # once it exists, the trial has been ended by the sweep: workers stop training
 
 
 # --------------------------------------------------------------------------------------------------

@@ -366,6 +366,22 @@ def fit(plan: RunPlan, sweep_id: str, prepared: PreparedRun, tracker: Any, resum
         return tuner.fit()
     finally:
         signal.signal(signal.SIGTERM, previous)
+        remove_leftover_groups()
+
+
+def remove_leftover_groups() -> None:
+    """Once the sweep's trials have ended, the placement groups its trials' Train controllers made and left
+    behind (Ray Train hands a group to its clean-up only once its workers started, so a trial interrupted while
+    its group waited leaves it holding the cluster's CPUs until this job ends, and on a long-lived cluster that
+    job is this driver). A group's id ends with its job's id; other jobs' groups are not touched."""
+    import ray
+    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+
+    job = ray.get_runtime_context().get_job_id()
+    for pg_id, info in placement_group_table().items():
+        if pg_id.endswith(job) and info["state"] != "REMOVED":
+            log.debug("removing placement group %s (%s) left by a trial", pg_id, info["state"])
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
 
 
 def finish(plan: RunPlan, sweep_id: str, grid: Any, prepared: Prepared, tracker: Any) -> SweepOutcome:

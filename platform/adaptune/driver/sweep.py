@@ -24,6 +24,7 @@ from adaptune.names import (
     RESULTS_CSV,
     RESULTS_JSON,
     SKIPPED,
+    STOP_REQUEST,
     STOPPED_EARLY,
     TEST_METRIC,
     TRAINED,
@@ -83,7 +84,9 @@ def build_scheduler(search: SearchConfig, train: Any) -> Any:
     )
 
 
-def _progress_callback(metric: str, mode: str, max_steps: int, total: int, slots: str | None = None) -> Any:
+def _progress_callback(
+    metric: str, mode: str, max_steps: int, total: int, trials_path: Path, slots: str | None = None
+) -> Any:
     from ray import tune
 
     class Progress(tune.Callback):
@@ -115,7 +118,9 @@ def _progress_callback(metric: str, mode: str, max_steps: int, total: int, slots
         def __del__(self) -> None:  # fit() interrupted before its end: the display goes away with the callback
             self._close()
 
-        def _line(self, trials: list[Any], event: str, ended: Any = None, errored: bool = False) -> None:
+        def _line(
+            self, trials: list[Any], event: str, ended: Any = None, errored: bool = False, reporting: Any = None
+        ) -> None:
             counts = {
                 "running": 0,
                 "starting": 0,
@@ -129,7 +134,8 @@ def _progress_callback(metric: str, mode: str, max_steps: int, total: int, slots
                 # Tune updates a trial's status after these callbacks run: count the one ending as ended.
                 status = ("ERROR" if errored else "TERMINATED") if t is ended else t.status
                 if status == "RUNNING":  # started by Tune: training once it has reported (a trial on deck waits)
-                    counts["running" if t.last_result and "step" in t.last_result else "starting"] += 1
+                    trains = t is reporting or bool(t.last_result and "step" in t.last_result)
+                    counts["running" if trains else "starting"] += 1  # (Tune records a result after this)
                 elif status == "PENDING":
                     counts["pending"] += 1
                 elif status == "ERROR":
@@ -154,7 +160,7 @@ def _progress_callback(metric: str, mode: str, max_steps: int, total: int, slots
                 better = self.best is None or (value < self.best[0] if mode == "min" else value > self.best[0])
                 if better:
                     self.best = (value, trial.trial_id)
-            self._line(trials, f"{trial.trial_id} step {result.get('step')} {metric} {value:.4f}")
+            self._line(trials, f"{trial.trial_id} step {result.get('step')} {metric} {value:.4f}", reporting=trial)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._free(trial)
@@ -165,7 +171,11 @@ def _progress_callback(metric: str, mode: str, max_steps: int, total: int, slots
             self._line(trials, f"{trial.trial_id} {trial_error(trial)}", ended=trial, errored=True)
 
         def _free(self, trial: Any) -> None:
-            """Its worker slot back, however it ended (ASHA ends a trial's process before it can)."""
+            """Its workers stopped and its worker slot back, however it ended: Tune ends a trial ASHA stopped
+            without ending its Ray Train run, which would train on to max_steps holding its workers."""
+            trial_dir = trials_path / trial.trial_id
+            if trial_dir.is_dir():  # (a skipped trial has none)
+                (trial_dir / STOP_REQUEST).touch()
             if self.slots:
                 import ray
 
@@ -206,13 +216,14 @@ def build_tuner(
     at_once = concurrency(s, cluster, resources)
     # trials on deck wait for a slot; the actor lives as long as its handle here, the sweep's driver
     holder, slots = start_trial_slots(at_once, sweep_id) if s.trials_on_deck else (None, None)
+    trials_path = sweep_root / sweep_id / TRIALS_DIR
     trainable = tune.with_resources(
         tune.with_parameters(
             launch_training,
             sweep=sweep,
             cluster=cluster,
             prepared=prepared,
-            trials_path=str(sweep_root / sweep_id / TRIALS_DIR),
+            trials_path=str(trials_path),
             slots=slots,
         ),
         # The trial process only waits on its TorchTrainer: no CPU, so a cluster holding exactly N trials' workers
@@ -221,7 +232,7 @@ def build_tuner(
     )
     path = str(sweep_root / sweep_id)
     total = expected_trials(s)
-    progress = _progress_callback(s.metric, s.mode, sweep.train.max_steps, total, slots)
+    progress = _progress_callback(s.metric, s.mode, sweep.train.max_steps, total, trials_path, slots)
     progress.holder = holder  # keeps the slots actor alive while the sweep runs (Ray ends an actor with no handle)
     callbacks = [progress, *(callbacks or [])]
     if restore:

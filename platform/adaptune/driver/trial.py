@@ -13,7 +13,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from adaptune.config import ClusterProfile, SweepConfig
-from adaptune.names import ADAPTER_DIR, PHASE_ON_DECK, PHASE_TRIAL_SETUP, PHASE_TRIAL_START, TRAINER_STATE
+from adaptune.names import (
+    ADAPTER_DIR,
+    PHASE_ON_DECK,
+    PHASE_TRIAL_SETUP,
+    PHASE_TRIAL_START,
+    STOP_REQUEST,
+    TRAINER_STATE,
+)
 from adaptune.preflight.rules import check_compatibility
 from adaptune.preflight.search_space import apply_values, resolve_alpha
 from adaptune.records import PreparedRun, TrialOutcome, TrialSpec, diverged_report
@@ -147,6 +154,8 @@ def launch_training(
             tune.report(report)
         return
     ready = time.time()
+    stop_file = Path(trials_path) / trial_id / STOP_REQUEST
+    stop_file.unlink(missing_ok=True)  # Tune (re)starts this trial: whatever ended an earlier attempt is past
     holder = ray.get_actor(slots) if slots else None
     if holder is not None:
         ray.get(holder.acquire.remote(trial_id))  # a trial on deck waits here for the trial before it to end
@@ -159,7 +168,7 @@ def launch_training(
             (PHASE_TRIAL_SETUP, entered, ready - entered),
             (PHASE_ON_DECK, ready, launched - ready),
         )
-        spec = prepared.spec(trial_sweep, cluster, launched, timeline)
+        spec = prepared.spec(trial_sweep, cluster, launched, timeline, str(stop_file))
         trainer = build_trainer(spec, name=trial_id, storage_path=trials_path, callbacks=[TuneReportCallback()])
         trainer.fit()
     finally:

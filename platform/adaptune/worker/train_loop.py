@@ -729,7 +729,8 @@ def train(
     window_time, window_start = 0.0, time.time()
     while step < t.max_steps:
         started = time.perf_counter()
-        step_stats = torch.zeros(4, dtype=torch.float64, device=me.device)  # loss, tokens, non-finite, slots
+        # loss, tokens, non-finite, token slots, stop requested (summed over ranks: they all stop at one step)
+        step_stats = torch.zeros(5, dtype=torch.float64, device=me.device)
         for _ in range(gas):
             batch = collate(train_ds[next(batches)], me.pad_id, me.device)
             step_stats[0] += micro_step(engine, batch, gas)
@@ -737,8 +738,17 @@ def train(
             step_stats[3] += batch.slots
         step_stats[2] = 0.0 if torch.isfinite(step_stats[0]) else 1.0
         step_stats[0] = torch.nan_to_num(step_stats[0], nan=0.0, posinf=0.0, neginf=0.0)
+        step_stats[4] = 1.0 if spec.stop_file and os.path.exists(spec.stop_file) else 0.0
         dist.all_reduce(step_stats)
         step += 1
+        if step_stats[4].item() > 0:  # the sweep ended this trial (ASHA) after its last report
+            if me.rank == 0:
+                log.info(
+                    "trial ended by the sweep's scheduler after its report at step %d; stopped at step %d",
+                    state["step"],
+                    step,
+                )
+            return
         state["tokens_trained"] = state.get("tokens_trained", 0) + int(step_stats[1].item())
         state["token_slots"] = state.get("token_slots", 0) + int(step_stats[3].item())
         state["pad_slots"] = state.get("pad_slots", 0) + int((step_stats[3] - step_stats[1]).item())
