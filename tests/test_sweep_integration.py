@@ -220,3 +220,25 @@ def test_trials_that_stop_improving_end_converged_alongside_asha(ray_cluster, ti
         assert run.info.status == "FINISHED" and run.data.tags["adaptune.status"] == "converged"
         assert run.data.tags["adaptune.converged"] == t["reason"]
         assert "adaptune.stopped_early" not in run.data.tags
+
+
+def test_a_trial_returns_only_once_tune_has_taken_its_train_runs_last_report(ray_cluster, tmp_path):
+    """Ray 2.60 hangs a trial whose training returns while the Train controller's last report still waits for
+    the trial's main thread (busy with the previous one): the main thread then blocks forever putting it behind
+    Tune's own final result. `launch_training` waits for Tune to take every report first (support.tune_handover
+    reproduces the race with Tune's own queue actor and a slow result callback; without the wait it hangs)."""
+    import subprocess
+    import sys
+
+    from .support import REPO
+    from .support.tune_handover import REPORTS
+
+    r = subprocess.run(
+        [sys.executable, "-m", "tests.support.tune_handover", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"last step {REPORTS}" in r.stdout, r.stdout[-2000:]

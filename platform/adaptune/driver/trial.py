@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ from adaptune.names import (
 from adaptune.preflight.rules import check_compatibility
 from adaptune.preflight.search_space import apply_values, resolve_alpha
 from adaptune.records import PreparedRun, TrialOutcome, TrialSpec, diverged_report
+
+log = logging.getLogger("adaptune")
 
 TRAIN_POLL_S = 0.25  # RAY_TRAIN_HEALTH_CHECK_INTERVAL_S for adaptune's trials (see build_trainer)
 
@@ -170,13 +173,58 @@ def launch_training(
         )
         spec = prepared.spec(trial_sweep, cluster, launched, timeline, str(stop_file))
         trainer = build_trainer(spec, name=trial_id, storage_path=trials_path, callbacks=[TuneReportCallback()])
+        handed_over = _handed_to_tune()
         trainer.fit()
+        _wait_for_tune_to_take(handed_over, stop_file)
     finally:
         if holder is not None:
             holder.release.remote(trial_id)
 
 
 ROOM_POLL_S, ROOM_WAIT_S = 0.25, 60.0
+HANDOVER_POLL_S, HANDOVER_SETTLE_S, HANDOVER_WAIT_S = 0.05, 0.5, 120.0
+
+
+def _handed_to_tune() -> tuple[int, int]:
+    """How many reports this trial's Tune session has taken in so far and put on its result queue (see
+    `_wait_for_tune_to_take`)."""
+    from ray.train._internal.session import get_session
+
+    session = get_session()
+    return session.iteration, session.result_queue.unfinished_tasks
+
+
+def _wait_for_tune_to_take(before: tuple[int, int], stop_file: Path) -> None:
+    """Return from the trial only once Tune has taken in every report of its Train run.
+
+    The Train controller hands each report to the trial's process through a queue actor
+    (`TuneReportCallback`), which the trial's main thread drains onto the session's one-slot result queue. When
+    the training function returns, Tune puts its own final result on that queue; if the controller's last
+    report is still in the queue actor then, the main thread blocks forever putting it behind a result only it
+    would take (Ray 2.60: the trial hangs, holding its resources, and the sweep never ends). So this waits until
+    the queue actor is empty and every report the main thread took is on the result queue: it counts one up
+    (`iteration`) before it puts (`unfinished_tasks` counts puts; nothing calls `task_done`), and the two must
+    agree for `HANDOVER_SETTLE_S`, the moment between the main thread taking a report and counting it. A trial
+    Tune has ended (its stop event, or the driver's stop file) takes nothing more: it returns at once."""
+    from ray.train._internal.session import get_session
+
+    session = get_session()
+    reports = session._inter_actor_queue
+    if reports is None:
+        return
+    deadline, settled = time.monotonic() + HANDOVER_WAIT_S, None
+    while time.monotonic() < deadline:
+        if session.stop_event.is_set() or stop_file.exists():
+            return
+        taken, put = (n - n0 for n, n0 in zip(_handed_to_tune(), before, strict=True))
+        if taken == put and reports.empty():
+            settled = settled or time.monotonic()
+            if time.monotonic() - settled >= HANDOVER_SETTLE_S:
+                return
+        else:
+            settled = None
+        time.sleep(HANDOVER_POLL_S)
+    log.warning("trial: Tune had not taken the Train run's last report after %.0f s; ending anyway", HANDOVER_WAIT_S)
 
 
 def _wait_for_room(cluster: ClusterProfile) -> None:
