@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from adaptune.tracking.runs import LIVE_RETRIES
+
 from .support import Background, cluster_config, committed_state, run_cli, sweep_config, write_yaml
 from .support.ray_nodes import alive_actors
 
@@ -174,6 +176,11 @@ def test_sweep_survives_a_killed_worker_and_an_mlflow_outage(ray_cluster, tiny_m
     )
     assert m and int(m[1]) >= 1 and int(m[2]) >= 1 and int(m[3]) == int(m[2]), note
     assert f"tracking {note}" in out
+    # A request the server stopped answering cost the client's few live retries (LIVE_RETRIES), not its
+    # default seven with exponential backoff, which held Tune's event loop, and every trial, for minutes.
+    (log_file,) = (trials / "logs").glob("sweep-*.log")
+    retries = log_file.read_text().count("Retrying (Retry(")
+    assert retries <= 2 * int(LIVE_RETRIES["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]), retries
     exp = mlc.get_experiment_by_name("faults")
     (parent,) = mlc.search_runs([exp.experiment_id], "tags.`adaptune.kind` = 'sweep'")
     assert parent.data.tags["adaptune.tracking_outage"] == note and parent.info.status == "FINISHED"

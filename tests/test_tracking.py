@@ -147,3 +147,27 @@ def test_a_sweep_recorded_end_to_end_on_the_embedded_store_leaves_mlflow_globals
     assert registration.version == "1" and sorted(registration.aliases) == ["challenger", "champion"]
     assert resolved.model_uri == f"models:/{models['t1']}" and resolved.run_id == t1.info.run_id
     assert (downloaded / names.ADAPTER_CONFIG).is_file() and model_config["base_model"] == "org/base"
+
+
+def test_live_logging_gives_up_on_a_server_gone_mid_request_after_its_few_retries(caplog):
+    """What the sweep's live logging runs under (`_quick_retries`): MLflow's real client against a port nobody
+    listens on (a server gone between the probe and the request) retries LIVE_RETRIES' twice, not its default
+    seven with exponential backoff (minutes of Tune's event loop standing still, measured), and the settings
+    are the user's again afterwards."""
+    import logging
+    import os
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from adaptune.tracking.runs import LIVE_RETRIES, _quick_retries
+
+    from .support import free_port
+
+    mlc = MlflowClient(tracking_uri=f"http://127.0.0.1:{free_port()}")
+    before = {k: os.environ.get(k) for k in LIVE_RETRIES}
+    with caplog.at_level(logging.WARNING, logger="urllib3"), _quick_retries(), pytest.raises(MlflowException):
+        mlc.get_experiment("0")
+    retries = [r for r in caplog.records if "Retrying (Retry(" in r.getMessage()]
+    assert len(retries) == int(LIVE_RETRIES["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]), [r.getMessage() for r in retries]
+    assert {k: os.environ.get(k) for k in LIVE_RETRIES} == before

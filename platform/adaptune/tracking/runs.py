@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import subprocess
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -65,7 +68,26 @@ from adaptune.tracking.store import client, experiment_id
 
 log = logging.getLogger("adaptune")
 
+# The MLflow client's retries while a sweep logs live: a request the server stops answering mid-sweep costs
+# seconds, not the client's default 7 retries with exponential backoff (about 4 minutes, measured, during which
+# Tune's event loop, and so every trial waiting to report, stood still). What fails is logged late (`backfill`).
+LIVE_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 LIBRARIES = ("adaptune", "torch", "ray", "deepspeed", "transformers", "peft", "bitsandbytes", "datasets", "mlflow")
+
+
+@contextmanager
+def _quick_retries() -> Iterator[None]:
+    """MLflow's client reads its retry settings at each request; these hold while the sweep logs live."""
+    saved = {k: os.environ.get(k) for k in LIVE_RETRIES}
+    os.environ.update(LIVE_RETRIES)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def dataset_input(path: str, name: str, digest: str, context: str, rows: int | None = None) -> Any:
@@ -297,7 +319,8 @@ class SweepTracker:
                 "mlflow: %s answers again; evaluations missed meanwhile are logged at the end", redact_uri(self.uri)
             )
         try:
-            call(self)
+            with _quick_retries():
+                call(self)
         except Exception as e:  # noqa: BLE001 - any client or server error
             if evaluation is not None:
                 self.missed.add(evaluation)
