@@ -206,6 +206,7 @@ def _wait_for_tune_to_take(before: tuple[int, int], stop_file: Path) -> None:
     (`iteration`) before it puts (`unfinished_tasks` counts puts; nothing calls `task_done`), and the two must
     agree for `HANDOVER_SETTLE_S`, the moment between the main thread taking a report and counting it. A trial
     Tune has ended (its stop event, or the driver's stop file) takes nothing more: it returns at once."""
+    from ray.exceptions import RayError
     from ray.train._internal.session import get_session
 
     session = get_session()
@@ -217,7 +218,11 @@ def _wait_for_tune_to_take(before: tuple[int, int], stop_file: Path) -> None:
         if session.stop_event.is_set() or stop_file.exists():
             return
         taken, put = (n - n0 for n, n0 in zip(_handed_to_tune(), before, strict=True))
-        if taken == put and reports.empty():
+        try:
+            waiting = not reports.empty()
+        except RayError:  # the queue actor is gone with the trial: nothing is left to hand over
+            return
+        if taken == put and not waiting:
             settled = settled or time.monotonic()
             if time.monotonic() - settled >= HANDOVER_SETTLE_S:
                 return
