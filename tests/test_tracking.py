@@ -150,8 +150,8 @@ def test_a_sweep_recorded_end_to_end_on_the_embedded_store_leaves_mlflow_globals
 
 
 def test_live_logging_gives_up_on_a_server_gone_mid_request_after_its_few_retries(caplog):
-    """What the sweep's live logging runs under (`_quick_retries`): MLflow's real client against a port nobody
-    listens on (a server gone between the probe and the request) retries LIVE_RETRIES' twice, not its default
+    """What the sweep's live logging runs under (`client_settings(LIVE_RETRIES)`): MLflow's real client against
+    a port nobody listens on (a server gone between the probe and the request) retries twice, not its default
     seven with exponential backoff (minutes of Tune's event loop standing still, measured), and the settings
     are the user's again afterwards."""
     import logging
@@ -160,14 +160,16 @@ def test_live_logging_gives_up_on_a_server_gone_mid_request_after_its_few_retrie
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from adaptune.tracking.runs import LIVE_RETRIES, _quick_retries
+    from adaptune.tracking.runs import LIVE_RETRIES
+    from adaptune.tracking.store import client_settings
 
     from .support import free_port
 
     mlc = MlflowClient(tracking_uri=f"http://127.0.0.1:{free_port()}")
     before = {k: os.environ.get(k) for k in LIVE_RETRIES}
-    with caplog.at_level(logging.WARNING, logger="urllib3"), _quick_retries(), pytest.raises(MlflowException):
-        mlc.get_experiment("0")
+    with caplog.at_level(logging.WARNING, logger="urllib3"), client_settings(LIVE_RETRIES):
+        with pytest.raises(MlflowException):
+            mlc.get_experiment("0")
     retries = [r for r in caplog.records if "Retrying (Retry(" in r.getMessage()]
     assert len(retries) == int(LIVE_RETRIES["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]), [r.getMessage() for r in retries]
     assert {k: os.environ.get(k) for k in LIVE_RETRIES} == before

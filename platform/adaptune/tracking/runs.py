@@ -11,12 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -64,7 +61,7 @@ from adaptune.records import PARETO, STEP_METRICS, generated_metrics
 from adaptune.redaction import redact_uri, redacted
 from adaptune.tracking.models import base_reference, log_text_model, version
 from adaptune.tracking.server import embedded_artifacts, server_answers, tracking_uri
-from adaptune.tracking.store import client, experiment_id
+from adaptune.tracking.store import client, client_settings, experiment_id
 
 log = logging.getLogger("adaptune")
 
@@ -73,21 +70,6 @@ log = logging.getLogger("adaptune")
 # Tune's event loop, and so every trial waiting to report, stood still). What fails is logged late (`backfill`).
 LIVE_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 LIBRARIES = ("adaptune", "torch", "ray", "deepspeed", "transformers", "peft", "bitsandbytes", "datasets", "mlflow")
-
-
-@contextmanager
-def _quick_retries() -> Iterator[None]:
-    """MLflow's client reads its retry settings at each request; these hold while the sweep logs live."""
-    saved = {k: os.environ.get(k) for k in LIVE_RETRIES}
-    os.environ.update(LIVE_RETRIES)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def dataset_input(path: str, name: str, digest: str, context: str, rows: int | None = None) -> Any:
@@ -319,7 +301,7 @@ class SweepTracker:
                 "mlflow: %s answers again; evaluations missed meanwhile are logged at the end", redact_uri(self.uri)
             )
         try:
-            with _quick_retries():
+            with client_settings(LIVE_RETRIES):
                 call(self)
         except Exception as e:  # noqa: BLE001 - any client or server error
             if evaluation is not None:

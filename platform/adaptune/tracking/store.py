@@ -47,8 +47,24 @@ def module_api(uri: str) -> Iterator[None]:
     finally:
         tracking_state.set_tracking_uri(saved[0])
         registry_state._registry_uri = saved[1]
-        for var, value in saved[2].items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
+        _restore_env(saved[2])
+
+
+@contextmanager
+def client_settings(settings: dict[str, str]) -> Iterator[None]:
+    """MLflow client settings that it reads from the environment at each request (`MLFLOW_HTTP_REQUEST_*`),
+    for the duration of the block only."""
+    saved = {var: os.environ.get(var) for var in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        _restore_env(saved)
+
+
+def _restore_env(saved: dict[str, str | None]) -> None:
+    for var, value in saved.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
